@@ -1,0 +1,112 @@
+"""The contract every attribution method follows (see DESIGN.md, "The rules every method follows")."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor, nn
+
+from lightning_sas.model_state import attribution_mode, outside_inference_mode
+
+
+class AttributionMethod(ABC):
+    """Base class: ``attribute(model, images, targets) -> Tensor[B, H, W]`` in [0, 1].
+
+    Subclasses implement :meth:`_attribute`, which runs with the model already in
+    :func:`~lightning_sas.model_state.attribution_mode` (eval mode, no parameter gradients,
+    autograd on) and with validated inputs. This class checks the inputs and guarantees the
+    side-effect rules for every method.
+    """
+
+    #: Short name used in TensorBoard tags and reports (``audit/<name>/...``).
+    name: str = "method"
+
+    def attribute(self, model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+        """Explain ``model``'s score for ``targets`` on ``images``.
+
+        Args:
+            model: A classifier returning logits ``[B, num_classes]``.
+            images: Float tensor ``[B, C, H, W]``, normalised as the model expects.
+            targets: Integer tensor ``[B]``: the class to explain for each image.
+
+        Returns:
+            Float32 tensor ``[B, H, W]`` with values in [0, 1], on ``images.device``.
+
+        Raises:
+            TypeError: If ``model``, ``images`` or ``targets`` has the wrong type or dtype.
+            ValueError: If shapes disagree or a target is out of range for the model's outputs.
+        """
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+        images, targets = validate_images_and_targets(images, targets)
+        with attribution_mode(model) as forward_module:
+            maps = self._attribute(
+                forward_module, outside_inference_mode(images), outside_inference_mode(targets)
+            )
+        return maps.detach().to(torch.float32)
+
+    @abstractmethod
+    def _attribute(self, model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+        """Compute the maps; inputs are validated and the model is in attribution mode."""
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{key}={value!r}" for key, value in vars(self).items() if not key.startswith("_"))
+        return f"{type(self).__name__}({settings})"
+
+
+def validate_images_and_targets(images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Check the shared input contract and move ``targets`` to the images' device as int64.
+
+    Raises:
+        TypeError: If ``images`` is not a floating tensor or ``targets`` not an integer tensor.
+        ValueError: If ``images`` is not 4-D or is empty, or ``targets`` is not ``[B]``.
+    """
+    if not isinstance(images, Tensor) or not images.is_floating_point():
+        described = f"a {images.dtype} tensor" if isinstance(images, Tensor) else type(images).__name__
+        raise TypeError(f"`images` must be a floating-point tensor [B, C, H, W], got {described}.")
+    if images.dim() != 4:
+        raise ValueError(f"`images` must be 4-D [B, C, H, W], got shape {list(images.shape)}.")
+    if images.shape[0] == 0:
+        raise ValueError("`images` must hold at least one image, got an empty batch.")
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"`targets` must be an integer tensor [B], got {type(targets).__name__}.")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"`targets` must be an integer tensor [B], got dtype {targets.dtype}.")
+    if targets.shape != (images.shape[0],):
+        raise ValueError(
+            f"`targets` must have shape [{images.shape[0]}] (one class per image), "
+            f"got shape {list(targets.shape)}."
+        )
+    return images, targets.to(device=images.device, dtype=torch.long)
+
+
+def check_logits(logits: Tensor, targets: Tensor) -> None:
+    """Check the model's output against ``targets`` (one host sync, before any optimisation).
+
+    Raises:
+        ValueError: If the model does not return ``[B, num_classes]`` logits or a target is
+            outside ``[0, num_classes)``.
+    """
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != targets.shape[0]:
+        shape = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(
+            f"`model` must return logits of shape [B, num_classes] = [{targets.shape[0]}, C], got {shape}."
+        )
+    num_classes = logits.shape[1]
+    out_of_range = (targets < 0) | (targets >= num_classes)
+    if bool(out_of_range.any()):
+        bad = targets[out_of_range].tolist()
+        raise ValueError(
+            f"`targets` must be class indices in [0, {num_classes}) for this model's outputs, got {bad}."
+        )
+
+
+def minmax_normalize(maps: Tensor) -> Tensor:
+    """Scale each map ``[B, H, W]`` to [0, 1]; a constant map becomes all zeros."""
+    flat = maps.flatten(1)
+    low = flat.amin(dim=1, keepdim=True)
+    span = flat.amax(dim=1, keepdim=True) - low
+    # Dividing by a zero span would give NaN; a constant map carries no ranking, so zeros.
+    scaled = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny), 0.0)
+    return scaled.view_as(maps)

@@ -1,0 +1,372 @@
+"""Saliency-as-Schedule (SaS): attribution as an ordering of pixels, optimised over a whole schedule of masks."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_sas.methods.base import AttributionMethod, check_logits, minmax_normalize
+from lightning_sas.methods.gaussian import gaussian_blur, opencv_sigma, scaled_kernel_size
+
+# Reference kernel sizes at 224 px (DESIGN.md); scaled to the image side unless given.
+REFERENCE_SMOOTHING_KERNEL = 17
+REFERENCE_BLUR_KERNEL = 51
+# Fixed, so the loop never asks the host whether the bisection converged: the bracket is the
+# map's value range, and 2**-24 of it is below float32 resolution.
+BISECTION_STEPS = 24
+NEWTON_STEPS = 2
+INIT_NOISE_STD = 0.01
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+# Without max_batch, CPU chunks hold about this many pixels (256 images of 64x64).
+CPU_PIXELS_PER_CHUNK = 256 * 64 * 64
+# Share of free GPU memory one chunk's activations may take when max_batch is None.
+GPU_MEMORY_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """Flat layout of the items one iteration forwards: image × interior step × {insertion, deletion}."""
+
+    image: Tensor  # [N] image index of each item
+    step: Tensor  # [N] schedule step (0 .. K-2 for the interior masks k = 1 .. K-1)
+    is_deletion: Tensor  # [N] bool
+    weight: Tensor  # [N] loss weight: -1 (insertion) / +1 (deletion), scale-free per image
+
+
+def tv_per_pixel(mask: Tensor) -> Tensor:
+    """Anisotropic total variation of ``[B, 1, h, w]`` as a per-pixel mean, one value per image."""
+    vertical = (mask[..., 1:, :] - mask[..., :-1, :]).abs().flatten(1).mean(dim=1)
+    horizontal = (mask[..., :, 1:] - mask[..., :, :-1]).abs().flatten(1).mean(dim=1)
+    return vertical + horizontal
+
+
+def schedule_thresholds(importance: Tensor, fractions: Tensor, previous: Tensor | None = None) -> Tensor:
+    """Thresholds ``t[b, k]`` with ``mean_p sigmoid(importance[b, p] - t[b, k]) = fractions[k]``.
+
+    Vectorised on the device with a fixed number of steps (no host sync, no convergence test).
+    Cold: bisection on the bracket ``[min(e) - logit(a), max(e) - logit(a)]``, which always
+    holds the solution. Warm (``previous`` from the last optimisation step, when the map has
+    moved by about one learning rate): Newton steps from ``previous``, kept inside the
+    bracket, which reach float32 precision at a tenth of the bisection's passes over the map.
+
+    Args:
+        importance: ``[B, P]`` importance values per pixel.
+        fractions: ``[K]`` target ON-areas strictly inside (0, 1).
+        previous: ``[B, K]`` thresholds of a nearby map, or ``None``.
+
+    Returns:
+        ``[B, K]`` thresholds.
+    """
+    logit_fractions = torch.logit(fractions)[None, :]
+    low = importance.amin(dim=1, keepdim=True) - logit_fractions
+    high = importance.amax(dim=1, keepdim=True) - logit_fractions
+    if previous is not None:
+        thresholds = torch.minimum(torch.maximum(previous, low), high)
+        for _ in range(NEWTON_STEPS):
+            on = torch.sigmoid(importance[:, None, :] - thresholds[..., None])
+            slope = (on * (1 - on)).mean(dim=-1).clamp_min(torch.finfo(on.dtype).tiny)
+            step = (on.mean(dim=-1) - fractions[None, :]) / slope
+            thresholds = torch.minimum(torch.maximum(thresholds + step, low), high)
+        return thresholds
+    for _ in range(BISECTION_STEPS):
+        middle = (low + high) / 2
+        area = torch.sigmoid(importance[:, None, :] - middle[..., None]).mean(dim=-1)
+        threshold_too_low = area > fractions[None, :]
+        low = torch.where(threshold_too_low, middle, low)
+        high = torch.where(threshold_too_low, high, middle)
+    return (low + high) / 2
+
+
+class SaS(AttributionMethod):
+    """Saliency-as-Schedule ("Saliency As A Schedule: Intuitive Image Attribution", ICIP 2024).
+
+    A mask parameter ``m`` per image is turned into an importance map
+    ``e = SoftPool(GaussianSmooth(m))``; thresholds cut ``e`` into ``K + 1`` masks whose ON-area
+    grows from 0 to 1. Adam on ``m`` makes every insertion image (mask × image + (1 - mask) ×
+    blur) score high and every deletion image score low, for the whole schedule at once. The
+    result is ``e`` after the last step, min-max normalised: an ordering of pixels by importance.
+
+    Batched for real: all images × interior masks × {insertion, deletion} go through the model
+    in chunks of at most ``max_batch`` images per forward, gradients accumulated into the
+    masks; the bisection runs vectorised on the device; nothing in the loop waits for the
+    host. The endpoint masks (all OFF, all ON) carry no gradient and are never forwarded.
+
+    Scale-free objective: each image's score terms are divided by its own dynamic range
+    ``|score(x) - score(blur(x))|`` and averaged over the schedule, and the total variation
+    is a per-pixel mean, so one set of defaults works from 32 to 224 px and for any logit
+    scale.
+
+    Kernel sizes: ``None`` scales the reference sizes (17 for smoothing, 51 for the blur, at
+    224 px) to the image: the nearest odd integer to ``reference × side / 224``, at least 3
+    (the smoothing kernel uses the mask's side when ``mask_scale < 1``). The smoothing sigma
+    is ``kernel / 6``; the blur sigma follows OpenCV's rule for ``sigma=0``.
+
+    Args:
+        iterations: Adam steps on the mask.
+        num_masks: ``K``: the schedule has area fractions ``k / K`` for ``k = 0 .. K``.
+        lr: Adam learning rate.
+        temperature: SoftPool temperature: ``e = avgpool3x3(exp(temperature · smoothed m))``.
+        tv_weight: Weight of the per-pixel total-variation term on ``m``.
+        smoothing_kernel: Gaussian smoothing kernel (odd) for ``m``; ``None`` scales with size.
+        blur_kernel: Gaussian kernel (odd) of the baseline blur; ``None`` scales with size.
+        score: ``"logit"`` (default) or ``"prob"`` (softmax probability of the target).
+        max_batch: Most images in one model forward. ``None`` picks a chunk from free GPU
+            memory (CUDA) or a fixed pixel budget (CPU). On out-of-memory the chunk is halved
+            and the attribution restarted, down to one image per forward.
+        mask_scale: Resolution of ``m`` relative to the image, in (0, 1]; 1 = full resolution.
+        autocast_dtype: Run the model's forwards under ``torch.autocast`` with this dtype
+            (e.g. ``torch.bfloat16`` on a GPU); ``None`` leaves precision to the caller.
+        seed: Seed of the mask's initial noise (a local generator: global RNG untouched).
+
+    Raises:
+        ValueError: If an argument is out of range (the message names it and its value).
+
+    Example:
+        >>> import torchvision
+        >>> model = torchvision.models.resnet18(num_classes=2)
+        >>> maps = SaS(iterations=2).attribute(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+        >>> maps.shape, float(maps.min()) >= 0.0, float(maps.max()) <= 1.0
+        (torch.Size([2, 32, 32]), True, True)
+    """
+
+    name = "sas"
+
+    def __init__(
+        self,
+        iterations: int = 100,
+        num_masks: int = 20,
+        lr: float = 0.01,
+        temperature: float = 0.3,
+        tv_weight: float = 0.08,
+        smoothing_kernel: int | None = None,
+        blur_kernel: int | None = None,
+        score: Literal["logit", "prob"] = "logit",
+        max_batch: int | None = None,
+        mask_scale: float = 1.0,
+        autocast_dtype: torch.dtype | None = None,
+        seed: int = 0,
+    ) -> None:
+        _require_int("iterations", iterations, minimum=1)
+        _require_int("num_masks", num_masks, minimum=2)
+        _require_positive("lr", lr)
+        _require_positive("temperature", temperature)
+        if not isinstance(tv_weight, int | float) or tv_weight < 0:
+            raise ValueError(f"`tv_weight` must be a number >= 0, got {tv_weight!r}.")
+        for arg_name, kernel in (("smoothing_kernel", smoothing_kernel), ("blur_kernel", blur_kernel)):
+            if kernel is not None:
+                _require_int(arg_name, kernel, minimum=1)
+                if kernel % 2 == 0:
+                    raise ValueError(f"`{arg_name}` must be odd (or None to scale with the image), got {kernel}.")
+        if score not in ("logit", "prob"):
+            raise ValueError(f"`score` must be 'logit' or 'prob', got {score!r}.")
+        if max_batch is not None:
+            _require_int("max_batch", max_batch, minimum=1)
+        if not isinstance(mask_scale, int | float) or not 0 < mask_scale <= 1:
+            raise ValueError(f"`mask_scale` must be in (0, 1], got {mask_scale!r}.")
+        if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
+            raise ValueError(f"`autocast_dtype` must be a torch.dtype or None, got {autocast_dtype!r}.")
+        _require_int("seed", seed, minimum=0)
+        self.iterations = iterations
+        self.num_masks = num_masks
+        self.lr = float(lr)
+        self.temperature = float(temperature)
+        self.tv_weight = float(tv_weight)
+        self.smoothing_kernel = smoothing_kernel
+        self.blur_kernel = blur_kernel
+        self.score = score
+        self.max_batch = max_batch
+        self.mask_scale = float(mask_scale)
+        self.autocast_dtype = autocast_dtype
+        self.seed = seed
+
+    # ------------------------------------------------------------------ public helpers
+
+    def kernel_sizes(self, height: int, width: int) -> tuple[int, int]:
+        """``(smoothing_kernel, blur_kernel)`` used for images of this size."""
+        mask_side = max(1, round(min(height, width) * self.mask_scale))
+        smoothing = self.smoothing_kernel or scaled_kernel_size(REFERENCE_SMOOTHING_KERNEL, mask_side)
+        blur = self.blur_kernel or scaled_kernel_size(REFERENCE_BLUR_KERNEL, min(height, width))
+        return smoothing, blur
+
+    def baseline(self, images: Tensor) -> Tensor:
+        """The blurred baseline ``b`` SaS inserts into / deletes towards."""
+        blur = self.kernel_sizes(*images.shape[-2:])[1]
+        return gaussian_blur(images, blur, opencv_sigma(blur))
+
+    # ------------------------------------------------------------------ the algorithm
+
+    def _attribute(self, model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+        chunk = self.max_batch
+        while True:
+            try:
+                return self._optimise(model, images, targets, chunk)
+            except torch.OutOfMemoryError:
+                used = chunk or self._auto_chunk(model, images, targets)
+                if used <= 1:
+                    raise
+                chunk = used // 2
+                if images.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                warnings.warn(f"SaS ran out of memory; retrying with max_batch={chunk}.", stacklevel=3)
+
+    def _optimise(self, model: nn.Module, images: Tensor, targets: Tensor, chunk: int | None) -> Tensor:
+        batch, _, height, width = images.shape
+        interior = self.num_masks - 1
+        baseline = self.baseline(images)
+
+        with torch.no_grad():
+            logits = self._forward(model, torch.cat([images, baseline]))
+            check_logits(logits[:batch], targets)
+            reference = self._target_scores(logits, targets.repeat(2))
+        # Each image's score terms in units of its own insertion range: scale-free objective.
+        score_range = (reference[:batch] - reference[batch:]).abs()
+        score_range = score_range.clamp_min(1e-6 * reference[:batch].abs() + torch.finfo(torch.float32).tiny)
+
+        schedule = self._schedule(batch, interior, score_range)
+        chunk = chunk or self._auto_chunk(model, images, targets)
+        mask = self._optimise_mask(model, baseline, images - baseline, targets, schedule, chunk)
+        with torch.no_grad():
+            importance = self._importance(mask, self.kernel_sizes(height, width)[0], (height, width))
+        return minmax_normalize(importance[:, 0])
+
+    def _optimise_mask(
+        self,
+        model: nn.Module,
+        baseline: Tensor,
+        difference: Tensor,
+        targets: Tensor,
+        schedule: _Schedule,
+        chunk: int,
+    ) -> Tensor:
+        """The optimisation loop: runs entirely on the device, never waiting for the host."""
+        batch, _, height, width = baseline.shape
+        fractions = torch.arange(1, self.num_masks, device=baseline.device, dtype=torch.float32) / self.num_masks
+        smoothing, _ = self.kernel_sizes(height, width)
+        mask = self._initial_mask(batch, height, width, baseline.device)
+        exp_avg = torch.zeros_like(mask)
+        exp_avg_sq = torch.zeros_like(mask)
+        beta1, beta2 = ADAM_BETAS
+        thresholds = None
+        for step in range(1, self.iterations + 1):
+            mask.requires_grad_(True)
+            importance = self._importance(mask, smoothing, (height, width))
+            thresholds = schedule_thresholds(importance.detach().flatten(1), fractions, thresholds)
+            schedule_masks = torch.sigmoid(importance - thresholds[..., None, None])  # [B, K-1, H, W]
+            mask_grad = self._schedule_gradient(
+                model, schedule_masks.detach(), baseline, difference, targets, schedule, chunk
+            )
+            surrogate = (schedule_masks * mask_grad).sum() + self.tv_weight * tv_per_pixel(mask).sum()
+            (grad,) = torch.autograd.grad(surrogate, mask)
+            # Adam by hand: elementwise, so each image's update is independent of the batch,
+            # and no optimizer state object or host-side step counter is involved.
+            with torch.no_grad():
+                mask = mask.detach()
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denominator = (exp_avg_sq / (1 - beta2**step)).sqrt_().add_(ADAM_EPS)
+                mask.addcdiv_(exp_avg, denominator, value=-self.lr / (1 - beta1**step))
+        return mask
+
+    def _schedule_gradient(
+        self,
+        model: nn.Module,
+        schedule_masks: Tensor,
+        baseline: Tensor,
+        difference: Tensor,
+        targets: Tensor,
+        schedule: _Schedule,
+        chunk: int,
+    ) -> Tensor:
+        """d(loss)/d(masks) for all items, forwarded in chunks of ``chunk`` images."""
+        masks = schedule_masks.requires_grad_(True)
+        total = schedule.image.shape[0]
+        gradient = None
+        for start in range(0, total, chunk):
+            items = slice(start, min(start + chunk, total))
+            image, step = schedule.image[items], schedule.step[items]
+            kept = masks[image, step]
+            kept = torch.where(schedule.is_deletion[items, None, None], 1 - kept, kept)
+            composites = baseline[image] + kept[:, None] * difference[image]
+            scores = self._target_scores(self._forward(model, composites), targets[image])
+            (chunk_grad,) = torch.autograd.grad((schedule.weight[items] * scores).sum(), masks)
+            gradient = chunk_grad if gradient is None else gradient.add_(chunk_grad)
+        return gradient
+
+    def _schedule(self, batch: int, interior: int, score_range: Tensor) -> _Schedule:
+        device = score_range.device
+        per_image = 2 * interior
+        item = torch.arange(batch * per_image, device=device)
+        image = item // per_image
+        within = item % per_image
+        is_deletion = within >= interior
+        sign = torch.where(is_deletion, 1.0, -1.0)
+        # Mean over the schedule (not a sum), so the balance with TV does not depend on K.
+        weight = sign / (score_range[image] * interior)
+        return _Schedule(image=image, step=within % interior, is_deletion=is_deletion, weight=weight)
+
+    def _initial_mask(self, batch: int, height: int, width: int, device: torch.device) -> Tensor:
+        mask_height = max(1, round(height * self.mask_scale))
+        mask_width = max(1, round(width * self.mask_scale))
+        # The same noise for every image (a local CPU generator), so image i's result does not
+        # depend on its position in the batch, nor on the device.
+        generator = torch.Generator().manual_seed(self.seed)
+        noise = torch.randn((1, 1, mask_height, mask_width), generator=generator) * INIT_NOISE_STD
+        return noise.to(device).expand(batch, -1, -1, -1).contiguous()
+
+    def _importance(self, mask: Tensor, smoothing: int, size: tuple[int, int]) -> Tensor:
+        """``e = SoftPool(GaussianSmooth(m))`` at the image size, ``[B, 1, H, W]``."""
+        smoothed = gaussian_blur(mask, smoothing, smoothing / 6)
+        importance = F.avg_pool2d(
+            torch.exp(self.temperature * smoothed), 3, stride=1, padding=1, count_include_pad=False
+        )
+        if importance.shape[-2:] != size:
+            importance = F.interpolate(importance, size=size, mode="bilinear", align_corners=False)
+        return importance
+
+    def _forward(self, model: nn.Module, images: Tensor) -> Tensor:
+        with torch.autocast(
+            device_type=images.device.type,
+            dtype=self.autocast_dtype or torch.bfloat16,
+            enabled=self.autocast_dtype is not None,
+        ):
+            return model(images)
+
+    def _target_scores(self, logits: Tensor, targets: Tensor) -> Tensor:
+        logits = logits.float()
+        if self.score == "prob":
+            logits = logits.softmax(dim=1)
+        return logits.gather(1, targets[:, None])[:, 0]
+
+    def _auto_chunk(self, model: nn.Module, images: Tensor, targets: Tensor) -> int:
+        """Images per forward when ``max_batch`` is None."""
+        total = images.shape[0] * 2 * (self.num_masks - 1)
+        pixels = images.shape[-2] * images.shape[-1]
+        if images.device.type != "cuda":
+            return max(1, min(total, CPU_PIXELS_PER_CHUNK // pixels))
+        # Measure what one image's forward keeps alive for the backward, then fill a share of
+        # the free memory with it (one-off host syncs, before the optimisation loop).
+        probe = images[:1].detach().requires_grad_(True)
+        before = torch.cuda.memory_allocated(images.device)
+        scores = self._target_scores(self._forward(model, probe), targets[:1])
+        per_image = max(1, torch.cuda.memory_allocated(images.device) - before)
+        del scores, probe
+        free, _ = torch.cuda.mem_get_info(images.device)
+        # x3: the backward needs about twice the saved activations on top of them.
+        return max(1, min(total, int(GPU_MEMORY_SHARE * free / (3 * per_image))))
+
+
+def _require_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+
+
+def _require_positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive number, got {value!r}.")

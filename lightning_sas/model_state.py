@@ -1,0 +1,92 @@
+"""Run attribution on a model without leaving a trace on it or on the training run.
+
+Attribution needs the model in eval mode, gradients with respect to the *input* only, and
+autograd switched on even when the caller is inside ``torch.no_grad()`` or
+``torch.inference_mode()`` (Lightning's validation loop). Everything changed for that is put
+back in ``finally``, so a failing attribution leaves the model exactly as it found it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module that actually holds the weights, without a DistributedDataParallel wrapper.
+
+    Attribution forwards must not go through DDP: its forward registers gradient
+    synchronisation for the parameters, which the audit never produces.
+    """
+    module = model
+    while isinstance(module, nn.parallel.DistributedDataParallel | nn.DataParallel):
+        module = module.module
+    return module
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The eager module behind a ``torch.compile`` wrapper (or ``model`` itself).
+
+    A compiled graph does not run forward hooks added after compilation, and Grad-CAM's
+    single forward gains nothing from compilation anyway.
+    """
+    return getattr(model, "_orig_mod", model) if type(model).__name__ == "OptimizedModule" else model
+
+
+def _rng_devices(model: nn.Module) -> list[int]:
+    return sorted(
+        {p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"}
+        | ({torch.cuda.current_device()} if torch.cuda.is_available() and torch.cuda.is_initialized() else set())
+    )
+
+
+@contextmanager
+def attribution_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in a state fit for attribution and restore it afterwards.
+
+    Inside the block: every module is in eval mode (BatchNorm uses and keeps its running
+    statistics, Dropout is off), no parameter requires grad (so autograd does no work for the
+    weights and cannot write into their ``.grad``), autograd is enabled and inference mode is
+    off, and the CPU and CUDA random number generators are forked.
+
+    On exit, also after an exception: each module's ``training`` flag, each parameter's
+    ``requires_grad`` flag, the grad / inference mode and the RNG states are what they were.
+
+    Args:
+        model: The model to attribute, possibly wrapped in DistributedDataParallel or compiled
+            with ``torch.compile``.
+
+    Yields:
+        The module to call for forwards (DDP wrappers removed; compiled models kept).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+        >>> with attribution_mode(net) as forward_module:
+        ...     forward_module.training
+        False
+        >>> net.training
+        True
+    """
+    forward_module = unwrap_model(model)
+    training_flags = [(module, module.training) for module in forward_module.modules()]
+    grad_flags = [(param, param.requires_grad) for param in forward_module.parameters()]
+    with torch.random.fork_rng(devices=_rng_devices(forward_module)):
+        try:
+            for param, _ in grad_flags:
+                param.requires_grad_(False)
+            forward_module.eval()
+            with torch.inference_mode(False), torch.enable_grad():
+                yield forward_module
+        finally:
+            for module, was_training in training_flags:
+                module.training = was_training
+            for param, required_grad in grad_flags:
+                param.requires_grad_(required_grad)
+
+
+def outside_inference_mode(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor autograd can use: inference tensors (made under ``inference_mode``) are cloned."""
+    return tensor.clone() if tensor.is_inference() else tensor

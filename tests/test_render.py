@@ -1,0 +1,358 @@
+"""Tests for lightning_sas.render: display conversion, overlays, figures, PNG output."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import weakref
+from pathlib import Path
+
+import matplotlib
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from lightning_sas import render
+from lightning_sas.render import method_grid, overlay, probe_panel, save_png, to_display
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- to_display
+
+
+def test_to_display_inverts_normalisation() -> None:
+    original = torch.rand(2, 3, 8, 8, generator=_generator(0))
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    normalised = (original - mean) / std
+    restored = to_display(normalised, mean=MEAN, std=STD)
+    assert restored.shape == (2, 3, 8, 8)
+    assert restored.dtype == torch.float32
+    torch.testing.assert_close(restored, original, atol=1e-6, rtol=0)
+
+
+def test_to_display_clips_out_of_range_values_after_denormalising() -> None:
+    images = torch.tensor([-10.0, 0.0, 10.0]).view(1, 1, 1, 3)
+    result = to_display(images, mean=[0.5], std=[0.25])
+    assert result[0, 0, 0].tolist() == [0.0, 0.5, 1.0]
+
+
+def test_to_display_min_max_per_image_and_grey_to_rgb() -> None:
+    images = torch.stack(
+        [
+            torch.linspace(-3, 5, 16).view(1, 4, 4),  # spans [-3, 5]
+            torch.linspace(10, 12, 16).view(1, 4, 4),  # a different range
+            torch.full((1, 4, 4), 7.0),  # constant: no range to stretch
+        ]
+    )
+    result = to_display(images)
+    assert result.shape == (3, 3, 4, 4)
+    for index in range(2):
+        assert result[index].min().item() == 0.0
+        assert result[index].max().item() == 1.0
+        # Grey repeated to three identical channels.
+        assert torch.equal(result[index, 0], result[index, 1])
+        assert torch.equal(result[index, 0], result[index, 2])
+    assert torch.equal(result[2], torch.zeros(3, 4, 4))
+    torch.testing.assert_close(result[0, 0], torch.linspace(0, 1, 16).view(4, 4))
+
+
+def test_to_display_min_max_uses_all_channels_together() -> None:
+    # Channel 0 spans [0, 2], channel 1 is constant 1: a per-channel stretch would
+    # turn channel 1 black; a joint stretch keeps it at mid grey.
+    images = torch.zeros(1, 3, 2, 2)
+    images[0, 0] = torch.tensor([[0.0, 2.0], [0.0, 2.0]])
+    images[0, 1] = 1.0
+    result = to_display(images)
+    assert torch.equal(result[0, 1], torch.full((2, 2), 0.5))
+
+
+def test_to_display_does_not_track_gradients() -> None:
+    images = torch.rand(1, 3, 4, 4, requires_grad=True)
+    assert not to_display(images).requires_grad
+
+
+def test_to_display_argument_errors_name_the_argument() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"to_display: `images` must have 1 or 3 channels.*got \[2, 4, 8, 8\]",
+    ):
+        to_display(torch.zeros(2, 4, 8, 8))
+    with pytest.raises(
+        ValueError,
+        match=r"`images` must have shape \[B, C, H, W\], got \[3, 8, 8\]",
+    ):
+        to_display(torch.zeros(3, 8, 8))
+    with pytest.raises(
+        ValueError,
+        match=r"`mean` must have one value per image channel \(3\), got 1",
+    ):
+        to_display(torch.zeros(1, 3, 4, 4), mean=[0.5], std=STD)
+    with pytest.raises(
+        ValueError,
+        match=r"`std` must have one value per image channel \(1\), got 3",
+    ):
+        to_display(torch.zeros(1, 1, 4, 4), mean=[0.5], std=STD)
+    with pytest.raises(TypeError, match="`images` must be a torch.Tensor"):
+        to_display(np.zeros((1, 3, 4, 4)))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- overlay
+
+
+def test_overlay_alpha_zero_returns_the_image() -> None:
+    display = torch.rand(2, 3, 5, 5, generator=_generator(1))
+    maps = torch.rand(2, 5, 5, generator=_generator(2))
+    torch.testing.assert_close(overlay(display, maps, alpha=0.0), display, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("cmap", ["jet", "viridis", "gray"])
+def test_overlay_alpha_one_returns_matplotlib_colours(cmap: str) -> None:
+    # Include both ends and values right at / next to bin edges.
+    values = torch.tensor(
+        [0.0, 1.0, 0.5, 0.25, 0.1, 0.3333, 0.77, 0.99, 1 / 256, 255 / 256, 0.999999]
+    )
+    maps = values.view(1, 1, -1)
+    display = torch.rand(1, 3, 1, values.numel(), generator=_generator(3))
+    colours = overlay(display, maps, cmap=cmap, alpha=1.0)[0, :, 0, :].T.numpy()
+    expected = matplotlib.colormaps[cmap](values.numpy())[:, :3]
+    np.testing.assert_allclose(colours, expected, atol=1 / 255)
+
+
+def test_overlay_blends_linearly_and_clips_map_values() -> None:
+    display = torch.rand(1, 3, 4, 4, generator=_generator(4))
+    maps = torch.rand(1, 4, 4, generator=_generator(5))
+    full = overlay(display, maps, alpha=1.0)
+    torch.testing.assert_close(overlay(display, maps, alpha=0.3), 0.7 * display + 0.3 * full)
+    # Out-of-range map values take the end colours.
+    torch.testing.assert_close(
+        overlay(display, maps * 0 - 5, alpha=1.0), overlay(display, maps * 0, alpha=1.0)
+    )
+    torch.testing.assert_close(
+        overlay(display, maps * 0 + 5, alpha=1.0), overlay(display, maps * 0 + 1, alpha=1.0)
+    )
+
+
+def test_overlay_argument_errors_name_the_argument() -> None:
+    display = torch.rand(2, 3, 8, 8)
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"overlay: `maps` must match `display`'s batch and image size \[2, 8, 8\], "
+            r"got \[2, 4, 4\]"
+        ),
+    ):
+        overlay(display, torch.rand(2, 4, 4))
+    with pytest.raises(ValueError, match=r"`maps` must have shape \[B, H, W\], got \[2, 1, 8, 8\]"):
+        overlay(display, torch.rand(2, 1, 8, 8))
+    with pytest.raises(
+        ValueError,
+        match=r"`display` must have shape \[B, 3, H, W\], got \[2, 1, 8, 8\]",
+    ):
+        overlay(torch.rand(2, 1, 8, 8), torch.rand(2, 8, 8))
+    with pytest.raises(ValueError, match="`alpha` must be in \\[0, 1\\], got 1.5"):
+        overlay(display, torch.rand(2, 8, 8), alpha=1.5)
+    with pytest.raises(
+        ValueError,
+        match="`cmap` must be the name of a matplotlib colormap, got 'no-such-map'",
+    ):
+        overlay(display, torch.rand(2, 8, 8), cmap="no-such-map")
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _grid_inputs(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = _generator(seed)
+    display = torch.rand(count, 3, 16, 16, generator=generator)
+    maps = torch.rand(count, 16, 16, generator=generator)
+    return display, overlay(display, maps)
+
+
+def test_method_grid_is_uint8_rgb_of_stable_size() -> None:
+    display, overlays = _grid_inputs(2, seed=6)
+    first = method_grid(
+        display, overlays, ["true: melanoma  pred: melanoma (0.93)", "b"], title="SaS"
+    )
+    other_display, other_overlays = _grid_inputs(2, seed=7)
+    second = method_grid(
+        other_display,
+        other_overlays,
+        ["x", "true: nevus  pred: melanoma (0.51)"],
+        title="SaS epoch 12",
+    )
+    assert first.dtype == np.uint8
+    assert first.ndim == 3 and first.shape[-1] == 3
+    assert first.shape == second.shape
+    assert not np.array_equal(first, second)  # content did change
+
+
+def test_method_grid_with_more_rows_is_taller_not_wider() -> None:
+    small = method_grid(*_grid_inputs(1, seed=8), ["a"])
+    large = method_grid(*_grid_inputs(3, seed=8), ["a", "b", "c"])
+    assert large.shape[0] > small.shape[0]
+    assert large.shape[1] == small.shape[1]
+
+
+def test_method_grid_shows_the_pixels_unchanged() -> None:
+    # A solid-colour image must appear as that colour somewhere in the figure.
+    display = torch.zeros(1, 3, 16, 16)
+    display[:, 0] = 1.0  # pure red, distinct from white background and black text
+    picture = method_grid(display, display.clone(), ["label"])
+    red = (picture[..., 0] == 255) & (picture[..., 1] == 0) & (picture[..., 2] == 0)
+    assert red.mean() > 0.3
+
+
+def test_method_grid_argument_errors_name_the_argument() -> None:
+    display, overlays = _grid_inputs(2, seed=9)
+    with pytest.raises(
+        ValueError,
+        match="`row_labels` must have one label per image \\(2\\), got 1",
+    ):
+        method_grid(display, overlays, ["only one"])
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"`overlays` must have the same shape as `display` \[2, 3, 16, 16\], "
+            r"got \[2, 3, 8, 8\]"
+        ),
+    ):
+        method_grid(display, overlays[:, :, :8, :8], ["a", "b"])
+    with pytest.raises(ValueError, match=r"method_grid: `display` must have shape \[B, 3, H, W\]"):
+        method_grid(display[:, :1], overlays[:, :1], ["a", "b"])
+
+
+def test_probe_panel_is_uint8_rgb_of_stable_size_and_widens_with_methods() -> None:
+    display, overlays = _grid_inputs(3, seed=10)
+    two_methods = probe_panel(display[0], {"SaS": overlays[0], "Grad-CAM": overlays[1]}, "probe 0")
+    again = probe_panel(
+        display[1],
+        {"SaS": overlays[2], "Grad-CAM": overlays[0]},
+        "probe 1  true: nevus  pred: nevus (0.80)",
+    )
+    one_method = probe_panel(display[0], {"SaS": overlays[0]}, "probe 0")
+    assert two_methods.dtype == np.uint8 and two_methods.shape[-1] == 3
+    assert two_methods.shape == again.shape
+    assert not np.array_equal(two_methods, again)
+    assert one_method.shape[1] < two_methods.shape[1]
+    assert one_method.shape[0] == two_methods.shape[0]
+
+
+def test_probe_panel_argument_errors_name_the_argument() -> None:
+    display, overlays = _grid_inputs(1, seed=11)
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"probe_panel: `overlays\['SaS'\]` must have the same shape as `display_one` "
+            r"\[3, 16, 16\], got \[3, 8, 8\]"
+        ),
+    ):
+        probe_panel(display[0], {"SaS": overlays[0, :, :8, :8]}, "t")
+    with pytest.raises(
+        ValueError,
+        match=r"`display_one` must have shape \[3, H, W\], got \[1, 3, 16, 16\]",
+    ):
+        probe_panel(display, {"SaS": overlays}, "t")
+
+
+def test_figures_are_freed_after_rendering(monkeypatch: pytest.MonkeyPatch) -> None:
+    created: list[weakref.ReferenceType[Figure]] = []
+
+    class TrackedFigure(Figure):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            created.append(weakref.ref(self))
+
+    monkeypatch.setattr(render, "Figure", TrackedFigure)
+    display, overlays = _grid_inputs(2, seed=15)
+    method_grid(display, overlays, ["a", "b"])
+    probe_panel(display[0], {"SaS": overlays[0]}, "t")
+    gc.collect()
+    assert len(created) == 2
+    assert all(reference() is None for reference in created)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_display_and_overlay_stay_on_the_device_and_match_cpu() -> None:
+    images = torch.randn(2, 3, 8, 8, generator=_generator(16))
+    maps = torch.rand(2, 8, 8, generator=_generator(17))
+    on_cpu = overlay(to_display(images, MEAN, STD), maps)
+    on_gpu = overlay(to_display(images.cuda(), MEAN, STD), maps.cuda())
+    assert on_gpu.is_cuda
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu)
+    gpu_picture = method_grid(on_gpu, on_gpu, ["a", "b"])
+    assert gpu_picture.shape == method_grid(on_cpu, on_cpu, ["a", "b"]).shape
+
+
+# --------------------------------------------------------------------------- save_png
+
+
+def test_save_png_round_trips_and_creates_folders(tmp_path: Path) -> None:
+    picture = method_grid(*_grid_inputs(2, seed=12), ["a", "b"], title="round trip")
+    path = tmp_path / "nested" / "folder" / "grid.png"
+    save_png(picture, path)
+    read_back = matplotlib.image.imread(path)  # float32 in [0, 1] for PNG
+    assert read_back.shape == picture.shape
+    np.testing.assert_array_equal(np.round(read_back * 255).astype(np.uint8), picture)
+
+
+def test_save_png_rejects_wrong_arrays(tmp_path: Path) -> None:
+    with pytest.raises(
+        TypeError,
+        match="save_png: `array` must be a numpy uint8 array, got numpy array of float64",
+    ):
+        save_png(np.zeros((4, 4, 3)), tmp_path / "a.png")
+    with pytest.raises(
+        ValueError,
+        match=r"save_png: `array` must have shape \[H, W, 3\], got \[4, 4\]",
+    ):
+        save_png(np.zeros((4, 4), dtype=np.uint8), tmp_path / "a.png")
+
+
+# --------------------------------------------------------------------------- global state
+
+
+def test_render_does_not_import_pyplot() -> None:
+    if "matplotlib.pyplot" in sys.modules:
+        pytest.skip("pyplot was already imported by another test")
+    display, overlays = _grid_inputs(2, seed=13)
+    method_grid(display, overlays, ["a", "b"], title="t")
+    probe_panel(display[0], {"SaS": overlays[0]}, "t")
+    assert "matplotlib.pyplot" not in sys.modules
+    assert not hasattr(render, "plt") and not hasattr(render, "pyplot")
+
+
+def _current_backend() -> str | None:
+    # Plain get_backend() imports pyplot to resolve an "auto" backend, which would
+    # itself change global state; matplotlib >= 3.10 can ask without resolving.
+    try:
+        return matplotlib.get_backend(auto_select=False)  # type: ignore[call-arg]
+    except TypeError:
+        return matplotlib.get_backend()
+
+
+def test_render_leaves_backend_and_rcparams_alone() -> None:
+    backend_before = _current_backend()
+    style_keys = (
+        "font.size",
+        "figure.dpi",
+        "figure.facecolor",
+        "image.cmap",
+        "image.interpolation",
+    )
+    style_before = {key: matplotlib.rcParams[key] for key in style_keys}
+
+    display, overlays = _grid_inputs(2, seed=14)
+    method_grid(display, overlays, ["a", "b"], title="t")
+    probe_panel(display[0], {"SaS": overlays[0]}, "t")
+
+    assert _current_backend() == backend_before
+    assert {key: matplotlib.rcParams[key] for key in style_keys} == style_before

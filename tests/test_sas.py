@@ -1,0 +1,167 @@
+"""SaS: ground truth, batching, chunking, the schedule, arguments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from conftest import requires_cuda
+from lightning_sas.methods import GradCAM, SaS
+from lightning_sas.methods.gaussian import scaled_kernel_size
+from lightning_sas.methods.sas import schedule_thresholds
+from lightning_sas.metrics import roi_mass, roi_share, spearman
+from models import RectangleModel, SmallCNN, box_mask
+
+
+def off_centre_box(size: int) -> tuple[int, int, int, int]:
+    """Rows 3/16..8/16, columns 9/16..15/16 of the image: well away from the centre."""
+    return (size * 3 // 16, size * 8 // 16, size * 9 // 16, size * 15 // 16)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("logit_scale", [0.01, 100.0])
+def test_ground_truth_rectangle(size: int, logit_scale: float) -> None:
+    """The score depends only on a known rectangle: both methods must find it at default settings."""
+    box = off_centre_box(size)
+    model = RectangleModel(size, box, logit_scale)
+    images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+    targets = torch.ones(2, dtype=torch.long)
+    roi = box_mask(size, box).expand(2, -1, -1)
+    area_share = roi[0].float().mean().item()
+
+    sas_maps = SaS().attribute(model, images, targets)
+    gradcam_maps = GradCAM("features").attribute(model, images, targets)
+
+    assert roi_share(sas_maps, roi).min().item() >= 0.8, f"chance level is {area_share:.2f}"
+    assert roi_mass(gradcam_maps, roi).min().item() >= 0.8
+
+
+def test_scale_free_objective_gives_the_same_map_for_any_logit_scale() -> None:
+    size = 32
+    box = off_centre_box(size)
+    images = torch.rand(2, 3, size, size)
+    targets = torch.ones(2, dtype=torch.long)
+    small = SaS(iterations=20).attribute(RectangleModel(size, box, 0.01), images, targets)
+    large = SaS(iterations=20).attribute(RectangleModel(size, box, 100.0), images, targets)
+    assert spearman(small, large).min().item() > 0.99
+
+
+def test_batched_equals_single_image_calls() -> None:
+    model = SmallCNN(num_classes=4).eval()
+    images = torch.randn(4, 3, 32, 32)
+    targets = torch.tensor([0, 3, 1, 2])
+    method = SaS(iterations=5, seed=7)
+    batched = method.attribute(model, images, targets)
+    singles = torch.cat([method.attribute(model, images[i : i + 1], targets[i : i + 1]) for i in range(4)])
+    assert spearman(batched, singles).min().item() >= 0.999
+
+
+def test_chunked_equals_one_forward() -> None:
+    model = SmallCNN(num_classes=4).eval()
+    images = torch.randn(2, 3, 32, 32)
+    targets = torch.tensor([1, 2])
+    whole = SaS(iterations=5, max_batch=1000).attribute(model, images, targets)
+    chunked = SaS(iterations=5, max_batch=7).attribute(model, images, targets)  # 76 items, uneven chunks
+    assert spearman(whole, chunked).min().item() >= 0.999
+
+
+def test_forwards_per_iteration_and_chunk_sizes() -> None:
+    """All images x interior masks x {insertion, deletion}, chunked to max_batch; endpoints skipped."""
+    model = SmallCNN(num_classes=4).eval()
+    batch_sizes: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
+    SaS(iterations=3, num_masks=5, max_batch=10).attribute(model, torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 2]))
+    items = 3 * (5 - 1) * 2  # 24 per iteration
+    assert batch_sizes[0] == 6  # images and their baselines, once
+    assert batch_sizes[1:] == [10, 10, 4] * 3
+    assert sum(batch_sizes[1:]) == 3 * items
+
+
+def test_model_parameters_get_no_gradient_work() -> None:
+    model = SmallCNN(num_classes=4)
+    seen_requires_grad: list[bool] = []
+    model.register_forward_pre_hook(
+        lambda module, args: seen_requires_grad.append(any(p.requires_grad for p in module.parameters()))
+    )
+    SaS(iterations=2).attribute(model, torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))
+    assert seen_requires_grad and not any(seen_requires_grad)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_schedule_thresholds_hit_the_target_areas() -> None:
+    importance = torch.exp(0.3 * torch.randn(3, 1024))
+    fractions = torch.arange(1, 20) / 20
+    thresholds = schedule_thresholds(importance, fractions)
+    areas = torch.sigmoid(importance[:, None, :] - thresholds[..., None]).mean(dim=-1)
+    torch.testing.assert_close(areas, fractions.expand(3, -1), atol=1e-5, rtol=0)
+    moved = importance * torch.exp(0.003 * torch.randn_like(importance))
+    warm = schedule_thresholds(moved, fractions, previous=thresholds)
+    areas = torch.sigmoid(moved[:, None, :] - warm[..., None]).mean(dim=-1)
+    torch.testing.assert_close(areas, fractions.expand(3, -1), atol=1e-5, rtol=0)
+
+
+def test_kernel_sizes_scale_with_the_image() -> None:
+    assert SaS().kernel_sizes(224, 224) == (17, 51)
+    assert SaS().kernel_sizes(64, 64) == (scaled_kernel_size(17, 64), scaled_kernel_size(51, 64)) == (5, 15)
+    assert SaS(mask_scale=0.5).kernel_sizes(224, 224) == (9, 51)
+    assert SaS(smoothing_kernel=7, blur_kernel=21).kernel_sizes(64, 64) == (7, 21)
+
+
+def test_options_run_and_keep_the_contract() -> None:
+    model = SmallCNN(num_classes=4)
+    images, targets = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    for method in (
+        SaS(iterations=3, score="prob"),
+        SaS(iterations=3, mask_scale=0.5),
+        SaS(iterations=3, autocast_dtype=torch.bfloat16),
+    ):
+        maps = method.attribute(model, images, targets)
+        assert maps.shape == (2, 32, 32) and maps.dtype == torch.float32
+        assert maps.min().item() == 0.0 and maps.max().item() == 1.0
+
+
+def test_resnet18_runs() -> None:
+    model = torchvision.models.resnet18(num_classes=3)
+    maps = SaS(iterations=2).attribute(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 2]))
+    assert maps.shape == (2, 32, 32)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"iterations": 0}, "`iterations` must be an integer >= 1, got 0"),
+        ({"num_masks": 1}, "`num_masks` must be an integer >= 2, got 1"),
+        ({"lr": -1.0}, "`lr` must be a positive number, got -1.0"),
+        ({"blur_kernel": 50}, "`blur_kernel` must be odd"),
+        ({"score": "softmax"}, "`score` must be 'logit' or 'prob', got 'softmax'"),
+        ({"max_batch": 0}, "`max_batch` must be an integer >= 1, got 0"),
+        ({"mask_scale": 1.5}, r"`mask_scale` must be in \(0, 1\], got 1.5"),
+        ({"autocast_dtype": "bf16"}, "`autocast_dtype` must be a torch.dtype"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SaS(**kwargs)
+
+
+@requires_cuda
+def test_no_host_sync_in_the_optimisation_loop_on_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop runs under sync debug mode "error"; input checks before it may sync once."""
+    model = torchvision.models.resnet18(num_classes=3).cuda()
+    images = torch.randn(2, 3, 64, 64, device="cuda")
+    targets = torch.tensor([0, 2], device="cuda")
+    reference = SaS(iterations=3).attribute(model, images, targets)
+    loop = SaS._optimise_mask
+
+    def loop_with_syncs_forbidden(self, *args, **kwargs):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return loop(self, *args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(SaS, "_optimise_mask", loop_with_syncs_forbidden)
+    maps = SaS(iterations=3).attribute(model, images, targets)
+    assert maps.device.type == "cuda"
+    assert spearman(maps, reference).min().item() > 0.99
