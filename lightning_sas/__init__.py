@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from lightning_sas.callback import SASAuditCallback
 from lightning_sas.methods import GradCAM, SaS
 
 __version__ = "0.1.0"
 
-__all__ = ["GradCAM", "SaS", "__version__"]
+__all__ = ["GradCAM", "SASAuditCallback", "SaS", "__version__"]

@@ -1,0 +1,128 @@
+"""Write an audit where a reviewer looks: TensorBoard (or PNG files), scalars, raw maps.
+
+The tag names are fixed (the dashboard, the CLI and the tests rely on them):
+``audit/<method>/grid``, ``audit/probe_<NN>``, ``audit/<method>/roi_share``,
+``audit/<method>/roi_mass``, ``audit/<method>/agreement``, ``audit/seconds``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+
+from lightning_sas.audit import AuditResult
+from lightning_sas.metrics import spearman
+from lightning_sas.probes import Probes
+from lightning_sas.render import method_grid, overlay, probe_panel, save_png, to_display
+
+
+def class_name(label: int, class_names: Sequence[str] | None) -> str:
+    if label < 0:
+        return "?"
+    if class_names is not None and label < len(class_names):
+        return str(class_names[label])
+    return str(label)
+
+
+def probe_label(result: AuditResult, probes: Probes, position: int, class_names: Sequence[str] | None) -> str:
+    """``"val[3]  true: malignant  pred: benign (0.93)"`` for one probe."""
+    true = class_name(int(probes.labels[position]), class_names)
+    predicted = class_name(int(result.predictions[position]), class_names)
+    return f"{probes.names[position]}  true: {true}  pred: {predicted} ({float(result.confidences[position]):.2f})"
+
+
+def render_audit(
+    result: AuditResult,
+    probes: Probes,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    class_names: Sequence[str] | None = None,
+    title: str = "",
+) -> dict[str, np.ndarray]:
+    """The audit's pictures by tag: one grid per method, one panel per probe (uint8 HWC)."""
+    display = to_display(probes.images, mean, std)
+    overlays = {name: overlay(display, maps.to(display.device)) for name, maps in result.maps.items()}
+    labels = [probe_label(result, probes, i, class_names) for i in range(len(probes))]
+    pictures = {
+        f"audit/{name}/grid": method_grid(display, method_overlays, labels, title=f"{name} {title}".strip())
+        for name, method_overlays in overlays.items()
+    }
+    for position in range(len(probes)):
+        pictures[f"audit/probe_{position:02d}"] = probe_panel(
+            display[position],
+            {name: method_overlays[position] for name, method_overlays in overlays.items()},
+            title=f"{labels[position]} {title}".strip(),
+        )
+    return pictures
+
+
+def audit_scalars(result: AuditResult, previous_maps: Mapping[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """Scalars of one audit: ROI scores (when probes have ROIs), drift against the last audit, time."""
+    scalars: dict[str, float] = {}
+    for method, means in result.mean_scores().items():
+        scalars[f"audit/{method}/roi_share"] = means["roi_share"]
+        scalars[f"audit/{method}/roi_mass"] = means["roi_mass"]
+    for method, maps in result.maps.items():
+        previous = (previous_maps or {}).get(method)
+        if previous is not None and previous.shape == maps.shape:
+            agreement = spearman(maps.float().cpu(), previous.float().cpu())
+            if not bool(torch.isnan(agreement).all()):
+                scalars[f"audit/{method}/agreement"] = float(agreement.nanmean())
+    scalars["audit/seconds"] = float(result.seconds)
+    return scalars
+
+
+def logger_directory(logger: Logger) -> Path:
+    """Where a logger keeps its files (its run directory)."""
+    directory = logger.log_dir or logger.save_dir
+    if directory is None:
+        raise ValueError(f"logger {type(logger).__name__} has no log_dir or save_dir to write audit files to.")
+    return Path(directory)
+
+
+def write_pictures(loggers: Sequence[Logger], pictures: Mapping[str, np.ndarray], step: int) -> None:
+    """Images through TensorBoard loggers; PNG files under other loggers' directories."""
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            for tag, picture in pictures.items():
+                logger.experiment.add_image(tag, picture, global_step=step, dataformats="HWC")
+            logger.experiment.flush()
+        else:
+            for tag, picture in pictures.items():
+                save_png(picture, logger_directory(logger) / "audits" / "images" / tag / f"step={step}.png")
+
+
+def write_text(loggers: Sequence[Logger], tag: str, text: str, step: int) -> None:
+    """Text through TensorBoard loggers; a Markdown file under other loggers' directories."""
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_text(tag, text, global_step=step)
+            logger.experiment.flush()
+        else:
+            path = logger_directory(logger) / "audits" / "text" / f"{tag.replace('/', '_')}.md"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as file:
+                file.write(f"## step {step}\n\n{text}\n\n")
+
+
+def save_raw_maps(directory: os.PathLike[str] | str, epoch: int, result: AuditResult, probes: Probes) -> Path:
+    """``audits/epoch=<E>.npz`` with every method's maps and the probe identities, for diffing."""
+    path = Path(directory) / "audits" / f"epoch={epoch}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"maps_{name}": maps.detach().float().cpu().numpy() for name, maps in result.maps.items()}
+    arrays.update(
+        names=np.array(probes.names),
+        indices=np.array(probes.indices or [-1] * len(probes)),
+        labels=probes.labels.cpu().numpy(),
+        predictions=result.predictions.cpu().numpy(),
+        confidences=result.confidences.cpu().numpy(),
+        targets=result.targets.cpu().numpy(),
+    )
+    np.savez_compressed(path, **arrays)
+    return path

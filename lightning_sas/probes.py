@@ -1,0 +1,142 @@
+"""The probe set: a fixed handful of images the audit explains every time, and its manifest."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+
+@dataclass
+class Probes:
+    """Probe images with what the audit needs to know about them.
+
+    Attributes:
+        images: ``[N, C, H, W]`` float, normalised as the model expects.
+        labels: ``[N]`` int64 true classes; -1 where unknown.
+        roi: ``[N, H, W]`` bool region-of-interest masks (e.g. where a ruler is); all False
+            for probes without one.
+        names: One readable name per probe (dataset index or file name).
+        indices: Dataset indices (or -1 for probes that come from files).
+    """
+
+    images: Tensor
+    labels: Tensor
+    roi: Tensor
+    names: list[str]
+    indices: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def has_roi(self) -> Tensor:
+        """``[N]`` bool: which probes carry a non-empty ROI."""
+        return self.roi.flatten(1).any(dim=1)
+
+    def to(self, device: torch.device | str) -> Probes:
+        return Probes(self.images.to(device), self.labels.to(device), self.roi.to(device), self.names, self.indices)
+
+    def subset(self, positions: Sequence[int]) -> Probes:
+        """The probes at ``positions`` (used to shard probes across DDP ranks)."""
+        index = torch.as_tensor(list(positions), dtype=torch.long)
+        return Probes(
+            self.images[index.to(self.images.device)],
+            self.labels[index.to(self.labels.device)],
+            self.roi[index.to(self.roi.device)],
+            [self.names[i] for i in positions],
+            [self.indices[i] for i in positions] if self.indices else [],
+        )
+
+    def manifest(self) -> list[dict]:
+        """Index, label and content hash of each probe: what identifies the probe set."""
+        return [
+            {"name": name, "index": index, "label": int(label), "sha256": content_hash(image)}
+            for name, index, label, image in zip(
+                self.names, self.indices or [-1] * len(self), self.labels.tolist(), self.images, strict=True
+            )
+        ]
+
+
+def content_hash(image: Tensor) -> str:
+    """SHA-256 of an image's float32 values (device- and layout-independent)."""
+    values = image.detach().to("cpu", torch.float32).contiguous().numpy()
+    return hashlib.sha256(values.tobytes()).hexdigest()
+
+
+def unpack_item(item: object, index: int) -> tuple[Tensor, int, Tensor | None]:
+    """``(image, label, roi)`` from a dataset item ``image`` / ``(image, label)`` / ``(image, label, roi)``.
+
+    Raises:
+        TypeError: If the item is not one of those forms or the image is not a [C, H, W] tensor.
+    """
+    parts = tuple(item) if isinstance(item, tuple | list) else (item,)
+    if not 1 <= len(parts) <= 3:
+        raise TypeError(
+            f"dataset item {index} must be image, (image, label) or (image, label, roi_mask); "
+            f"got a {type(item).__name__} of length {len(parts)}."
+        )
+    image = torch.as_tensor(parts[0])
+    if image.dim() != 3 or not image.is_floating_point():
+        raise TypeError(
+            f"dataset item {index}: the image must be a float tensor [C, H, W], got "
+            f"{image.dtype} with shape {list(image.shape)}."
+        )
+    label = int(parts[1]) if len(parts) > 1 and parts[1] is not None else -1
+    roi = torch.as_tensor(parts[2]) if len(parts) > 2 and parts[2] is not None else None
+    if roi is not None:
+        roi = roi.reshape(roi.shape[-2:]) if roi.dim() == 3 and roi.shape[0] == 1 else roi
+        if roi.shape != image.shape[-2:]:
+            raise TypeError(
+                f"dataset item {index}: roi_mask must be [H, W] = {list(image.shape[-2:])}, got {list(roi.shape)}."
+            )
+        roi = roi > 0.5 if roi.is_floating_point() else roi.bool()
+    return image, label, roi
+
+
+def stratified_indices(labels: Sequence[int], count: int, seed: int) -> list[int]:
+    """``count`` dataset positions, deterministic for ``seed``, balanced over classes.
+
+    Classes take turns (round robin, each class's members in a seeded random order), so every
+    class appears as evenly as the data allows; unknown labels (-1) form one group.
+    """
+    if not 0 < count <= len(labels):
+        raise ValueError(f"`probe` asks for {count} images but the dataset has {len(labels)}.")
+    generator = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for position in generator.permutation(len(labels)).tolist():
+        by_class.setdefault(int(labels[position]), []).append(position)
+    queues = [by_class[label] for label in sorted(by_class)]
+    chosen: list[int] = []
+    while len(chosen) < count:
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop(0))
+    return chosen
+
+
+def dataset_labels(dataset: Dataset) -> list[int]:
+    """Labels of every item (reads the items; datasets of validation size are cheap to scan)."""
+    return [unpack_item(dataset[position], position)[1] for position in range(len(dataset))]
+
+
+def probes_from_dataset(dataset: Dataset, positions: Sequence[int], prefix: str = "val") -> Probes:
+    """Stack the items at ``positions`` into :class:`Probes`."""
+    images, labels, rois = [], [], []
+    for position in positions:
+        image, label, roi = unpack_item(dataset[position], position)
+        images.append(image.detach().clone().float())
+        labels.append(label)
+        rois.append(torch.zeros(image.shape[-2:], dtype=torch.bool) if roi is None else roi.cpu())
+    return Probes(
+        images=torch.stack(images),
+        labels=torch.tensor(labels, dtype=torch.long),
+        roi=torch.stack(rois),
+        names=[f"{prefix}[{position}]" for position in positions],
+        indices=[int(position) for position in positions],
+    )
