@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -94,8 +94,11 @@ def explain(
     probes: Probes,
     methods: Mapping[str, AttributionMethod],
     target: Target = "pred",
+    progress: Callable[[str], None] | None = None,
 ) -> AuditResult:
     """Explain ``probes`` with each method (scores left empty: see :func:`score`).
+
+    ``progress``, if given, is called with each method's name before it runs.
 
     Raises:
         ValueError: If ``target="label"`` and a probe has no label.
@@ -108,7 +111,11 @@ def explain(
         targets = probes.labels.to(predictions.device)
     else:
         targets = predictions
-    maps = {name: method.attribute(model, probes.images, targets) for name, method in methods.items()}
+    maps = {}
+    for name, method in methods.items():
+        if progress is not None:
+            progress(name)
+        maps[name] = method.attribute(model, probes.images, targets)
     return AuditResult(
         maps=maps,
         predictions=predictions,
@@ -138,6 +145,7 @@ def run_audit(
     probes: Probes,
     methods: Mapping[str, AttributionMethod],
     target: Target = "pred",
+    progress: Callable[[str], None] | None = None,
 ) -> AuditResult:
     """Explain ``probes`` with each method and score the maps against the probes' ROIs.
 
@@ -146,6 +154,7 @@ def run_audit(
         probes: Probe images, labels and ROI masks.
         methods: Method objects by name.
         target: Explain the model's prediction (``"pred"``) or the true label (``"label"``).
+        progress: Called with each method's name before it runs (e.g. to advance a progress bar).
 
     Returns:
         The :class:`AuditResult`.
@@ -153,4 +162,4 @@ def run_audit(
     Raises:
         ValueError: If ``target="label"`` and a probe has no label.
     """
-    return score(explain(model, probes, methods, target), probes.roi)
+    return score(explain(model, probes, methods, target, progress), probes.roi)

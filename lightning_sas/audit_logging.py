@@ -62,6 +62,12 @@ def render_audit(
     return pictures
 
 
+def manifest_markdown(manifest: Sequence[Mapping]) -> str:
+    """The probe manifest as a Markdown table (TensorBoard renders it under ``audit/manifest``)."""
+    rows = [f"| {e['name']} | {e['index']} | {e['label']} | `{e['sha256'][:16]}` |" for e in manifest]
+    return "\n".join(["| probe | index | label | sha256 (prefix) |", "|---|---|---|---|", *rows])
+
+
 def audit_scalars(result: AuditResult, previous_maps: Mapping[str, torch.Tensor] | None = None) -> dict[str, float]:
     """Scalars of one audit: ROI scores (when probes have ROIs), drift against the last audit, time."""
     scalars: dict[str, float] = {}

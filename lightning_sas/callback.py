@@ -21,6 +21,7 @@ from lightning_sas.audit import AuditResult, explain, resolve_methods, score
 from lightning_sas.audit_logging import (
     audit_scalars,
     logger_directory,
+    manifest_markdown,
     render_audit,
     save_raw_maps,
     write_pictures,
@@ -250,7 +251,7 @@ class SASAuditCallback(Callback):
                 rank_zero_warn(message)
                 self._write_text(trainer, "audit/probe_change", message)
         self.manifest = manifest
-        self._write_text(trainer, "audit/manifest", _manifest_markdown(manifest))
+        self._write_text(trainer, "audit/manifest", manifest_markdown(manifest))
 
     # ------------------------------------------------------------------ when to audit
 
@@ -417,8 +418,3 @@ class SASAuditCallback(Callback):
     @rank_zero_only
     def _write_text(self, trainer: pl.Trainer, tag: str, text: str) -> None:
         write_text(trainer.loggers, tag, text, trainer.global_step)
-
-
-def _manifest_markdown(manifest: list[dict]) -> str:
-    rows = [f"| {e['name']} | {e['index']} | {e['label']} | `{e['sha256'][:16]}` |" for e in manifest]
-    return "\n".join(["| probe | index | label | sha256 (prefix) |", "|---|---|---|---|", *rows])

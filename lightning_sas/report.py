@@ -2,7 +2,9 @@
 
 ``summary.json`` (schema version 1) holds the per-method means, the per-probe scores, the probe
 manifest with content hashes, the skipped files, the versions and the command line; NaN is
-written as ``null``. With a previous summary as baseline, the changes per method and per probe
+written as ``null``. A probe's ``sha256`` is :func:`~lightning_sas.probes.content_hash` of the
+tensor the model saw (as in the callback's manifest: it changes with ``--image-size`` and
+``--mean``/``--std``); ``file_sha256`` is the hash of the file's bytes. With a previous summary as baseline, the changes per method and per probe
 are added under ``"baseline"``.
 
 ``report.html`` is one self-contained file: every picture is embedded as a base64 PNG, the CSS
@@ -242,7 +244,9 @@ def compare_with_baseline(
                 "prediction_changed": previous.get("prediction") != entry["prediction"],
                 "previous_prediction": previous.get("prediction"),
                 "roi_share": share_changes,
-                "roi_mass": {name: _change(value, previous_masses.get(name)) for name, value in entry["roi_mass"].items()},
+                "roi_mass": {
+                    name: _change(value, previous_masses.get(name)) for name, value in entry["roi_mass"].items()
+                },
                 "flagged": [
                     name for name, change in share_changes.items() if change is not None and abs(change) > tolerance
                 ],
@@ -429,6 +433,7 @@ def _probe_table(summary: Mapping[str, Any], pictures: Sequence[Mapping[str, np.
     methods = list(summary["methods"])
     baseline = summary.get("baseline")
     changes = {entry["file"]: entry for entry in baseline["probes"]} if baseline else {}
+    class_names = summary.get("class_names")
     top_files = {
         (name, item["file"]) for name, shortcut in summary["shortcuts"].items() for item in shortcut["top_probes"]
     }
@@ -448,7 +453,9 @@ def _probe_table(summary: Mapping[str, Any], pictures: Sequence[Mapping[str, np.
         label = "?" if entry["label_name"] is None else entry["label_name"]
         predicted = entry["prediction_name"]
         if change.get("prediction_changed"):
-            predicted += f" (was {change.get('previous_prediction')})"
+            previous = change.get("previous_prediction")
+            was = class_label(previous, class_names) if isinstance(previous, int) else "?"
+            predicted += f" (was {was})"
         cells += f"<td>{escape(label)}</td>"
         cells += f"<td{' class=flag' if change.get('prediction_changed') else ''}>{escape(predicted)}</td>"
         cells += f"<td class='num'>{_format(entry['confidence'])}</td>"

@@ -165,3 +165,27 @@ def test_no_host_sync_in_the_optimisation_loop_on_gpu(monkeypatch: pytest.Monkey
     maps = SaS(iterations=3).attribute(model, images, targets)
     assert maps.device.type == "cuda"
     assert spearman(maps, reference).min().item() > 0.99
+
+
+class RunsOutOfMemoryAbove(SmallCNN):
+    """Raises torch.OutOfMemoryError for batches larger than ``limit``, like a full GPU would."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(num_classes=4)
+        self.limit = limit
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"batch of {images.shape[0]} does not fit")
+        return super().forward(images)
+
+
+def test_out_of_memory_halves_the_chunk_and_retries() -> None:
+    model = RunsOutOfMemoryAbove(limit=8).eval()
+    images, targets = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])  # the reference forward is 4 images
+    with pytest.warns(UserWarning, match="retrying with max_batch=8"):
+        maps = SaS(iterations=3, max_batch=32).attribute(model, images, targets)
+    expected = SaS(iterations=3, max_batch=8).attribute(model, images, targets)
+    torch.testing.assert_close(maps, expected)
+    with pytest.raises(torch.OutOfMemoryError):
+        SaS(iterations=3, max_batch=8).attribute(RunsOutOfMemoryAbove(limit=0), images, targets)
