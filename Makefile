@@ -15,13 +15,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(PY) examples/ruler_bias/train.py --out outputs/ruler_bias
 
 test: $(STAMP)
 	$(PY) -m pytest tests
 
 bench: $(STAMP)
-	$(PY) benchmarks/sas_speed.py
+	$(PY) benchmarks/sas_speed.py --model resnet18 --image-size 64 --probes 8 --device auto --naive --naive-images 1 --header
 
 clean:
 	rm -rf $(VENV) outputs lightning_logs .pytest_cache

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from lightning_sas.methods import METHODS, AttributionMethod
+from lightning_sas.methods import METHODS, AttributionMethod, SaS
 from lightning_sas.metrics import roi_mass, roi_share
 from lightning_sas.model_state import attribution_mode
 from lightning_sas.probes import Probes
@@ -30,6 +30,8 @@ class AuditResult:
         roi_share: Per method, ``[N]`` relevance rank accuracy (NaN for probes without ROI).
         roi_mass: Per method, ``[N]`` relevance mass accuracy (NaN for probes without ROI).
         seconds: Wall time of the audit.
+        masks: Per SaS method, the final mask parameter ``[N, 1, h, w]`` (to warm-start the
+            next audit from).
     """
 
     maps: dict[str, Tensor]
@@ -39,6 +41,7 @@ class AuditResult:
     roi_share: dict[str, Tensor]
     roi_mass: dict[str, Tensor]
     seconds: float
+    masks: dict[str, Tensor] = field(default_factory=dict)
 
     def mean_scores(self) -> dict[str, dict[str, float]]:
         """Per method: ``roi_share`` and ``roi_mass`` averaged over the probes that have an ROI.
@@ -95,10 +98,15 @@ def explain(
     methods: Mapping[str, AttributionMethod],
     target: Target = "pred",
     progress: Callable[[str], None] | None = None,
+    initial_masks: Mapping[str, Tensor] | None = None,
+    warm_start_iterations: int | None = None,
 ) -> AuditResult:
     """Explain ``probes`` with each method (scores left empty: see :func:`score`).
 
-    ``progress``, if given, is called with each method's name before it runs.
+    ``progress``, if given, is called with each method's name before it runs. SaS methods
+    with an entry in ``initial_masks`` start from it and run ``warm_start_iterations`` steps
+    (their own ``iterations`` when ``None``); every SaS method's final mask is returned in
+    ``masks``.
 
     Raises:
         ValueError: If ``target="label"`` and a probe has no label.
@@ -111,11 +119,16 @@ def explain(
         targets = probes.labels.to(predictions.device)
     else:
         targets = predictions
-    maps = {}
+    maps, masks = {}, {}
     for name, method in methods.items():
         if progress is not None:
             progress(name)
-        maps[name] = method.attribute(model, probes.images, targets)
+        if isinstance(method, SaS):
+            start = (initial_masks or {}).get(name)
+            iterations = warm_start_iterations if start is not None else None
+            maps[name], masks[name] = method.attribute_from(model, probes.images, targets, start, iterations)
+        else:
+            maps[name] = method.attribute(model, probes.images, targets)
     return AuditResult(
         maps=maps,
         predictions=predictions,
@@ -124,6 +137,7 @@ def explain(
         roi_share={},
         roi_mass={},
         seconds=time.perf_counter() - started,
+        masks=masks,
     )
 
 

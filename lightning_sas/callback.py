@@ -80,6 +80,10 @@ class SASAuditCallback(Callback):
             probes with an ROI exceeds this value; ``None`` disables alerts.
         stop_on_shortcut: Stop training cleanly (``trainer.should_stop``) at the first alert.
         class_names: Names of the classes, for labels in the pictures.
+        warm_start_iterations: If set, SaS methods start each audit after the first from the
+            previous audit's mask of the same probe and run this many iterations instead of
+            their own ``iterations`` (the model moves little between audits, so fewer steps
+            reach a map close to a cold start; see the README for the measured trade-off).
 
     Raises:
         ValueError: If an argument is invalid (the message names it and its value).
@@ -109,6 +113,7 @@ class SASAuditCallback(Callback):
         shortcut_threshold: float | None = 0.5,
         stop_on_shortcut: bool = False,
         class_names: Sequence[str] | None = None,
+        warm_start_iterations: int | None = None,
     ) -> None:
         if isinstance(probe, bool) or not isinstance(probe, int | Sequence | Dataset):
             raise ValueError(f"`probe` must be an int, a list of indices or a Dataset, got {type(probe).__name__}.")
@@ -135,6 +140,10 @@ class SASAuditCallback(Callback):
             raise ValueError(f"`std` values must be positive, got {list(std)}.")
         if shortcut_threshold is not None and not 0 <= shortcut_threshold <= 1:
             raise ValueError(f"`shortcut_threshold` must be in [0, 1] or None, got {shortcut_threshold!r}.")
+        if warm_start_iterations is not None and (
+            isinstance(warm_start_iterations, bool) or not isinstance(warm_start_iterations, int) or warm_start_iterations < 1
+        ):
+            raise ValueError(f"`warm_start_iterations` must be an integer >= 1 or None, got {warm_start_iterations!r}.")
         self.methods = resolve_methods(methods)  # unknown names fail here, at construction
         self.probe = probe
         self.every_n_epochs = every_n_epochs
@@ -146,6 +155,7 @@ class SASAuditCallback(Callback):
         self.shortcut_threshold = shortcut_threshold
         self.stop_on_shortcut = stop_on_shortcut
         self.class_names = None if class_names is None else list(class_names)
+        self.warm_start_iterations = warm_start_iterations
 
         self.probes: Probes | None = None
         self.manifest: list[dict] = []
@@ -154,6 +164,7 @@ class SASAuditCallback(Callback):
         self.probe_changes: list[dict] = []
         self.history: list[dict[str, float]] = []
         self._previous_maps: dict[str, Tensor] = {}
+        self._previous_masks: dict[str, Tensor] = {}
         self._loaded_manifest: list[dict] | None = None
 
     @property
@@ -289,6 +300,8 @@ class SASAuditCallback(Callback):
         result.seconds = time.perf_counter() - started
         scalars = audit_scalars(result, self._previous_maps)
         self._previous_maps = {name: maps.detach().cpu() for name, maps in result.maps.items()}
+        if self.warm_start_iterations is not None:
+            self._previous_masks = {name: mask.detach().cpu() for name, mask in result.masks.items()}
         self.history.append({"epoch": float(epoch), "step": float(trainer.global_step), **scalars})
         self._publish(trainer, result, scalars, epoch)
         self._check_shortcut(trainer, result, epoch)
@@ -306,10 +319,14 @@ class SASAuditCallback(Callback):
         mine = list(range(rank, count, world_size)) or [0]
         mine += [mine[-1]] * (per_rank - len(mine))
         shard = probes.subset(mine).to(device)
+        initial_masks = {name: mask[mine].to(device) for name, mask in self._previous_masks.items()}
         with trainer.precision_plugin.forward_context():
             failure: Exception | None = None
             try:
-                local = explain(pl_module, shard, self.methods, self.target)
+                local = explain(
+                    pl_module, shard, self.methods, self.target,
+                    initial_masks=initial_masks, warm_start_iterations=self.warm_start_iterations,
+                )
             except Exception as error:  # noqa: BLE001 - ranks must agree before raising
                 failure, local = error, None
         if world_size == 1:
@@ -324,6 +341,7 @@ class SASAuditCallback(Callback):
             "confidences": pl_module.all_gather(local.confidences),  # type: ignore[union-attr]
             "targets": pl_module.all_gather(local.targets),  # type: ignore[union-attr]
             **{f"map_{name}": pl_module.all_gather(maps) for name, maps in local.maps.items()},  # type: ignore[union-attr]
+            **{f"mask_{name}": pl_module.all_gather(mask) for name, mask in local.masks.items()},  # type: ignore[union-attr]
         }
         # [world, per_rank, ...] -> probe order: rank r's j-th item is probe r + j * world.
         order = [r + j * world_size for j in range(per_rank) for r in range(world_size)]
@@ -342,6 +360,7 @@ class SASAuditCallback(Callback):
             roi_share={},
             roi_mass={},
             seconds=0.0,
+            masks={name: reassemble(gathered[f"mask_{name}"]) for name in local.masks},  # type: ignore[union-attr]
         )
         return score(result, probes.roi)
 
@@ -403,6 +422,7 @@ class SASAuditCallback(Callback):
             "probe_changes": self.probe_changes,
             "history": self.history,
             "previous_maps": {name: maps.half() for name, maps in self._previous_maps.items()},
+            "previous_masks": self._previous_masks,
         }
 
     @override
@@ -413,6 +433,7 @@ class SASAuditCallback(Callback):
         self.probe_changes = list(state_dict.get("probe_changes", []))
         self.history = list(state_dict.get("history", []))
         self._previous_maps = {name: maps.float() for name, maps in state_dict.get("previous_maps", {}).items()}
+        self._previous_masks = dict(state_dict.get("previous_masks", {}))
         self.probes = None  # re-read from the dataset at the next train start, then checked
 
     @rank_zero_only

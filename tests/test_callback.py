@@ -310,3 +310,20 @@ trainer:
     assert callback.probe == 8 and callback.every_n_epochs == 2 and callback.target == "label"
     assert list(callback.methods) == ["gradcam", "sas"]
     assert callback.mean == [0.5, 0.5, 0.5] and callback.shortcut_threshold == 0.7
+
+
+def test_warm_start_seeds_later_audits_with_fewer_iterations(tmp_path: Path) -> None:
+    sas = SaS(iterations=6, num_masks=3)
+    forwards: list[int] = []
+    callback = SASAuditCallback(probe=2, methods=[sas], warm_start_iterations=2)
+    L.seed_everything(0, verbose=False)
+    model = LitClassifier()
+    model.net.register_forward_pre_hook(lambda module, args: forwards.append(args[0].shape[0]))
+    trainer = make_trainer(tmp_path, [callback], max_epochs=2, num_sanity_val_steps=0)
+    trainer.fit(model, *loaders(corner_dataset()))
+    # SaS forwards the 2 probes x 2 interior masks x {insertion, deletion} = 8 items per iteration.
+    sas_iterations = [size for size in forwards if size == 8]
+    assert len(sas_iterations) == 6 + 2
+    assert set(callback.state_dict()["previous_masks"]) == {"sas"}
+    with pytest.raises(ValueError, match="`warm_start_iterations` must be an integer >= 1"):
+        SASAuditCallback(warm_start_iterations=0)

@@ -64,3 +64,4 @@ def test_demo_writes_the_audit_and_a_checkpoint(runs: dict[str, dict]) -> None:
         assert len(list((log_dir / "audits").glob("epoch=*.npz"))) == 3
         assert Path(summary["checkpoint"]).is_file()
         assert len(summary["rows"]) == 3
+        assert sorted(Path(path).name for path in summary["grids"]) == ["last_gradcam_grid.png", "last_sas_grid.png"]

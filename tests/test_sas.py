@@ -189,3 +189,20 @@ def test_out_of_memory_halves_the_chunk_and_retries() -> None:
     torch.testing.assert_close(maps, expected)
     with pytest.raises(torch.OutOfMemoryError):
         SaS(iterations=3, max_batch=8).attribute(RunsOutOfMemoryAbove(limit=0), images, targets)
+
+
+def test_warm_start_continues_from_a_mask() -> None:
+    model = SmallCNN(num_classes=4).eval()
+    images, targets = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
+    method = SaS(iterations=4, num_masks=4)
+    cold_maps, mask = method.attribute_from(model, images, targets)
+    torch.testing.assert_close(cold_maps, method.attribute(model, images, targets))
+    assert mask.shape == (2, 1, 16, 16)
+    # Continuing 4 more steps from that mask is not the same as starting over.
+    warm_maps, warm_mask = method.attribute_from(model, images, targets, initial_mask=mask, iterations=4)
+    assert not torch.equal(warm_mask, mask)
+    assert spearman(warm_maps, cold_maps).min().item() < 1.0
+    with pytest.raises(ValueError, match=r"`initial_mask` must have shape \[2, 1, 16, 16\]"):
+        method.attribute_from(model, images, targets, initial_mask=mask[:, :, :8])
+    with pytest.raises(ValueError, match="`iterations` must be an integer >= 1, got 0"):
+        method.attribute_from(model, images, targets, initial_mask=mask, iterations=0)

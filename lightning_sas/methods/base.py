@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from lightning_sas.model_state import attribution_mode, outside_inference_mode
+
+T = TypeVar("T")
 
 
 class AttributionMethod(ABC):
@@ -37,14 +41,15 @@ class AttributionMethod(ABC):
             TypeError: If ``model``, ``images`` or ``targets`` has the wrong type or dtype.
             ValueError: If shapes disagree or a target is out of range for the model's outputs.
         """
+        return self._guarded(model, images, targets, self._attribute).detach().to(torch.float32)
+
+    def _guarded(self, model: nn.Module, images: Tensor, targets: Tensor, compute: Callable[..., T]) -> T:
+        """Validate the inputs and run ``compute(model, images, targets)`` in attribution mode."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
         images, targets = validate_images_and_targets(images, targets)
         with attribution_mode(model) as forward_module:
-            maps = self._attribute(
-                forward_module, outside_inference_mode(images), outside_inference_mode(targets)
-            )
-        return maps.detach().to(torch.float32)
+            return compute(forward_module, outside_inference_mode(images), outside_inference_mode(targets))
 
     @abstractmethod
     def _attribute(self, model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:

