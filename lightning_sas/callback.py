@@ -284,26 +284,29 @@ class SASAuditCallback(Callback):
         epoch = trainer.current_epoch if epoch is None else epoch
         if self.probes is None or epoch in self.audited_epochs:
             return
+        try:
+            with isolate_rng():
+                self._run_audit(trainer, pl_module, epoch)
+        except Exception as error:  # noqa: BLE001 - by default the audit must never kill training
+            if self.on_error == "raise":
+                raise
+            rank_zero_warn(
+                f"SASAuditCallback: the audit at epoch {epoch} failed and was skipped "
+                f"({type(error).__name__}: {error}). Training continues."
+            )
+
+    def _run_audit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         started = time.perf_counter()
-        with isolate_rng():
-            try:
-                result = self._explain_sharded(trainer, pl_module)
-            except Exception as error:  # noqa: BLE001 - the audit must not kill training by default
-                if self.on_error == "raise":
-                    raise
-                rank_zero_warn(
-                    f"SASAuditCallback: the audit at epoch {epoch} failed and was skipped "
-                    f"({type(error).__name__}: {error}). Training continues."
-                )
-                return
-        self.audited_epochs.append(epoch)
+        result = self._explain_sharded(trainer, pl_module)
         result.seconds = time.perf_counter() - started
         scalars = audit_scalars(result, self._previous_maps)
+        self._publish(trainer, result, scalars, epoch)
+        # Bookkeeping only once everything is written, so a failed audit leaves no half state.
+        self.audited_epochs.append(epoch)
         self._previous_maps = {name: maps.detach().cpu() for name, maps in result.maps.items()}
         if self.warm_start_iterations is not None:
             self._previous_masks = {name: mask.detach().cpu() for name, mask in result.masks.items()}
         self.history.append({"epoch": float(epoch), "step": float(trainer.global_step), **scalars})
-        self._publish(trainer, result, scalars, epoch)
         self._check_shortcut(trainer, result, epoch)
 
     def _explain_sharded(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> AuditResult:

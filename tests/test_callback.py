@@ -327,3 +327,19 @@ def test_warm_start_seeds_later_audits_with_fewer_iterations(tmp_path: Path) -> 
     assert set(callback.state_dict()["previous_masks"]) == {"sas"}
     with pytest.raises(ValueError, match="`warm_start_iterations` must be an integer >= 1"):
         SASAuditCallback(warm_start_iterations=0)
+
+
+class FailingAuditLogger(CSVLogger):
+    """A logger whose disk is 'full' for the audit's metrics."""
+
+    def log_metrics(self, metrics, step=None):
+        if any(key.startswith("audit/") for key in metrics):
+            raise OSError("No space left on device")
+        super().log_metrics(metrics, step)
+
+
+def test_failure_while_writing_the_audit_does_not_stop_training(tmp_path: Path) -> None:
+    callback = SASAuditCallback(probe=2, methods=["gradcam"])
+    with pytest.warns(UserWarning, match=r"audit at epoch 1 failed and was skipped \(OSError: No space left"):
+        trainer, _ = fit(tmp_path, callback, max_epochs=2, logger=FailingAuditLogger(tmp_path, name="csv"))
+    assert trainer.current_epoch == 2 and callback.audited_epochs == [] and callback.history == []
