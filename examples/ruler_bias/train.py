@@ -117,7 +117,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("outputs/ruler_bias"))
-    parser.add_argument("--quiet", action="store_true", help="no Lightning progress bar or summary")
+    parser.add_argument("--quiet", action="store_true", help="no Lightning model summary")
     return parser.parse_args(argv)
 
 
@@ -155,7 +155,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
         devices=1,
         logger=logger,
         callbacks=[audit, table, ModelCheckpoint(save_last=True, save_top_k=0)],
-        enable_progress_bar=not args.quiet,
+        enable_progress_bar=False,  # the audit table below is the progress report
         enable_model_summary=not args.quiet,
         log_every_n_steps=10,
     )
