@@ -125,6 +125,8 @@ def explain(
             progress(name)
         if isinstance(method, SaS):
             start = (initial_masks or {}).get(name)
+            if start is not None and start.shape[0] != len(probes):
+                start = None  # the probe set changed: start cold
             iterations = warm_start_iterations if start is not None else None
             maps[name], masks[name] = method.attribute_from(model, probes.images, targets, start, iterations)
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -195,7 +195,20 @@ class SASAuditCallback(Callback):
 
     def _validation_dataset(self, trainer: pl.Trainer) -> Dataset:
         loaders = trainer.val_dataloaders
-        if isinstance(loaders, Sequence) and not isinstance(loaders, DataLoader):
+        if loaders is None and trainer.limit_val_batches != 0:
+            # Lightning loads validation data lazily, only for epochs that validate (e.g. not
+            # epoch 0 with check_val_every_n_epoch=2); load it now, as its own fit loop does.
+            trainer.validating = True
+            try:
+                trainer.fit_loop.epoch_loop.val_loop.setup_data()
+            except MisconfigurationException:
+                pass  # no validation data at all: reported below, with what to do about it
+            finally:
+                trainer.training = True
+            loaders = trainer.val_dataloaders
+        if isinstance(loaders, Mapping):  # several named loaders: the first one holds the probes
+            loaders = next(iter(loaders.values()), None)
+        elif isinstance(loaders, Sequence) and not isinstance(loaders, DataLoader):
             loaders = loaders[0] if loaders else None
         dataset = getattr(loaders, "dataset", None)
         if dataset is None:
@@ -261,6 +274,8 @@ class SASAuditCallback(Callback):
                 )
                 rank_zero_warn(message)
                 self._write_text(trainer, "audit/probe_change", message)
+                # Drift and warm starts against other images would be meaningless.
+                self._previous_maps, self._previous_masks = {}, {}
         self.manifest = manifest
         self._write_text(trainer, "audit/manifest", manifest_markdown(manifest))
 
@@ -299,15 +314,24 @@ class SASAuditCallback(Callback):
         started = time.perf_counter()
         result = self._explain_sharded(trainer, pl_module)
         result.seconds = time.perf_counter() - started
+        # Every rank holds the gathered result: bookkeeping and the shortcut decision happen on
+        # all of them, so they agree on what was audited and on `should_stop`.
         scalars = audit_scalars(result, self._previous_maps)
-        self._publish(trainer, result, scalars, epoch)
-        # Bookkeeping only once everything is written, so a failed audit leaves no half state.
         self.audited_epochs.append(epoch)
         self._previous_maps = {name: maps.detach().cpu() for name, maps in result.maps.items()}
         if self.warm_start_iterations is not None:
             self._previous_masks = {name: mask.detach().cpu() for name, mask in result.masks.items()}
         self.history.append({"epoch": float(epoch), "step": float(trainer.global_step), **scalars})
         self._check_shortcut(trainer, result, epoch)
+        try:
+            self._publish(trainer, result, scalars, epoch)
+        except Exception as error:  # noqa: BLE001 - a full disk must not stop training either
+            if self.on_error == "raise":
+                raise
+            rank_zero_warn(
+                f"SASAuditCallback: the audit at epoch {epoch} ran but could not be written "
+                f"({type(error).__name__}: {error}). Training continues."
+            )
 
     def _explain_sharded(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> AuditResult:
         """Each rank explains its share of the probes; everyone gets all results back."""
@@ -321,21 +345,23 @@ class SASAuditCallback(Callback):
         # Strided shards padded to the same length (all_gather needs equal shapes).
         mine = list(range(rank, count, world_size)) or [0]
         mine += [mine[-1]] * (per_rank - len(mine))
-        shard = probes.subset(mine).to(device)
-        initial_masks = {name: mask[mine].to(device) for name, mask in self._previous_masks.items()}
-        with trainer.precision_plugin.forward_context():
-            failure: Exception | None = None
-            try:
+        failure: Exception | None = None
+        local = shard = None
+        try:
+            shard = probes.subset(mine).to(device)
+            shard.images = trainer.precision_plugin.convert_input(shard.images)
+            initial_masks = {name: mask[mine].to(device) for name, mask in self._previous_masks.items()}
+            with trainer.precision_plugin.forward_context():
                 local = explain(
                     pl_module, shard, self.methods, self.target,
                     initial_masks=initial_masks, warm_start_iterations=self.warm_start_iterations,
                 )
-            except Exception as error:  # noqa: BLE001 - ranks must agree before raising
-                failure, local = error, None
+        except Exception as error:  # noqa: BLE001 - ranks must agree before raising
+            failure = error
         if world_size == 1:
             if failure is not None:
                 raise failure
-            return score(local, shard.roi)  # type: ignore[arg-type]
+            return score(local, shard.roi)  # type: ignore[arg-type,union-attr]
         failed = pl_module.all_gather(torch.tensor(float(failure is not None), device=device))
         if bool(failed.sum() > 0):
             raise failure or RuntimeError("the audit failed on another rank")

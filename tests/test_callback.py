@@ -340,6 +340,12 @@ class FailingAuditLogger(CSVLogger):
 
 def test_failure_while_writing_the_audit_does_not_stop_training(tmp_path: Path) -> None:
     callback = SASAuditCallback(probe=2, methods=["gradcam"])
-    with pytest.warns(UserWarning, match=r"audit at epoch 1 failed and was skipped \(OSError: No space left"):
+    with pytest.warns(UserWarning, match=r"audit at epoch 1 ran but could not be written \(OSError: No space left"):
         trainer, _ = fit(tmp_path, callback, max_epochs=2, logger=FailingAuditLogger(tmp_path, name="csv"))
-    assert trainer.current_epoch == 2 and callback.audited_epochs == [] and callback.history == []
+    assert trainer.current_epoch == 2 and callback.audited_epochs == [0, 1]
+
+
+def test_probes_are_found_when_the_first_epoch_does_not_validate(tmp_path: Path) -> None:
+    callback = SASAuditCallback(probe=2, methods=["gradcam"])
+    fit(tmp_path, callback, max_epochs=2, check_val_every_n_epoch=2, num_sanity_val_steps=0)
+    assert len(callback.manifest) == 2 and callback.audited_epochs == [0, 1]
