@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -299,14 +300,19 @@ class SASAuditCallback(Callback):
         epoch = trainer.current_epoch if epoch is None else epoch
         if self.probes is None or epoch in self.audited_epochs:
             return
+        with self._failures_reported(epoch, "failed and was skipped"), isolate_rng():
+            self._run_audit(trainer, pl_module, epoch)
+
+    @contextmanager
+    def _failures_reported(self, epoch: int, outcome: str) -> Iterator[None]:
+        """By default a failing audit never kills training: warn and go on (``on_error="raise"`` re-raises)."""
         try:
-            with isolate_rng():
-                self._run_audit(trainer, pl_module, epoch)
-        except Exception as error:  # noqa: BLE001 - by default the audit must never kill training
+            yield
+        except Exception as error:  # noqa: BLE001 - any failure of the audit, whatever its type
             if self.on_error == "raise":
                 raise
             rank_zero_warn(
-                f"SASAuditCallback: the audit at epoch {epoch} failed and was skipped "
+                f"SASAuditCallback: the audit at epoch {epoch} {outcome} "
                 f"({type(error).__name__}: {error}). Training continues."
             )
 
@@ -323,15 +329,8 @@ class SASAuditCallback(Callback):
             self._previous_masks = {name: mask.detach().cpu() for name, mask in result.masks.items()}
         self.history.append({"epoch": float(epoch), "step": float(trainer.global_step), **scalars})
         self._check_shortcut(trainer, result, epoch)
-        try:
+        with self._failures_reported(epoch, "ran but could not be written"):
             self._publish(trainer, result, scalars, epoch)
-        except Exception as error:  # noqa: BLE001 - a full disk must not stop training either
-            if self.on_error == "raise":
-                raise
-            rank_zero_warn(
-                f"SASAuditCallback: the audit at epoch {epoch} ran but could not be written "
-                f"({type(error).__name__}: {error}). Training continues."
-            )
 
     def _explain_sharded(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> AuditResult:
         """Each rank explains its share of the probes; everyone gets all results back."""
