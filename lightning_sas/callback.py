@@ -228,6 +228,11 @@ class SASAuditCallback(Callback):
             size = len(dataset)  # type: ignore[arg-type]
             if self._loaded_manifest:
                 positions = [entry["index"] for entry in self._loaded_manifest]
+                if isinstance(self.probe, int) and self.probe != len(positions):
+                    rank_zero_warn(
+                        f"SASAuditCallback: `probe`={self.probe} is ignored on resume; the checkpoint's "
+                        f"{len(positions)} probes are audited so that scores stay comparable."
+                    )
             elif isinstance(self.probe, int):
                 if self.probe > size:
                     raise MisconfigurationException(

@@ -261,6 +261,13 @@ def test_resume_uses_the_same_probes_and_reports_changed_ones(tmp_path: Path) ->
     assert resumed.manifest == first.manifest
     assert resumed.audited_epochs == [0, 1] and resumed.probe_changes == []
 
+    # Asking for another probe count on resume is reported; the checkpoint's probes win.
+    recount = SASAuditCallback(probe=6, methods=["gradcam"])
+    trainer = make_trainer(tmp_path, [recount], max_epochs=2)
+    with pytest.warns(UserWarning, match=r"`probe`=6 is ignored on resume; the checkpoint's 4 probes"):
+        trainer.fit(LitClassifier(), train, val, ckpt_path=last)
+    assert recount.manifest == first.manifest
+
     # The validation images changed under the same indices: reported, not silently accepted.
     changed = corner_dataset(seed=5)
     trainer = make_trainer(tmp_path, [changed_callback := SASAuditCallback(probe=4, methods=["gradcam"])], max_epochs=2)

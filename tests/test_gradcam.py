@@ -101,3 +101,11 @@ def test_model_without_spatial_layer() -> None:
 def test_bad_target_layer_type() -> None:
     with pytest.raises(TypeError, match="target_layer"):
         GradCAM(target_layer=4)  # type: ignore[arg-type]
+
+
+def test_automatic_layer_is_located_per_input_size() -> None:
+    resnet = torchvision.models.resnet18(num_classes=3).eval()
+    method = GradCAM()
+    assert method.layer_for(resnet, torch.randn(1, 3, 64, 64))[0] == "layer4"
+    assert method.layer_for(resnet, torch.randn(1, 3, 32, 32))[0] == "layer3"  # layer4 is 1x1 here
+    assert method.layer_for(resnet, torch.randn(1, 3, 64, 64))[0] == "layer4"

@@ -45,17 +45,22 @@ class GradCAM(AttributionMethod):
                 f"got {type(target_layer).__name__}."
             )
         self.target_layer = target_layer
-        # Automatic location costs a forward; remember the answer per model.
-        self._located: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+        # Automatic location costs a forward; remember the answer per model and input size
+        # (which maps still have spatial extent depends on the size).
+        self._located: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], nn.Module]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def layer_for(self, model: nn.Module, images: Tensor) -> tuple[str, nn.Module]:
         """The ``(name, module)`` this instance explains for ``model`` (locating it if needed)."""
         model = uncompiled(model)
         if self.target_layer is not None:
             return resolve_layer(model, self.target_layer)
-        if model not in self._located:
-            self._located[model] = find_target_layer(model, images)[1]
-        return resolve_layer(model, self._located[model])
+        by_size = self._located.setdefault(model, {})
+        size = tuple(images.shape[1:])
+        if size not in by_size:
+            by_size[size] = find_target_layer(model, images)[1]
+        return resolve_layer(model, by_size[size])
 
     def _attribute(self, model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
         model = uncompiled(model)
