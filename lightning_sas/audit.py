@@ -145,14 +145,10 @@ def explain(
 
 def score(result: AuditResult, roi: Tensor) -> AuditResult:
     """Fill in ``roi_share`` / ``roi_mass`` per method (NaN for probes without an ROI)."""
-    some_maps = next(iter(result.maps.values()))
-    roi = roi.to(some_maps.device)
-    has_roi = roi.flatten(1).any(dim=1)
-    any_roi = bool(has_roi.any())
-    nan = torch.full(has_roi.shape, float("nan"), device=some_maps.device)
     for name, maps in result.maps.items():
-        result.roi_share[name] = torch.where(has_roi, roi_share(maps, roi), nan) if any_roi else nan
-        result.roi_mass[name] = torch.where(has_roi, roi_mass(maps, roi), nan) if any_roi else nan
+        probe_roi = roi.to(maps.device)
+        result.roi_share[name] = roi_share(maps, probe_roi)
+        result.roi_mass[name] = roi_mass(maps, probe_roi)
     return result
 
 

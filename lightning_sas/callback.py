@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
@@ -239,7 +240,7 @@ class SASAuditCallback(Callback):
                         f"`probe`={self.probe} asks for more images than the validation set has ({size})."
                     )
                 # A seeded sample of at most MAX_LABEL_SCAN items to read labels from.
-                scanned = stratified_indices([0] * size, min(size, MAX_LABEL_SCAN), self.seed)
+                scanned = np.random.default_rng(self.seed).permutation(size)[:MAX_LABEL_SCAN].tolist()
                 labels = dataset_labels(Subset(dataset, scanned))
                 chosen = stratified_indices(labels, self.probe, self.seed)
                 positions = sorted(scanned[i] for i in chosen)
