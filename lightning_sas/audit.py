@@ -1,18 +1,25 @@
-"""One audit: explain the probes with every method and score the maps against the ROIs."""
+"""One audit: explain the probes with every method and score the maps against the ROIs.
+
+Each method runs on its own: one that fails is reported in :attr:`AuditResult.errors` and the
+others' results are kept. A probe whose model output or map is not finite is never scored as
+if its map were meaningful: its map is NaN, its scores are NaN, and it is listed in
+:attr:`AuditResult.nonfinite`.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-from lightning_sas.methods import METHODS, AttributionMethod, SaS
+from lightning_sas.methods import METHODS, AttributionMethod
 from lightning_sas.metrics import roi_mass, roi_share
 from lightning_sas.model_state import attribution_mode
+from lightning_sas.outputs import ClassifierOutput, OutputSelector
 from lightning_sas.probes import Probes
 
 Target = Literal["pred", "label"]
@@ -30,8 +37,11 @@ class AuditResult:
         roi_share: Per method, ``[N]`` relevance rank accuracy (NaN for probes without ROI).
         roi_mass: Per method, ``[N]`` relevance mass accuracy (NaN for probes without ROI).
         seconds: Wall time of the audit.
-        masks: Per SaS method, the final mask parameter ``[N, 1, h, w]`` (to warm-start the
-            next audit from).
+        masks: Per warm-startable method, its final state (e.g. SaS's mask parameter
+            ``[N, 1, h, w]``), to warm-start the next audit from.
+        errors: Per method that failed, ``"ErrorType: message"``; such a method has no maps.
+        nonfinite: Per method, the probe positions whose map (or model output) was not
+            finite; their maps and scores are NaN.
     """
 
     maps: dict[str, Tensor]
@@ -42,6 +52,8 @@ class AuditResult:
     roi_mass: dict[str, Tensor]
     seconds: float
     masks: dict[str, Tensor] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    nonfinite: dict[str, list[int]] = field(default_factory=dict)
 
     def mean_scores(self) -> dict[str, dict[str, float]]:
         """Per method: ``roi_share`` and ``roi_mass`` averaged over the probes that have an ROI.
@@ -50,9 +62,9 @@ class AuditResult:
         """
         means: dict[str, dict[str, float]] = {}
         for method in self.maps:
-            share, mass = self.roi_share[method], self.roi_mass[method]
-            if bool(torch.isnan(share).all()):
+            if method not in self.roi_share or bool(torch.isnan(share := self.roi_share[method]).all()):
                 continue
+            mass = self.roi_mass[method]
             means[method] = {"roi_share": float(share.nanmean()), "roi_mass": float(mass.nanmean())}
         return means
 
@@ -84,12 +96,36 @@ def resolve_methods(methods: Sequence[str | AttributionMethod]) -> dict[str, Att
     return resolved
 
 
-def predict(model: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
-    """``(predicted class, its softmax probability)`` for each image, without side effects."""
-    with attribution_mode(model) as forward_module, torch.no_grad():
-        probabilities = forward_module(images).float().softmax(dim=1)
-    confidences, predictions = probabilities.max(dim=1)
-    return predictions, confidences
+@runtime_checkable
+class WarmStartable(Protocol):
+    """A method that can start from the state its previous call ended in (the model moves
+    little between two audits, so a warm start needs fewer steps than a cold one).
+
+    ``attribute_from(model, images, targets, initial_state, iterations)`` returns
+    ``(maps, state)``; ``initial_state`` is ``None`` (a cold start) or a ``state`` returned
+    earlier for the same images, whose first dimension is the batch; ``iterations`` is the
+    number of steps for this call, ``None`` for the method's own.
+    """
+
+    def attribute_from(
+        self, model: nn.Module, images: Tensor, targets: Tensor, initial_state: Any, iterations: int | None
+    ) -> tuple[Tensor, Tensor]: ...
+
+
+def predict(model: nn.Module, images: Tensor, output: OutputSelector = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(predicted class, its softmax probability, finite)`` per image, without side effects.
+
+    ``finite`` is ``[N]`` bool: whether every logit of the image is finite.
+
+    Raises:
+        ValueError: If the model's output cannot be read as class logits (the message names
+            its type and shape and the ``output`` argument).
+    """
+    with attribution_mode(ClassifierOutput.wrap(model, output)) as forward_module, torch.no_grad():
+        logits = forward_module(images).float()
+    finite = torch.isfinite(logits).all(dim=1)
+    confidences, predictions = logits.softmax(dim=1).max(dim=1)
+    return predictions, confidences, finite
 
 
 def explain(
@@ -98,39 +134,54 @@ def explain(
     methods: Mapping[str, AttributionMethod],
     target: Target = "pred",
     progress: Callable[[str], None] | None = None,
-    initial_masks: Mapping[str, Tensor] | None = None,
+    initial_states: Mapping[str, Any] | None = None,
     warm_start_iterations: int | None = None,
+    output: OutputSelector = None,
 ) -> AuditResult:
     """Explain ``probes`` with each method (scores left empty: see :func:`score`).
 
-    ``progress``, if given, is called with each method's name before it runs. SaS methods
-    with an entry in ``initial_masks`` start from it and run ``warm_start_iterations`` steps
-    (their own ``iterations`` when ``None``); every SaS method's final mask is returned in
-    ``masks``.
+    The model's output is read once first (:func:`predict`), so a model whose output cannot
+    be read as logits fails here, before any attribution work. Then each method runs on its
+    own: a method that raises is recorded in ``errors`` and the others go on.
+    ``progress``, if given, is called with each method's name before it runs. Methods that
+    are :class:`WarmStartable` and have an entry in ``initial_states`` start from it and run
+    ``warm_start_iterations`` steps (their own ``iterations`` when ``None``); their final
+    state is returned in ``masks``.
 
     Raises:
-        ValueError: If ``target="label"`` and a probe has no label.
+        ValueError: If ``target="label"`` and a probe has no label, or the model's output is
+            not class logits.
     """
     started = time.perf_counter()
-    predictions, confidences = predict(model, probes.images)
+    adapter = ClassifierOutput.wrap(model, output)
+    predictions, confidences, finite_logits = predict(adapter, probes.images)
     if target == "label":
         if bool((probes.labels < 0).any()):
             raise ValueError("`target`='label' needs a label for every probe; some probes have none.")
         targets = probes.labels.to(predictions.device)
     else:
         targets = predictions
-    maps, masks = {}, {}
+    maps: dict[str, Tensor] = {}
+    masks: dict[str, Any] = {}
+    errors: dict[str, str] = {}
     for name, method in methods.items():
         if progress is not None:
             progress(name)
-        if isinstance(method, SaS):
-            start = (initial_masks or {}).get(name)
-            if start is not None and start.shape[0] != len(probes):
-                start = None  # the probe set changed: start cold
-            iterations = warm_start_iterations if start is not None else None
-            maps[name], masks[name] = method.attribute_from(model, probes.images, targets, start, iterations)
-        else:
-            maps[name] = method.attribute(model, probes.images, targets)
+        try:
+            if isinstance(method, WarmStartable):
+                start = (initial_states or {}).get(name)
+                if start is not None and start.shape[0] != len(probes):
+                    start = None  # the probe set changed: start cold
+                iterations = warm_start_iterations if start is not None else None
+                maps[name], masks[name] = method.attribute_from(adapter, probes.images, targets, start, iterations)
+            else:
+                maps[name] = method.attribute(adapter, probes.images, targets)
+        except Exception as error:  # noqa: BLE001 - one method's failure must not lose the others' results
+            errors[name] = f"{type(error).__name__}: {error}"
+    for name, method_maps in maps.items():
+        bad = ~finite_logits.to(method_maps.device)
+        # NaN, never a zero map scored at chance: the probe's scores become NaN too.
+        maps[name] = torch.where(bad[:, None, None], torch.full_like(method_maps, float("nan")), method_maps)
     return AuditResult(
         maps=maps,
         predictions=predictions,
@@ -140,15 +191,27 @@ def explain(
         roi_mass={},
         seconds=time.perf_counter() - started,
         masks=masks,
+        errors=errors,
+        nonfinite={name: nonfinite_positions(method_maps) for name, method_maps in maps.items()},
     )
 
 
+def nonfinite_positions(maps: Tensor) -> list[int]:
+    """Positions of the maps ``[N, H, W]`` that hold a non-finite value (one host sync)."""
+    return torch.nonzero(~torch.isfinite(maps.flatten(1)).all(dim=1)).flatten().tolist()
+
+
 def score(result: AuditResult, roi: Tensor) -> AuditResult:
-    """Fill in ``roi_share`` / ``roi_mass`` per method (NaN for probes without an ROI)."""
+    """Fill in ``roi_share`` / ``roi_mass`` per method (NaN for probes without an ROI or with a
+    non-finite map)."""
     for name, maps in result.maps.items():
         probe_roi = roi.to(maps.device)
-        result.roi_share[name] = roi_share(maps, probe_roi)
-        result.roi_mass[name] = roi_mass(maps, probe_roi)
+        finite = torch.isfinite(maps.flatten(1)).all(dim=1)
+        # The rank scores need finite values; NaN rows are scored on zeros and then masked.
+        safe = torch.where(finite[:, None, None], maps, torch.zeros_like(maps))
+        nan = torch.full(finite.shape, float("nan"), device=maps.device)
+        result.roi_share[name] = torch.where(finite, roi_share(safe, probe_roi), nan)
+        result.roi_mass[name] = torch.where(finite, roi_mass(safe, probe_roi), nan)
     return result
 
 
@@ -158,6 +221,7 @@ def run_audit(
     methods: Mapping[str, AttributionMethod],
     target: Target = "pred",
     progress: Callable[[str], None] | None = None,
+    output: OutputSelector = None,
 ) -> AuditResult:
     """Explain ``probes`` with each method and score the maps against the probes' ROIs.
 
@@ -167,11 +231,27 @@ def run_audit(
         methods: Method objects by name.
         target: Explain the model's prediction (``"pred"``) or the true label (``"label"``).
         progress: Called with each method's name before it runs (e.g. to advance a progress bar).
+        output: Where the logits are in the model's output (see :mod:`lightning_sas.outputs`).
 
     Returns:
-        The :class:`AuditResult`.
+        The :class:`AuditResult` (failed methods in ``errors``, non-finite probes in ``nonfinite``).
 
     Raises:
-        ValueError: If ``target="label"`` and a probe has no label.
+        ValueError: If ``target="label"`` and a probe has no label, or the model's output is
+            not class logits.
     """
-    return score(explain(model, probes, methods, target, progress), probes.roi)
+    return score(explain(model, probes, methods, target, progress, output=output), probes.roi)
+
+
+def problems(result: AuditResult, names: Sequence[str]) -> list[str]:
+    """One sentence per failed method and per method with non-finite probes (for warnings and reports)."""
+    lines = [f"{method} failed and has no maps ({error})" for method, error in result.errors.items()]
+    for method, positions in result.nonfinite.items():
+        if not positions:
+            continue
+        listed = ", ".join(names[i] for i in positions)
+        lines.append(
+            f"{method}: the model's output or the map is not finite (NaN/inf) for {len(positions)} probe(s): "
+            f"{listed}; their scores are NaN"
+        )
+    return lines

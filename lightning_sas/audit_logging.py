@@ -3,12 +3,16 @@
 The tag names are fixed (the dashboard, the CLI and the tests rely on them):
 ``audit/<method>/grid``, ``audit/probe_<NN>``, ``audit/<method>/roi_share``,
 ``audit/<method>/roi_mass``, ``audit/<method>/agreement``, ``audit/seconds``.
+
+Every writer tries every logger: one logger that fails does not keep the others from getting
+the audit (the failures are raised together afterwards). Loggers without a local directory
+get scalars but no files.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,22 +21,14 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
 from lightning_sas.audit import AuditResult
 from lightning_sas.metrics import spearman
-from lightning_sas.probes import Probes
+from lightning_sas.probes import Probes, class_label
 from lightning_sas.render import method_grid, overlay, probe_panel, save_png, to_display
-
-
-def class_name(label: int, class_names: Sequence[str] | None) -> str:
-    if label < 0:
-        return "?"
-    if class_names is not None and label < len(class_names):
-        return str(class_names[label])
-    return str(label)
 
 
 def probe_label(result: AuditResult, probes: Probes, position: int, class_names: Sequence[str] | None) -> str:
     """``"val[3]  true: malignant  pred: benign (0.93)"`` for one probe."""
-    true = class_name(int(probes.labels[position]), class_names)
-    predicted = class_name(int(result.predictions[position]), class_names)
+    true = class_label(int(probes.labels[position]), class_names)
+    predicted = class_label(int(result.predictions[position]), class_names)
     return f"{probes.names[position]}  true: {true}  pred: {predicted} ({float(result.confidences[position]):.2f})"
 
 
@@ -77,44 +73,119 @@ def audit_scalars(result: AuditResult, previous_maps: Mapping[str, torch.Tensor]
     for method, maps in result.maps.items():
         previous = (previous_maps or {}).get(method)
         if previous is not None and previous.shape == maps.shape:
-            agreement = spearman(maps.float().cpu(), previous.float().cpu())
-            if not bool(torch.isnan(agreement).all()):
-                scalars[f"audit/{method}/agreement"] = float(agreement.nanmean())
+            current, previous = maps.float().cpu(), previous.float().cpu()
+            # Probes with a NaN map (now or then) have no ordering to compare.
+            finite = torch.isfinite(current.flatten(1)).all(1) & torch.isfinite(previous.flatten(1)).all(1)
+            if bool(finite.any()):
+                agreement = spearman(current[finite], previous[finite])
+                if not bool(torch.isnan(agreement).all()):
+                    scalars[f"audit/{method}/agreement"] = float(agreement.nanmean())
     scalars["audit/seconds"] = float(result.seconds)
     return scalars
 
 
-def logger_directory(logger: Logger) -> Path:
-    """Where a logger keeps its files (its run directory)."""
-    directory = logger.log_dir or logger.save_dir
-    if directory is None:
-        raise ValueError(f"logger {type(logger).__name__} has no log_dir or save_dir to write audit files to.")
-    return Path(directory)
+class AuditWriteError(RuntimeError):
+    """Some loggers could not take part of the audit; the others got everything."""
 
 
-def write_pictures(loggers: Sequence[Logger], pictures: Mapping[str, np.ndarray], step: int) -> None:
-    """Images through TensorBoard loggers; PNG files under other loggers' directories."""
+def describe_error(error: BaseException) -> str:
+    """``"OSError: disk full"``; a write error's message already names its parts."""
+    return str(error) if isinstance(error, AuditWriteError) else f"{type(error).__name__}: {error}"
+
+
+def logger_directory(logger: Logger) -> Path | None:
+    """Where a logger keeps its files (its run directory), or ``None`` if it has none.
+
+    Loggers that store runs in a database or on a server (e.g. MLflow with a SQL tracking
+    store) have no local directory: they get scalars, but no picture or text files.
+    """
+    try:
+        directory = logger.log_dir or logger.save_dir
+    except (AttributeError, NotImplementedError, TypeError, ValueError):
+        return None
+    return None if directory is None else Path(directory)
+
+
+def _each_logger(loggers: Sequence[Logger], write: Callable[[Logger], None]) -> None:
+    """Run ``write`` for every logger; one logger's failure does not keep the others from writing.
+
+    Raises:
+        AuditWriteError: After all loggers were tried, naming each one that failed and why.
+    """
+    failures = []
     for logger in loggers:
+        try:
+            write(logger)
+        except Exception as error:  # noqa: BLE001 - report every logger's failure, after the others wrote
+            failures.append(f"{type(logger).__name__}: {describe_error(error)}")
+    if failures:
+        raise AuditWriteError("; ".join(failures))
+
+
+def write_scalars(loggers: Sequence[Logger], scalars: Mapping[str, float], step: int) -> None:
+    """Scalars through every logger's ``log_metrics`` (written first: they need no directory)."""
+
+    def write(logger: Logger) -> None:
+        logger.log_metrics(dict(scalars), step=step)
+        logger.save()
+
+    _each_logger(loggers, write)
+
+
+def write_pictures(loggers: Sequence[Logger], pictures: Mapping[str, np.ndarray], step: int) -> list[Logger]:
+    """Images through TensorBoard loggers; PNG files under other loggers' directories.
+
+    Returns:
+        The loggers that were skipped because they have no directory for files.
+    """
+    skipped: list[Logger] = []
+
+    def write(logger: Logger) -> None:
         if isinstance(logger, TensorBoardLogger):
             for tag, picture in pictures.items():
                 logger.experiment.add_image(tag, picture, global_step=step, dataformats="HWC")
             logger.experiment.flush()
-        else:
-            for tag, picture in pictures.items():
-                save_png(picture, logger_directory(logger) / "audits" / "images" / tag / f"step={step}.png")
+            return
+        directory = logger_directory(logger)
+        if directory is None:
+            skipped.append(logger)
+            return
+        for tag, picture in pictures.items():
+            save_png(picture, directory / "audits" / "images" / tag / f"step={step}.png")
+
+    _each_logger(loggers, write)
+    return skipped
 
 
-def write_text(loggers: Sequence[Logger], tag: str, text: str, step: int) -> None:
-    """Text through TensorBoard loggers; a Markdown file under other loggers' directories."""
-    for logger in loggers:
+def write_text(loggers: Sequence[Logger], tag: str, text: str, step: int) -> list[Logger]:
+    """Text through TensorBoard loggers; a Markdown file under other loggers' directories.
+
+    Returns:
+        The loggers that were skipped because they have no directory for files.
+    """
+    skipped: list[Logger] = []
+
+    def write(logger: Logger) -> None:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_text(tag, text, global_step=step)
             logger.experiment.flush()
-        else:
-            path = logger_directory(logger) / "audits" / "text" / f"{tag.replace('/', '_')}.md"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8") as file:
-                file.write(f"## step {step}\n\n{text}\n\n")
+            return
+        directory = logger_directory(logger)
+        if directory is None:
+            skipped.append(logger)
+            return
+        path = directory / "audits" / "text" / f"{tag.replace('/', '_')}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(f"## step {step}\n\n{text}\n\n")
+
+    _each_logger(loggers, write)
+    return skipped
+
+
+def first_directory(loggers: Sequence[Logger]) -> Path | None:
+    """The directory of the first logger that has one (where raw maps go), or ``None``."""
+    return next((directory for directory in map(logger_directory, loggers) if directory is not None), None)
 
 
 def save_raw_maps(directory: os.PathLike[str] | str, epoch: int, result: AuditResult, probes: Probes) -> Path:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -13,24 +13,33 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from typing_extensions import override
 
-from lightning_sas.audit import AuditResult, explain, resolve_methods, score
+from lightning_sas.audit import AuditResult, explain, nonfinite_positions, problems, resolve_methods, score
 from lightning_sas.audit_logging import (
+    AuditWriteError,
     audit_scalars,
-    logger_directory,
+    describe_error,
+    first_directory,
     manifest_markdown,
     render_audit,
     save_raw_maps,
     write_pictures,
+    write_scalars,
     write_text,
 )
+from lightning_sas.distributed import all_ranks_together
 from lightning_sas.methods.base import AttributionMethod
+from lightning_sas.normalization import check_normalization, per_channel
+from lightning_sas.outputs import OutputSelector, check_output_selector
 from lightning_sas.probes import Probes, dataset_labels, probes_from_dataset, stratified_indices
+from lightning_sas.probes import item_keys as checked_item_keys
 
 #: Label scans for stratified probe selection read at most this many validation items.
 MAX_LABEL_SCAN = 4096
@@ -49,22 +58,32 @@ class SASAuditCallback(Callback):
     - scalars ``audit/<method>/roi_share`` and ``audit/<method>/roi_mass`` (when probes carry
       ROI masks), ``audit/<method>/agreement`` (rank correlation with the previous audit's
       maps: drift) and ``audit/seconds``;
+    - text ``audit/manifest`` (the probe set, once), ``audit/alert`` (the first shortcut
+      alert), ``audit/problems`` (methods that failed, probes whose output or map was not
+      finite), ``audit/probe_change`` (a resumed run whose probes changed);
     - raw maps as ``audits/epoch=<E>.npz`` under the first logger's directory.
 
     Steps are ``trainer.global_step``. With a TensorBoard logger everything goes through it;
-    other loggers get the scalars through ``log_metrics`` and the images as PNG files under
-    their directory. The audit never runs during the sanity check, ``validate``, ``test`` or
-    ``predict``, and runs once more at the end of ``fit`` if the last epoch was not audited.
+    other loggers get the scalars through ``log_metrics`` and the images and text as files
+    under their directory; a logger without a directory (e.g. MLflow with a database store)
+    gets the scalars only, with one warning. Scalars are written before pictures, and every
+    logger is written even when another fails. The audit never runs during the sanity check,
+    ``validate``, ``test`` or ``predict``, and runs once more at the end of ``fit`` if the
+    last epoch was not audited.
 
     The training run does not notice the audit: model state, gradients, BatchNorm statistics
-    and all random number generators are exactly as without it. An audit that fails is
-    skipped with a warning (``on_error="warn"``) unless ``on_error="raise"``.
+    and all random number generators are exactly as without it. Whatever fails in the
+    callback's hooks after the probe set is chosen (a method, rendering, a logger) is
+    reported with a warning and training continues (``on_error="warn"``) unless
+    ``on_error="raise"``. A method that fails loses only its own results.
 
     The probe set is chosen once, before the first training step, from the validation dataset
     (or is the ``probe`` Dataset): deterministic for ``seed`` and stratified over classes.
-    Dataset items may be ``image``, ``(image, label)`` or ``(image, label, roi_mask)``, where
-    ``roi_mask`` (``H×W``, 0/1) marks a region that must not drive the decision, e.g. a ruler.
-    The module's ``forward(images)`` must return logits ``[B, num_classes]``.
+    Dataset items may be ``image``, ``(image, label)``, ``(image, label, roi_mask)`` or a
+    mapping (keys ``"image"``, ``"label"``, ``"mask"`` unless ``item_keys`` says otherwise),
+    where ``roi_mask`` (``H×W``, 0/1) marks a region that must not drive the decision, e.g. a
+    ruler. The module's ``forward(images)`` returns class logits ``[B, num_classes]``, a single
+    binary logit ``[B]`` / ``[B, 1]``, or a tuple/list/dict from which ``output`` picks them.
 
     Args:
         probe: How many validation images to pick (``int``), the indices into the validation
@@ -73,25 +92,31 @@ class SASAuditCallback(Callback):
         methods: Method names (``"sas"``, ``"gradcam"``) or method objects (anything with
             ``.attribute(model, images, targets)`` and a ``name``).
         target: Explain the model's prediction (``"pred"``) or the true label (``"label"``).
-        mean: Per-channel mean of the input normalisation, to show images in true colour.
-        std: Per-channel standard deviation of the input normalisation.
+        mean: The input normalisation's mean, to show images in true colour: one value for
+            every channel or one per channel.
+        std: The input normalisation's standard deviation, likewise.
         seed: Seed of the probe selection.
-        on_error: ``"warn"``: a failing audit is skipped with a rank-zero warning and training
-            continues; ``"raise"``: the error propagates.
+        on_error: ``"warn"``: a failing audit (or a failing write) is reported with a
+            rank-zero warning and training continues; ``"raise"``: the error propagates.
         shortcut_threshold: Raise a shortcut alert when a method's mean ``roi_share`` over the
             probes with an ROI exceeds this value; ``None`` disables alerts.
         stop_on_shortcut: Stop training cleanly (``trainer.should_stop``) at the first alert.
         class_names: Names of the classes, for labels in the pictures.
-        warm_start_iterations: If set, SaS methods start each audit after the first from the
-            previous audit's mask of the same probe and run this many iterations instead of
-            their own ``iterations`` (the model moves little between audits, so fewer steps
-            reach a map close to a cold start; see the README for the measured trade-off).
+        warm_start_iterations: If set, methods that can warm-start (SaS) start each audit after
+            the first from the previous audit's state for the same probe and run this many
+            iterations instead of their own (see the README for the measured trade-off).
+        output: Where the logits are in the module's output: ``None`` (the output is the
+            logits), an index (tuple/list outputs), a key (dict outputs) or a callable.
+        item_keys: For mapping items, the keys of ``"image"``, ``"label"`` and ``"roi"``,
+            e.g. ``{"image": "pixels", "roi": "ruler_mask"}``.
 
     Raises:
         ValueError: If an argument is invalid (the message names it and its value).
+        TypeError: If ``output`` is neither ``None``, an int, a str nor a callable.
         MisconfigurationException: At ``setup`` if the Trainer has no logger; before the first
-            training step if there is no validation data and no probe Dataset, or ``probe``
-            asks for more images than the validation set has.
+            training step if there is no validation data and no probe Dataset, the validation
+            data is an ``IterableDataset``, ``probe`` asks for more images than the validation
+            set has, or ``mean``/``std`` do not fit the images' channels.
 
     Example::
 
@@ -116,6 +141,8 @@ class SASAuditCallback(Callback):
         stop_on_shortcut: bool = False,
         class_names: Sequence[str] | None = None,
         warm_start_iterations: int | None = None,
+        output: OutputSelector = None,
+        item_keys: Mapping[str, str] | None = None,
     ) -> None:
         if isinstance(probe, bool) or not isinstance(probe, int | Sequence | Dataset):
             raise ValueError(f"`probe` must be an int, a list of indices or a Dataset, got {type(probe).__name__}.")
@@ -131,33 +158,27 @@ class SASAuditCallback(Callback):
             raise ValueError(f"`target` must be 'pred' or 'label', got {target!r}.")
         if on_error not in ("warn", "raise"):
             raise ValueError(f"`on_error` must be 'warn' or 'raise', got {on_error!r}.")
-        for name, values in (("mean", mean), ("std", std)):
-            if values is not None and (
-                isinstance(values, str) or not isinstance(values, Sequence) or len(values) not in (1, 3)
-            ):
-                raise ValueError(f"`{name}` must be a list of 1 or 3 numbers (one per channel), got {values!r}.")
-        if mean is not None and std is not None and len(mean) != len(std):
-            raise ValueError(f"`mean` and `std` must have the same length, got {list(mean)} and {list(std)}.")
-        if std is not None and any(value <= 0 for value in std):
-            raise ValueError(f"`std` values must be positive, got {list(std)}.")
         if shortcut_threshold is not None and not 0 <= shortcut_threshold <= 1:
             raise ValueError(f"`shortcut_threshold` must be in [0, 1] or None, got {shortcut_threshold!r}.")
         if warm_start_iterations is not None and (
-            isinstance(warm_start_iterations, bool) or not isinstance(warm_start_iterations, int) or warm_start_iterations < 1
+            isinstance(warm_start_iterations, bool)
+            or not isinstance(warm_start_iterations, int)
+            or warm_start_iterations < 1
         ):
             raise ValueError(f"`warm_start_iterations` must be an integer >= 1 or None, got {warm_start_iterations!r}.")
         self.methods = resolve_methods(methods)  # unknown names fail here, at construction
         self.probe = probe
         self.every_n_epochs = every_n_epochs
         self.target = target
-        self.mean = None if mean is None else [float(value) for value in mean]
-        self.std = None if std is None else [float(value) for value in std]
+        self.mean, self.std = check_normalization(mean, std)
         self.seed = seed
         self.on_error = on_error
         self.shortcut_threshold = shortcut_threshold
         self.stop_on_shortcut = stop_on_shortcut
         self.class_names = None if class_names is None else list(class_names)
         self.warm_start_iterations = warm_start_iterations
+        self.output = check_output_selector(output)
+        self.item_keys = checked_item_keys(item_keys)
 
         self.probes: Probes | None = None
         self.manifest: list[dict] = []
@@ -168,11 +189,16 @@ class SASAuditCallback(Callback):
         self._previous_maps: dict[str, Tensor] = {}
         self._previous_masks: dict[str, Tensor] = {}
         self._loaded_manifest: list[dict] | None = None
+        self._loggers_without_files: set[int] = set()
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(every_n_epochs=self.every_n_epochs, methods=tuple(self.methods))
+        # Only where the probes come from: a resumed run keeps its saved probe set and history
+        # whatever else changed (`every_n_epochs`, methods, seed, probe count: the manifest wins
+        # and a changed count is reported).
+        source = f"dataset:{type(self.probe).__qualname__}" if isinstance(self.probe, Dataset) else "validation"
+        return self._generate_state_key(probes=source)
 
     # ------------------------------------------------------------------ checks and probe set
 
@@ -189,25 +215,19 @@ class SASAuditCallback(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The validation dataloaders exist from here on (and a resumed manifest is loaded), and
-        # no training step has run yet: the last moment to refuse a bad configuration.
+        # no training step has run yet: the last moment to refuse a bad configuration. A bad
+        # probe set is a configuration error and fails here; writing the manifest is audit
+        # work and follows `on_error`.
         if self.probes is None:
             with isolate_rng():
-                self.probes = self._select_probes(trainer)
-            self._check_manifest(trainer)
+                self.probes = self._select_probes(trainer, pl_module)
+            with self._failures_reported("while recording the probe set"):
+                self._check_manifest(trainer)
 
-    def _validation_dataset(self, trainer: pl.Trainer) -> Dataset:
+    def _validation_dataset(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Dataset:
         loaders = trainer.val_dataloaders
         if loaders is None and trainer.limit_val_batches != 0:
-            # Lightning loads validation data lazily, only for epochs that validate (e.g. not
-            # epoch 0 with check_val_every_n_epoch=2); load it now, as its own fit loop does.
-            trainer.validating = True
-            try:
-                trainer.fit_loop.epoch_loop.val_loop.setup_data()
-            except MisconfigurationException:
-                pass  # no validation data at all: reported below, with what to do about it
-            finally:
-                trainer.training = True
-            loaders = trainer.val_dataloaders
+            loaders = _unloaded_validation_dataloaders(trainer, pl_module)
         if isinstance(loaders, Mapping):  # several named loaders: the first one holds the probes
             loaders = next(iter(loaders.values()), None)
         elif isinstance(loaders, Sequence) and not isinstance(loaders, DataLoader):
@@ -218,14 +238,25 @@ class SASAuditCallback(Callback):
                 "`SASAuditCallback` needs validation data to pick probes from, and the Trainer has none "
                 "(no val_dataloader, or limit_val_batches=0). Pass `probe=<a Dataset>` instead."
             )
+        if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+            raise MisconfigurationException(
+                f"`SASAuditCallback` picks probes by index, and the validation data is a "
+                f"{type(dataset).__name__} (an IterableDataset or without len()), which has no indices. "
+                "Pass `probe=<a Dataset>` (a map-style Dataset holding the probe images) instead."
+            )
         return dataset
 
-    def _select_probes(self, trainer: pl.Trainer) -> Probes:
+    def _select_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Probes:
+        keys = self.item_keys
         if isinstance(self.probe, Dataset):
+            if isinstance(self.probe, IterableDataset) or not hasattr(self.probe, "__len__"):
+                raise MisconfigurationException(
+                    f"`probe` must be a map-style Dataset (with len() and indexing), got {type(self.probe).__name__}."
+                )
             positions = list(range(len(self.probe)))  # type: ignore[arg-type]
-            probes = probes_from_dataset(self.probe, positions, prefix="probe")
+            probes = probes_from_dataset(self.probe, positions, prefix="probe", keys=keys)
         else:
-            dataset = self._validation_dataset(trainer)
+            dataset = self._validation_dataset(trainer, pl_module)
             size = len(dataset)  # type: ignore[arg-type]
             if self._loaded_manifest:
                 positions = [entry["index"] for entry in self._loaded_manifest]
@@ -241,7 +272,7 @@ class SASAuditCallback(Callback):
                     )
                 # A seeded sample of at most MAX_LABEL_SCAN items to read labels from.
                 scanned = np.random.default_rng(self.seed).permutation(size)[:MAX_LABEL_SCAN].tolist()
-                labels = dataset_labels(Subset(dataset, scanned))
+                labels = dataset_labels(Subset(dataset, scanned), keys)
                 chosen = stratified_indices(labels, self.probe, self.seed)
                 positions = sorted(scanned[i] for i in chosen)
             else:
@@ -251,13 +282,14 @@ class SASAuditCallback(Callback):
                 raise MisconfigurationException(
                     f"`probe` indices {out_of_range} are out of range for the validation set of {size} items."
                 )
-            probes = probes_from_dataset(dataset, positions)
+            probes = probes_from_dataset(dataset, positions, keys=keys)
         channels = probes.images.shape[1]
         for name, values in (("mean", self.mean), ("std", self.std)):
-            if values is not None and len(values) not in (1, channels):
-                raise MisconfigurationException(
-                    f"`{name}` has {len(values)} values but the probe images have {channels} channels."
-                )
+            if values is not None:
+                try:
+                    per_channel(name, values, channels)
+                except ValueError as error:
+                    raise MisconfigurationException(str(error)) from None
         if self.target == "label" and bool((probes.labels < 0).any()):
             raise MisconfigurationException("`target`='label' needs labelled probes, and some probe items have no label.")
         return probes
@@ -280,9 +312,10 @@ class SASAuditCallback(Callback):
                     "no longer hash to the same content. Scores before and after this point are not comparable."
                 )
                 rank_zero_warn(message)
-                self._write_text(trainer, "audit/probe_change", message)
                 # Drift and warm starts against other images would be meaningless.
                 self._previous_maps, self._previous_masks = {}, {}
+                self.manifest = manifest
+                self._write_text(trainer, "audit/probe_change", message)
         self.manifest = manifest
         self._write_text(trainer, "audit/manifest", manifest_markdown(manifest))
 
@@ -306,21 +339,20 @@ class SASAuditCallback(Callback):
         epoch = trainer.current_epoch if epoch is None else epoch
         if self.probes is None or epoch in self.audited_epochs:
             return
-        with self._failures_reported(epoch, "failed and was skipped"), isolate_rng():
+        # Under DDP every rank audits its shard: forwards must be agreed across ranks.
+        together = all_ranks_together() if trainer.world_size > 1 else nullcontext()
+        with self._failures_reported(f"at epoch {epoch} failed and was skipped"), isolate_rng(), together:
             self._run_audit(trainer, pl_module, epoch)
 
     @contextmanager
-    def _failures_reported(self, epoch: int, outcome: str) -> Iterator[None]:
-        """By default a failing audit never kills training: warn and go on (``on_error="raise"`` re-raises)."""
+    def _failures_reported(self, outcome: str) -> Iterator[None]:
+        """Audit work never kills training by default: warn and go on (``on_error="raise"`` re-raises)."""
         try:
             yield
         except Exception as error:  # noqa: BLE001 - any failure of the audit, whatever its type
             if self.on_error == "raise":
                 raise
-            rank_zero_warn(
-                f"SASAuditCallback: the audit at epoch {epoch} {outcome} "
-                f"({type(error).__name__}: {error}). Training continues."
-            )
+            rank_zero_warn(f"SASAuditCallback: the audit {outcome} ({describe_error(error)}). Training continues.")
 
     def _run_audit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         started = time.perf_counter()
@@ -330,13 +362,18 @@ class SASAuditCallback(Callback):
         # all of them, so they agree on what was audited and on `should_stop`.
         scalars = audit_scalars(result, self._previous_maps)
         self.audited_epochs.append(epoch)
-        self._previous_maps = {name: maps.detach().cpu() for name, maps in result.maps.items()}
+        self._previous_maps.update({name: maps.detach().cpu() for name, maps in result.maps.items()})
         if self.warm_start_iterations is not None:
-            self._previous_masks = {name: mask.detach().cpu() for name, mask in result.masks.items()}
+            self._previous_masks.update({name: mask.detach().cpu() for name, mask in result.masks.items()})
         self.history.append({"epoch": float(epoch), "step": float(trainer.global_step), **scalars})
+        reported = problems(result, self.probes.names if self.probes else [])
+        if result.errors and self.on_error == "raise":
+            raise RuntimeError("; ".join(reported))
+        if reported:
+            rank_zero_warn(f"SASAuditCallback: the audit at epoch {epoch} is incomplete: " + "; ".join(reported) + ".")
         self._check_shortcut(trainer, result, epoch)
-        with self._failures_reported(epoch, "ran but could not be written"):
-            self._publish(trainer, result, scalars, epoch)
+        with self._failures_reported(f"at epoch {epoch} ran but could not be written"):
+            self._publish(trainer, result, scalars, epoch, reported)
 
     def _explain_sharded(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> AuditResult:
         """Each rank explains its share of the probes; everyone gets all results back."""
@@ -347,19 +384,21 @@ class SASAuditCallback(Callback):
         world_size, rank = trainer.world_size, trainer.global_rank
         count = len(probes)
         per_rank = math.ceil(count / world_size)
-        # Strided shards padded to the same length (all_gather needs equal shapes).
-        mine = list(range(rank, count, world_size)) or [0]
+        # Strided shards padded to the same length (all_gather needs equal shapes, and every
+        # rank must make the same forward calls).
+        mine = list(range(rank, count, world_size)) or [rank % count]
         mine += [mine[-1]] * (per_rank - len(mine))
         failure: Exception | None = None
         local = shard = None
         try:
             shard = probes.subset(mine).to(device)
             shard.images = trainer.precision_plugin.convert_input(shard.images)
-            initial_masks = {name: mask[mine].to(device) for name, mask in self._previous_masks.items()}
+            initial_states = {name: mask[mine].to(device) for name, mask in self._previous_masks.items()}
             with trainer.precision_plugin.forward_context():
                 local = explain(
                     pl_module, shard, self.methods, self.target,
-                    initial_masks=initial_masks, warm_start_iterations=self.warm_start_iterations,
+                    initial_states=initial_states, warm_start_iterations=self.warm_start_iterations,
+                    output=self.output,
                 )
         except Exception as error:  # noqa: BLE001 - ranks must agree before raising
             failure = error
@@ -370,12 +409,23 @@ class SASAuditCallback(Callback):
         failed = pl_module.all_gather(torch.tensor(float(failure is not None), device=device))
         if bool(failed.sum() > 0):
             raise failure or RuntimeError("the audit failed on another rank")
+        if local is None:  # cannot happen without a failure; keeps type checkers informed
+            raise RuntimeError("the audit produced no result")
+        # A method that failed on any rank is dropped everywhere: gathering needs the same maps.
+        succeeded = torch.tensor([float(name in local.maps) for name in self.methods], device=device)
+        everywhere = pl_module.all_gather(succeeded).reshape(world_size, -1).amin(dim=0)
+        errors = dict(local.errors)
+        for name, ok in zip(self.methods, everywhere.tolist(), strict=True):
+            if not ok:
+                local.maps.pop(name, None)
+                local.masks.pop(name, None)
+                errors.setdefault(name, "failed on another rank")
         gathered = {
-            "predictions": pl_module.all_gather(local.predictions),  # type: ignore[union-attr]
-            "confidences": pl_module.all_gather(local.confidences),  # type: ignore[union-attr]
-            "targets": pl_module.all_gather(local.targets),  # type: ignore[union-attr]
-            **{f"map_{name}": pl_module.all_gather(maps) for name, maps in local.maps.items()},  # type: ignore[union-attr]
-            **{f"mask_{name}": pl_module.all_gather(mask) for name, mask in local.masks.items()},  # type: ignore[union-attr]
+            "predictions": pl_module.all_gather(local.predictions),
+            "confidences": pl_module.all_gather(local.confidences),
+            "targets": pl_module.all_gather(local.targets),
+            **{f"map_{name}": pl_module.all_gather(maps) for name, maps in local.maps.items()},
+            **{f"mask_{name}": pl_module.all_gather(mask) for name, mask in local.masks.items()},
         }
         # [world, per_rank, ...] -> probe order: rank r's j-th item is probe r + j * world.
         order = [r + j * world_size for j in range(per_rank) for r in range(world_size)]
@@ -386,32 +436,67 @@ class SASAuditCallback(Callback):
             interleaved = value.transpose(0, 1).reshape(world_size * per_rank, *value.shape[2:])
             return interleaved[torch.tensor(sort, device=value.device)]
 
+        maps = {name: reassemble(gathered[f"map_{name}"]) for name in local.maps}
         result = AuditResult(
-            maps={name: reassemble(gathered[f"map_{name}"]) for name in local.maps},  # type: ignore[union-attr]
+            maps=maps,
             predictions=reassemble(gathered["predictions"]),
             confidences=reassemble(gathered["confidences"]),
             targets=reassemble(gathered["targets"]),
             roi_share={},
             roi_mass={},
             seconds=0.0,
-            masks={name: reassemble(gathered[f"mask_{name}"]) for name in local.masks},  # type: ignore[union-attr]
+            masks={name: reassemble(gathered[f"mask_{name}"]) for name in local.masks},
+            errors=errors,
+            nonfinite={name: nonfinite_positions(method_maps) for name, method_maps in maps.items()},
         )
         return score(result, probes.roi)
 
     @rank_zero_only
-    def _publish(self, trainer: pl.Trainer, result: AuditResult, scalars: dict[str, float], epoch: int) -> None:
+    def _publish(
+        self, trainer: pl.Trainer, result: AuditResult, scalars: dict[str, float], epoch: int, reported: list[str]
+    ) -> None:
         probes = self.probes
         if probes is None:
             return
         step = trainer.global_step
-        pictures = render_audit(
-            result, probes, mean=self.mean, std=self.std, class_names=self.class_names, title=f"epoch {epoch}"
-        )
-        write_pictures(trainer.loggers, pictures, step)
-        for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=step)
-            logger.save()
-        save_raw_maps(logger_directory(trainer.loggers[0]), epoch, result, probes)
+        loggers = trainer.loggers
+        failures: list[str] = []
+        # Scalars first: they need no directory and are what the curves and alerts show.
+        writes: list[tuple[str, Callable[[], object]]] = [("scalars", lambda: write_scalars(loggers, scalars, step))]
+        if reported:
+            text = "\n".join(f"- {line}" for line in reported)
+            writes.append(("problems", lambda: self._note_skipped(write_text(loggers, "audit/problems", text, step))))
+
+        def pictures() -> None:
+            rendered = render_audit(
+                result, probes, mean=self.mean, std=self.std, class_names=self.class_names, title=f"epoch {epoch}"
+            )
+            self._note_skipped(write_pictures(loggers, rendered, step))
+
+        def raw_maps() -> None:
+            directory = first_directory(loggers)
+            if directory is not None:
+                save_raw_maps(directory, epoch, result, probes)
+
+        writes += [("pictures", pictures), ("raw maps", raw_maps)]
+        for what, write in writes:
+            try:
+                write()
+            except Exception as error:  # noqa: BLE001 - the other parts still get written
+                failures.append(f"{what}: {describe_error(error)}")
+        if failures:
+            raise AuditWriteError("; ".join(failures))
+
+    def _note_skipped(self, skipped: Sequence[Logger]) -> None:
+        """Warn once per logger that cannot take files (it still gets every scalar)."""
+        for logger in skipped:
+            if id(logger) not in self._loggers_without_files:
+                self._loggers_without_files.add(id(logger))
+                rank_zero_warn(
+                    f"SASAuditCallback: {type(logger).__name__} has no local directory, so the audit's pictures "
+                    "and text are not written to it (it still gets every scalar). Add a TensorBoardLogger or a "
+                    "logger with a save_dir to see the heatmaps."
+                )
 
     # ------------------------------------------------------------------ shortcut alerts
 
@@ -441,7 +526,8 @@ class SASAuditCallback(Callback):
             self.alerts.append(alert)
             rank_zero_warn(message)
             if first:
-                self._write_text(trainer, "audit/alert", message)
+                with self._failures_reported(f"at epoch {epoch} could not write its alert"):
+                    self._write_text(trainer, "audit/alert", message)
             if self.stop_on_shortcut:
                 trainer.should_stop = True
 
@@ -472,4 +558,26 @@ class SASAuditCallback(Callback):
 
     @rank_zero_only
     def _write_text(self, trainer: pl.Trainer, tag: str, text: str) -> None:
-        write_text(trainer.loggers, tag, text, trainer.global_step)
+        self._note_skipped(write_text(trainer.loggers, tag, text, trainer.global_step))
+
+
+def _unloaded_validation_dataloaders(trainer: pl.Trainer, pl_module: pl.LightningModule) -> object:
+    """The validation dataloaders when Lightning has not loaded them yet.
+
+    Lightning loads validation data lazily, only for epochs that validate (e.g. not epoch 0
+    with ``check_val_every_n_epoch=2``). The public ways come first: the datamodule's or the
+    module's ``val_dataloader()``. Loaders passed to ``fit(val_dataloaders=...)`` are reachable
+    only through the fit loop; that one private step is isolated here, does what the fit loop
+    itself does before a validating epoch, and is tested on the supported Lightning versions.
+    """
+    for source in (trainer.datamodule, pl_module):
+        if source is not None and is_overridden("val_dataloader", source):
+            return source.val_dataloader()
+    trainer.validating = True
+    try:
+        trainer.fit_loop.epoch_loop.val_loop.setup_data()
+    except MisconfigurationException:
+        pass  # no validation data at all: the caller says what to do about it
+    finally:
+        trainer.training = True
+    return trainer.val_dataloaders

@@ -8,9 +8,11 @@ back in ``finally``, so a failing attribution leaves the model exactly as it fou
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -50,7 +52,8 @@ def attribution_mode(model: nn.Module) -> Iterator[nn.Module]:
     Inside the block: every module is in eval mode (BatchNorm uses and keeps its running
     statistics, Dropout is off), no parameter requires grad (so autograd does no work for the
     weights and cannot write into their ``.grad``), autograd is enabled and inference mode is
-    off, and the CPU and CUDA random number generators are forked.
+    off, and the torch (CPU and CUDA), NumPy and Python random number generators are forked,
+    so a method (or a model) that draws random numbers leaves the training run's streams alone.
 
     On exit, also after an exception: each module's ``training`` flag, each parameter's
     ``requires_grad`` flag, the grad / inference mode and the RNG states are what they were.
@@ -73,6 +76,7 @@ def attribution_mode(model: nn.Module) -> Iterator[nn.Module]:
     forward_module = unwrap_model(model)
     training_flags = [(module, module.training) for module in forward_module.modules()]
     grad_flags = [(param, param.requires_grad) for param in forward_module.parameters()]
+    python_state, numpy_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=_rng_devices(forward_module)):
         try:
             for param, _ in grad_flags:
@@ -85,6 +89,8 @@ def attribution_mode(model: nn.Module) -> Iterator[nn.Module]:
                 module.training = was_training
             for param, required_grad in grad_flags:
                 param.requires_grad_(required_grad)
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 def outside_inference_mode(tensor: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,23 +63,73 @@ class Probes:
         ]
 
 
+def class_label(index: int | None, class_names: Sequence[str] | None) -> str:
+    """A class as a person reads it: its name when known, else the index; ``"?"`` for unknown.
+
+    Example:
+        >>> class_label(1, ["benign", "malignant"]), class_label(3, None), class_label(-1, None)
+        ('malignant', '3', '?')
+    """
+    if index is None or index < 0:
+        return "?"
+    if class_names is not None and index < len(class_names):
+        return str(class_names[index])
+    return str(index)
+
+
 def content_hash(image: Tensor) -> str:
     """SHA-256 of an image's float32 values (device- and layout-independent)."""
     values = image.detach().to("cpu", torch.float32).contiguous().numpy()
     return hashlib.sha256(values.tobytes()).hexdigest()
 
 
-def unpack_item(item: object, index: int) -> tuple[Tensor, int, Tensor | None]:
-    """``(image, label, roi)`` from a dataset item ``image`` / ``(image, label)`` / ``(image, label, roi)``.
+#: Default keys of mapping items: ``{"image": ..., "label": ..., "mask": ...}``.
+DEFAULT_ITEM_KEYS: dict[str, str] = {"image": "image", "label": "label", "roi": "mask"}
+
+
+def item_keys(keys: Mapping[str, str] | None) -> dict[str, str]:
+    """The keys to read mapping items with: :data:`DEFAULT_ITEM_KEYS` updated by ``keys``.
+
+    Raises:
+        ValueError: If ``keys`` names a field other than ``image``, ``label``, ``roi``, or a
+            key is not a string.
+    """
+    if keys is None:
+        return dict(DEFAULT_ITEM_KEYS)
+    if not isinstance(keys, Mapping):
+        raise ValueError(f"`item_keys` must be a mapping like {DEFAULT_ITEM_KEYS}, got {keys!r}.")
+    unknown = sorted(set(keys) - set(DEFAULT_ITEM_KEYS))
+    if unknown or not all(isinstance(value, str) for value in keys.values()):
+        raise ValueError(
+            f"`item_keys` maps the fields 'image', 'label', 'roi' to string keys of your items, got {dict(keys)!r}."
+        )
+    return {**DEFAULT_ITEM_KEYS, **keys}
+
+
+def unpack_item(item: object, index: int, keys: Mapping[str, str] | None = None) -> tuple[Tensor, int, Tensor | None]:
+    """``(image, label, roi)`` from a dataset item.
+
+    Items may be ``image``, ``(image, label)``, ``(image, label, roi)`` (tuple or list), or a
+    mapping read with ``keys`` (default ``{"image": "image", "label": "label", "roi": "mask"}``;
+    only the image key is required).
 
     Raises:
         TypeError: If the item is not one of those forms or the image is not a [C, H, W] tensor.
     """
-    parts = tuple(item) if isinstance(item, tuple | list) else (item,)
+    if isinstance(item, Mapping):
+        names = item_keys(keys)
+        if names["image"] not in item:
+            raise TypeError(
+                f"dataset item {index} is a mapping without the image key {names['image']!r} "
+                f"(its keys: {sorted(map(str, item))}); set `item_keys`, e.g. item_keys={{'image': 'pixels'}}."
+            )
+        parts: tuple = (item[names["image"]], item.get(names["label"]), item.get(names["roi"]))
+    else:
+        parts = tuple(item) if isinstance(item, tuple | list) else (item,)
     if not 1 <= len(parts) <= 3:
         raise TypeError(
-            f"dataset item {index} must be image, (image, label) or (image, label, roi_mask); "
-            f"got a {type(item).__name__} of length {len(parts)}."
+            f"dataset item {index} must be image, (image, label), (image, label, roi_mask) or a mapping "
+            f"with an image key; got a {type(item).__name__} of length {len(parts)}."
         )
     image = torch.as_tensor(parts[0])
     if image.dim() != 3 or not image.is_floating_point():
@@ -120,16 +170,18 @@ def stratified_indices(labels: Sequence[int], count: int, seed: int) -> list[int
     return chosen
 
 
-def dataset_labels(dataset: Dataset) -> list[int]:
+def dataset_labels(dataset: Dataset, keys: Mapping[str, str] | None = None) -> list[int]:
     """Labels of every item (reads the items; datasets of validation size are cheap to scan)."""
-    return [unpack_item(dataset[position], position)[1] for position in range(len(dataset))]
+    return [unpack_item(dataset[position], position, keys)[1] for position in range(len(dataset))]  # type: ignore[arg-type]
 
 
-def probes_from_dataset(dataset: Dataset, positions: Sequence[int], prefix: str = "val") -> Probes:
-    """Stack the items at ``positions`` into :class:`Probes`."""
+def probes_from_dataset(
+    dataset: Dataset, positions: Sequence[int], prefix: str = "val", keys: Mapping[str, str] | None = None
+) -> Probes:
+    """Stack the items at ``positions`` into :class:`Probes` (items as in :func:`unpack_item`)."""
     images, labels, rois = [], [], []
     for position in positions:
-        image, label, roi = unpack_item(dataset[position], position)
+        image, label, roi = unpack_item(dataset[position], position, keys)
         images.append(image.detach().clone().float())
         labels.append(label)
         rois.append(torch.zeros(image.shape[-2:], dtype=torch.bool) if roi is None else roi.cpu())

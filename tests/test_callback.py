@@ -163,9 +163,15 @@ class BrokenMethod:
 def test_failing_audit_warns_and_training_continues(tmp_path: Path) -> None:
     reference = snapshot_training_state(*fit(tmp_path / "ref", None, max_epochs=2))
     callback = SASAuditCallback(probe=2, methods=[BrokenMethod(), "gradcam"])
-    with pytest.warns(UserWarning, match=r"audit at epoch 0 failed and was skipped \(RuntimeError: attribution exploded\)"):
+    with pytest.warns(UserWarning, match=r"audit at epoch 0 is incomplete: broken failed and has no maps \(RuntimeError: attribution exploded\)"):
         trainer, model = fit(tmp_path / "broken", callback, max_epochs=2)
-    assert trainer.current_epoch == 2 and callback.audited_epochs == []
+    # The failing method loses only its own results: Grad-CAM's are kept and logged.
+    assert trainer.current_epoch == 2 and callback.audited_epochs == [0, 1]
+    assert all("audit/gradcam/roi_share" in entry and "audit/broken/roi_share" not in entry for entry in callback.history)
+    events = read_events(trainer.logger.log_dir)
+    assert "audit/gradcam/grid" in events.Tags()["images"]
+    problems_text = [event.tensor_proto.string_val[0].decode() for event in events.Tensors("audit/problems/text_summary")]
+    assert len(problems_text) == 2 and "broken failed" in problems_text[0]
     for name, value in reference["weights"].items():
         assert torch.equal(model.state_dict()[name], value), name
 
@@ -190,8 +196,11 @@ def test_no_logger_fails_at_setup(tmp_path: Path) -> None:
     [
         ({"every_n_epochs": 0}, "`every_n_epochs` must be an integer >= 1, got 0"),
         ({"methods": ("sas", "lime")}, "unknown method name 'lime'"),
-        ({"mean": [0.5, 0.5]}, r"`mean` must be a list of 1 or 3 numbers.*\[0.5, 0.5\]"),
-        ({"mean": [0.5] * 3, "std": [0.2]}, "`mean` and `std` must have the same length"),
+        ({"mean": "0.5"}, r"`mean` must be a list of numbers \(1 for every channel, or 1 per channel\), got '0.5'"),
+        ({"mean": [0.5, 0.4], "std": [0.2, 0.2, 0.2]}, "`mean` and `std` must have the same number of values"),
+        ({"std": [0.2, 0.0, 0.2]}, r"`std` values must be positive, got \[0.2, 0.0, 0.2\]"),
+        ({"output": 1.5}, "`output` must be None, an index"),
+        ({"item_keys": {"picture": "x"}}, "`item_keys` maps the fields 'image', 'label', 'roi'"),
         ({"probe": 0}, "`probe` must be at least 1, got 0"),
         ({"target": "truth"}, "`target` must be 'pred' or 'label', got 'truth'"),
         ({"on_error": "ignore"}, "`on_error` must be 'warn' or 'raise'"),
@@ -199,7 +208,7 @@ def test_no_logger_fails_at_setup(tmp_path: Path) -> None:
     ],
 )
 def test_bad_configuration_fails_at_construction(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, TypeError), match=message):
         SASAuditCallback(**kwargs)
 
 
@@ -209,7 +218,8 @@ def test_bad_configuration_fails_at_construction(kwargs: dict, message: str) -> 
         ({"probe": 100}, True, r"`probe`=100 asks for more images than the validation set has \(48\)"),
         ({"probe": [3, 99]}, True, r"`probe` indices \[99\] are out of range"),
         ({"probe": 4}, False, "needs validation data"),
-        ({"probe": 4, "mean": [0.5, 0.5, 0.5]}, "grey", "`mean` has 3 values but the probe images have 1 channels"),
+        ({"probe": 4, "mean": [0.5, 0.5, 0.5]}, "grey", r"`mean` must have 1 value for the 1-channel images, got 3"),
+        ({"probe": 4, "std": [0.5, 0.5]}, True, r"`std` must have 1 value \(for every channel\) or 3 \(one per channel\)"),
     ],
 )
 def test_bad_configuration_fails_before_the_first_training_step(tmp_path: Path, callback_kwargs, val, message) -> None:
@@ -347,9 +357,15 @@ class FailingAuditLogger(CSVLogger):
 
 def test_failure_while_writing_the_audit_does_not_stop_training(tmp_path: Path) -> None:
     callback = SASAuditCallback(probe=2, methods=["gradcam"])
-    with pytest.warns(UserWarning, match=r"audit at epoch 1 ran but could not be written \(OSError: No space left"):
+    with pytest.warns(
+        UserWarning, match=r"audit at epoch 1 ran but could not be written \(scalars: FailingAuditLogger: OSError: No space left"
+    ):
         trainer, _ = fit(tmp_path, callback, max_epochs=2, logger=FailingAuditLogger(tmp_path, name="csv"))
     assert trainer.current_epoch == 2 and callback.audited_epochs == [0, 1]
+    # The failing scalars did not keep the pictures and raw maps from being written.
+    log_dir = Path(trainer.logger.log_dir)
+    assert (log_dir / "audits" / "images" / "audit" / "gradcam" / "grid" / "step=6.png").is_file()
+    assert (log_dir / "audits" / "epoch=1.npz").is_file()
 
 
 def test_probes_are_found_when_the_first_epoch_does_not_validate(tmp_path: Path) -> None:

@@ -51,3 +51,22 @@ def test_ddp_shards_probes_and_rank_zero_writes(tmp_path: Path) -> None:
     torch.testing.assert_close(torch.from_numpy(raw["maps_gradcam"]), expected, atol=1e-5, rtol=0)
     expected_sas = SaS(iterations=3, num_masks=4).attribute(model, images, targets)
     assert spearman(torch.from_numpy(raw["maps_sas"]), expected_sas).min().item() > 0.99
+
+
+def test_ddp_ranks_make_the_same_forward_calls_with_fewer_probes_than_ranks(tmp_path: Path) -> None:
+    """A model whose forward all-reduces deadlocks unless every rank forwards alike; one probe, two ranks."""
+    if not dist.is_available() or not dist.is_gloo_available():
+        import pytest
+
+        pytest.skip("torch.distributed with gloo is not available")
+    script = Path(__file__).with_name("ddp_audit_script.py")
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "collective"],
+        env=environment, capture_output=True, text=True, timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((tmp_path / "rank0_audited.json").read_text()) == [0]
+    assert json.loads((tmp_path / "rank1_audited.json").read_text()) == [0]
+    raw = np.load(tmp_path / "tb" / "version_0" / "audits" / "epoch=0.npz")
+    assert raw["maps_sas"].shape == (1, 16, 16) and np.isfinite(raw["maps_sas"]).all()

@@ -1,4 +1,4 @@
-"""The contract every attribution method follows (see DESIGN.md, "The rules every method follows")."""
+"""The contract every attribution method follows (docs/design.md, "The rules every method follows")."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-from lightning_sas.model_state import attribution_mode, outside_inference_mode
+from lightning_sas.model_state import attribution_mode, outside_inference_mode, unwrap_model
+from lightning_sas.outputs import ClassifierOutput
 
 T = TypeVar("T")
 
@@ -30,16 +31,20 @@ class AttributionMethod(ABC):
         """Explain ``model``'s score for ``targets`` on ``images``.
 
         Args:
-            model: A classifier returning logits ``[B, num_classes]``.
+            model: A classifier returning logits ``[B, num_classes]`` or a single binary logit
+                ``[B]`` / ``[B, 1]``; wrap it in :class:`~lightning_sas.outputs.ClassifierOutput`
+                to pick the logits out of a tuple, list or dict output.
             images: Float tensor ``[B, C, H, W]``, normalised as the model expects.
             targets: Integer tensor ``[B]``: the class to explain for each image.
 
         Returns:
-            Float32 tensor ``[B, H, W]`` with values in [0, 1], on ``images.device``.
+            Float32 tensor ``[B, H, W]`` with values in [0, 1], on ``images.device``; all NaN
+            for an image whose model output or gradient is not finite (never a blank map).
 
         Raises:
             TypeError: If ``model``, ``images`` or ``targets`` has the wrong type or dtype.
-            ValueError: If shapes disagree or a target is out of range for the model's outputs.
+            ValueError: If shapes disagree, the model's output is not class logits, or a target
+                is out of range for the model's outputs.
         """
         return self._guarded(model, images, targets, self._attribute).detach().to(torch.float32)
 
@@ -48,7 +53,10 @@ class AttributionMethod(ABC):
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
         images, targets = validate_images_and_targets(images, targets)
-        with attribution_mode(model) as forward_module:
+        # Every method sees [B, num_classes] logits; DDP is removed under the output adapter too.
+        adapter = ClassifierOutput.wrap(model)
+        adapter = ClassifierOutput(unwrap_model(adapter.model), adapter.output)
+        with attribution_mode(adapter) as forward_module:
             return compute(forward_module, outside_inference_mode(images), outside_inference_mode(targets))
 
     @abstractmethod
@@ -87,17 +95,14 @@ def validate_images_and_targets(images: Tensor, targets: Tensor) -> tuple[Tensor
 
 
 def check_logits(logits: Tensor, targets: Tensor) -> None:
-    """Check the model's output against ``targets`` (one host sync, before any optimisation).
+    """Check ``targets`` against the logits' class count (one host sync, before any optimisation).
+
+    ``logits`` come from a :class:`~lightning_sas.outputs.ClassifierOutput`, which already
+    refused anything but ``[B, num_classes]``.
 
     Raises:
-        ValueError: If the model does not return ``[B, num_classes]`` logits or a target is
-            outside ``[0, num_classes)``.
+        ValueError: If a target is outside ``[0, num_classes)``.
     """
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != targets.shape[0]:
-        shape = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(
-            f"`model` must return logits of shape [B, num_classes] = [{targets.shape[0]}, C], got {shape}."
-        )
     num_classes = logits.shape[1]
     out_of_range = (targets < 0) | (targets >= num_classes)
     if bool(out_of_range.any()):
@@ -108,10 +113,22 @@ def check_logits(logits: Tensor, targets: Tensor) -> None:
 
 
 def minmax_normalize(maps: Tensor) -> Tensor:
-    """Scale each map ``[B, H, W]`` to [0, 1]; a constant map becomes all zeros."""
+    """Scale each map ``[B, H, W]`` to [0, 1]; a constant map becomes all zeros.
+
+    A map with any non-finite value becomes all NaN: a NaN/inf gradient or score must show
+    as "no answer", never as a blank map that would be scored at chance.
+
+    Example:
+        >>> minmax_normalize(torch.tensor([[[1.0, 3.0]], [[2.0, float("nan")]]]))
+        tensor([[[0., 1.]],
+        <BLANKLINE>
+                [[nan, nan]]])
+    """
     flat = maps.flatten(1)
-    low = flat.amin(dim=1, keepdim=True)
-    span = flat.amax(dim=1, keepdim=True) - low
+    finite = torch.isfinite(flat).all(dim=1, keepdim=True)
+    safe = torch.where(finite, flat, torch.zeros_like(flat))
+    low = safe.amin(dim=1, keepdim=True)
+    span = safe.amax(dim=1, keepdim=True) - low
     # Dividing by a zero span would give NaN; a constant map carries no ranking, so zeros.
-    scaled = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny), 0.0)
-    return scaled.view_as(maps)
+    scaled = torch.where(span > 0, (safe - low) / span.clamp_min(torch.finfo(flat.dtype).tiny), 0.0)
+    return torch.where(finite, scaled, float("nan")).view_as(maps)

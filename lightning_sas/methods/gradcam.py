@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from lightning_sas.methods.base import AttributionMethod, check_logits, minmax_normalize
 from lightning_sas.methods.layers import find_target_layer, resolve_layer
-from lightning_sas.model_state import uncompiled
+from lightning_sas.model_state import uncompiled, unwrap_model
+from lightning_sas.outputs import ClassifierOutput, inner_model
 
 
 class GradCAM(AttributionMethod):
@@ -52,8 +53,12 @@ class GradCAM(AttributionMethod):
         )
 
     def layer_for(self, model: nn.Module, images: Tensor) -> tuple[str, nn.Module]:
-        """The ``(name, module)`` this instance explains for ``model`` (locating it if needed)."""
-        model = uncompiled(model)
+        """The ``(name, module)`` this instance explains for ``model`` (locating it if needed).
+
+        Names are those of the user's model (behind any DDP, ``torch.compile`` or
+        :class:`~lightning_sas.outputs.ClassifierOutput` wrapper).
+        """
+        model = uncompiled(unwrap_model(inner_model(model)))
         if self.target_layer is not None:
             return resolve_layer(model, self.target_layer)
         by_size = self._located.setdefault(model, {})
@@ -63,8 +68,10 @@ class GradCAM(AttributionMethod):
         return resolve_layer(model, by_size[size])
 
     def _attribute(self, model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
-        model = uncompiled(model)
         _, layer = self.layer_for(model, images)
+        # The eager module: a compiled graph does not run hooks added after compilation.
+        output = model.output if isinstance(model, ClassifierOutput) else None
+        model = ClassifierOutput(uncompiled(inner_model(model)), output)
         captured: list[Tensor] = []
         handle = layer.register_forward_hook(lambda module, inputs, output: captured.append(output))
         try:

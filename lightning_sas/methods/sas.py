@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_sas.distributed import agreed_minimum, any_rank
 from lightning_sas.methods.base import AttributionMethod, check_logits, minmax_normalize
 from lightning_sas.methods.gaussian import gaussian_blur, opencv_sigma, scaled_kernel_size
 
-# Reference kernel sizes at 224 px (DESIGN.md); scaled to the image side unless given.
+# Reference kernel sizes at 224 px (docs/design.md); scaled to the image side unless given.
 REFERENCE_SMOOTHING_KERNEL = 17
 REFERENCE_BLUR_KERNEL = 51
 # Fixed, so the loop never asks the host whether the bisection converged: the bracket is the
@@ -250,22 +251,27 @@ class SaS(AttributionMethod):
         initial_mask: Tensor | None,
         iterations: int | None,
     ) -> tuple[Tensor, Tensor]:
-        chunk = self.max_batch or self._auto_chunk(model, images, targets)
+        # Under DDP all ranks agree on the chunk and on every retry, so they make the same
+        # forward calls (see lightning_sas.distributed).
+        chunk = agreed_minimum(self.max_batch or self._auto_chunk(model, images, targets), images.device)
         while True:
             out_of_memory = False
+            result = None
             try:
-                return self._optimise(model, images, targets, chunk, initial_mask, iterations)
+                result = self._optimise(model, images, targets, chunk, initial_mask, iterations)
             except torch.OutOfMemoryError:
                 if chunk <= 1:
                     raise
                 out_of_memory = True
             # Outside the except block, so the failed attempt's tensors (held by the traceback)
             # are freed before the cache is emptied and the retry starts.
-            if out_of_memory:
-                chunk //= 2
-                if images.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                warnings.warn(f"SaS ran out of memory; retrying with max_batch={chunk}.", stacklevel=3)
+            if not any_rank(out_of_memory, images.device):
+                return result  # type: ignore[return-value]
+            del result
+            chunk = max(1, agreed_minimum(chunk // 2, images.device))
+            if images.device.type == "cuda":
+                torch.cuda.empty_cache()
+            warnings.warn(f"SaS ran out of memory; retrying with max_batch={chunk}.", stacklevel=3)
 
     def _optimise(
         self,
