@@ -18,7 +18,8 @@ demo: $(STAMP)
 	$(PY) examples/ruler_bias/train.py --out outputs/ruler_bias
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m ruff check .
+	$(PY) -m pytest
 
 bench: $(STAMP)
 	$(PY) benchmarks/sas_speed.py --model resnet18 --image-size 64 --probes 8 --device auto --naive --naive-images 1 --header

@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     for _ in range(args.epochs - 1):
         train_epoch(model, loader, optimizer)
-    previous_targets, _ = predict(model, probes.images)
+    previous_targets, _, _ = predict(model, probes.images)
     _, previous_masks = SaS(iterations=args.iterations).attribute_from(model, probes.images, previous_targets)
     train_epoch(model, loader, optimizer)
-    targets, _ = predict(model, probes.images)
+    targets, _, _ = predict(model, probes.images)
 
     def measure(name: str, method: SaS, initial_mask: torch.Tensor | None, iterations: int) -> tuple[dict, torch.Tensor]:
         started = time.perf_counter()

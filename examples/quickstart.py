@@ -11,7 +11,10 @@ The script trains the CNN with a ``lightning.Trainer`` (well under a minute on o
 CPU cores), explains 8 validation images with both methods (SaS at its default settings,
 Grad-CAM on the automatically found layer), prints how much of each map falls in the
 known region next to chance level, and writes a figure with one row per image:
-image | Grad-CAM overlay | SaS overlay.
+image | Grad-CAM overlay | SaS overlay, drawn by ``lightning_sas.render``. A dashed white
+box marks the known region; each row's label ends with each method's *share*: the
+fraction of the map's top 100 pixels (the region's size) that lie inside the region, whose
+chance level is 100 / 1024, about 0.10.
 
 Run it from anywhere::
 
@@ -37,11 +40,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -54,7 +52,7 @@ import lightning as L  # noqa: E402
 
 from lightning_sas.methods import GradCAM, SaS  # noqa: E402
 from lightning_sas.metrics import roi_mass, roi_share  # noqa: E402
-from lightning_sas.render import overlay, save_png, to_display  # noqa: E402
+from lightning_sas.render import comparison_grid, overlay, save_png, to_display  # noqa: E402
 
 __all__ = [
     "CLASS_NAMES",
@@ -67,9 +65,9 @@ __all__ = [
     "accuracy",
     "build_model",
     "explain",
-    "figure_inches",
     "main",
     "make_data",
+    "outline_region",
     "pick_probes",
     "region_mask",
     "render_figure",
@@ -93,15 +91,6 @@ _STRIPE_AMPLITUDE = (0.15, 0.35)
 _DISTRACTOR_TILT = 0.15
 _DISTRACTOR_RADIUS = (3.5, 5.5)
 _PIXEL_NOISE = 0.03
-
-# Figure layout, in inches.
-_PANEL_INCHES = 1.8
-_ROW_LABEL_INCHES = 0.26
-_HEADER_INCHES = 0.95
-_FOOTER_INCHES = 0.45
-_MARGIN_INCHES = 0.08
-_GAP_INCHES = 0.06
-FIGURE_DPI = 100
 
 
 class StripeData(NamedTuple):
@@ -432,11 +421,30 @@ def pick_probes(labels: Tensor, count: int = 8) -> Tensor:
 # --------------------------------------------------------------------------- figure
 
 
-def figure_inches(rows: int, columns: int) -> tuple[float, float]:
-    """``(width, height)`` in inches of :func:`render_figure`'s picture for a grid of this shape."""
-    width = 2 * _MARGIN_INCHES + columns * _PANEL_INCHES + (columns - 1) * _GAP_INCHES
-    height = _HEADER_INCHES + _FOOTER_INCHES + rows * (_ROW_LABEL_INCHES + _PANEL_INCHES + _GAP_INCHES)
-    return width, height
+def outline_region(pictures: Tensor, region: Tensor) -> Tensor:
+    """Draw a dashed white outline one pixel outside ``region`` onto ``pictures``.
+
+    The outline lies on the ring of pixels that touch the region from outside, so every
+    pixel of the region itself (and its heat) stays visible.
+
+    Args:
+        pictures: ``[B, 3, H, W]`` RGB in [0, 1] (images or overlays).
+        region: ``[H, W]`` bool mask.
+
+    Returns:
+        A copy of ``pictures`` with the outline drawn in white.
+    """
+    inside = region.to(device=pictures.device, dtype=torch.float32)[None, None]
+    grown = F.max_pool2d(inside, kernel_size=3, stride=1, padding=1)[0, 0] > 0
+    ys, xs = torch.meshgrid(
+        torch.arange(region.shape[0], device=pictures.device),
+        torch.arange(region.shape[1], device=pictures.device),
+        indexing="ij",
+    )
+    # Two pixels on, two off along the ring: dashed, so it reads as an annotation.
+    dashes = ((ys + xs) // 2) % 2 == 0
+    ring = grown & ~region.to(pictures.device) & dashes
+    return torch.where(ring, torch.ones_like(pictures), pictures)
 
 
 def render_figure(
@@ -448,67 +456,32 @@ def render_figure(
 ) -> np.ndarray:
     """Draw one row per image: the image, then one heatmap overlay per method.
 
-    The known region is outlined (dashed) on every panel and each overlay is captioned
-    with its ``roi_share``. Drawn with :class:`matplotlib.figure.Figure` and the Agg
-    canvas, never ``pyplot``, so no global matplotlib state changes.
+    Drawn by the package's :func:`lightning_sas.render.comparison_grid` (so the layout,
+    and what it guarantees, are the package's own). The known region is outlined (dashed)
+    on every panel, and each row's label ends with every method's ``roi_share`` for that
+    image, in column order.
 
     Args:
         images: ``[B, 3, H, W]`` images in [0, 1].
         results: Method name -> result from :func:`explain` (column order).
         region: ``[H, W]`` bool mask of the known region.
         row_labels: One label per image (shown above its row).
-        title: Text at the top of the figure (at most two lines of ~80 characters).
+        title: One line of text at the top of the figure (about 75 characters fit).
 
     Returns:
         RGB uint8 array ``[H', W', 3]``; its height grows linearly with ``B``.
     """
-    rows, columns = images.shape[0], 1 + len(results)
-    display = to_display(images, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
-    overlays = {name: overlay(display, result.maps, cmap="jet", alpha=0.5) for name, result in results.items()}
-    # Region outline: the mask's bounding box, in pixel-edge coordinates for imshow.
-    ys, xs = torch.nonzero(region, as_tuple=True)
-    box_origin = (int(xs.min()) - 0.5, int(ys.min()) - 0.5)
-    box_size = (int(xs.max() - xs.min()) + 1, int(ys.max() - ys.min()) + 1)
-
-    width, height = figure_inches(rows, columns)
-    figure = Figure(figsize=(width, height), dpi=FIGURE_DPI, facecolor="white")
-    canvas = FigureCanvasAgg(figure)
-    figure.text(0.5, 1 - 0.3 / height, title, ha="center", va="center", fontsize=8.5, linespacing=1.5)
-    for column, text in enumerate(["image", *results]):
-        centre = _MARGIN_INCHES + column * (_PANEL_INCHES + _GAP_INCHES) + _PANEL_INCHES / 2
-        figure.text(
-            centre / width, 1 - 0.8 / height, text, ha="center", va="center", fontsize=9.5, fontweight="bold"
-        )
-
-    top = height - _HEADER_INCHES
-    for row in range(rows):
-        figure.text(0.5, (top - _ROW_LABEL_INCHES / 2) / height, row_labels[row], ha="center", va="center", fontsize=8)
-        bottom = top - _ROW_LABEL_INCHES - _PANEL_INCHES
-        panels = [display[row], *(picture[row] for picture in overlays.values())]
-        captions = [None, *(f"share {float(result.roi_share[row]):.2f}" for result in results.values())]
-        for column, (panel, caption) in enumerate(zip(panels, captions)):
-            left = _MARGIN_INCHES + column * (_PANEL_INCHES + _GAP_INCHES)
-            axes = figure.add_axes((left / width, bottom / height, _PANEL_INCHES / width, _PANEL_INCHES / height))
-            axes.imshow(panel.permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
-            outline = Rectangle(box_origin, *box_size, fill=False, edgecolor="white", linestyle="--", linewidth=1.2)
-            axes.add_patch(outline)
-            if caption is not None:
-                axes.text(
-                    0.03, 0.03, caption, transform=axes.transAxes, fontsize=7.5, color="white",
-                    va="bottom", bbox={"facecolor": "black", "alpha": 0.6, "pad": 1.5, "linewidth": 0},
-                )  # fmt: skip
-            axes.set_axis_off()
-        top = bottom - _GAP_INCHES
-
-    # One colour bar for all overlays: how to read the heatmaps.
-    bar_width = 0.6 * (width - 2 * _MARGIN_INCHES)
-    bar_axes = figure.add_axes(((width - bar_width) / 2 / width, 0.2 / height, bar_width / width, 0.1 / height))
-    colour_bar = figure.colorbar(ScalarMappable(Normalize(0, 1), cmap="jet"), cax=bar_axes, orientation="horizontal")
-    colour_bar.set_ticks([0, 1], labels=["least important", "most important"], fontsize=7)
-    canvas.draw()
-    picture = np.asarray(canvas.buffer_rgba())[..., :3].copy()
-    figure.clear()  # break figure <-> artist cycles so the memory returns at once
-    return picture
+    # The images are already in [0, 1]: mean 0 and std 1 only clip, they do not rescale.
+    display = to_display(images, mean=[0.0], std=[1.0])
+    overlays = {
+        name: outline_region(overlay(display, result.maps, cmap="jet", alpha=0.5), region)
+        for name, result in results.items()
+    }
+    labels = []
+    for row, label in enumerate(row_labels):
+        shares = "  ".join(f"{name} {float(result.roi_share[row]):.2f}" for name, result in results.items())
+        labels.append(f"{label}  share: {shares}")
+    return comparison_grid(outline_region(display, region), overlays, labels, title=title)
 
 
 # --------------------------------------------------------------------------- command line
@@ -572,14 +545,11 @@ def main(argv: Sequence[str] | None = None) -> QuickstartResult:
     chance = float(val_data.region.float().mean())
 
     row_labels = [
-        f"val #{int(index)}   true: {CLASS_NAMES[int(label)]}   pred: {CLASS_NAMES[int(prediction)]} "
+        f"val #{int(index)}  true: {CLASS_NAMES[int(label)]}  pred: {CLASS_NAMES[int(prediction)]} "
         f"({float(probabilities[row, prediction]):.2f})"
         for row, (index, label, prediction) in enumerate(zip(probe_indices, labels, predictions))
     ]
-    title = (
-        f"Validation accuracy {val_accuracy:.1%}. Dashed box: the region that decides the class.\n"
-        f"share = fraction of the map's top {int(val_data.region.sum())} pixels inside it (chance {chance:.2f})"
-    )
+    title = f"Validation accuracy {val_accuracy:.1%}  ·  dashed box: class region  ·  red: important"
     picture = render_figure(images, results, val_data.region, row_labels, title)
     save_png(picture, args.out)
     total_seconds = time.perf_counter() - started

@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from lightning_sas.intervention import Artifacts, InterventionResult, intervene
 from lightning_sas.methods import METHODS, AttributionMethod
 from lightning_sas.metrics import roi_mass, roi_share
 from lightning_sas.model_state import attribution_mode
@@ -42,6 +43,8 @@ class AuditResult:
         errors: Per method that failed, ``"ErrorType: message"``; such a method has no maps.
         nonfinite: Per method, the probe positions whose map (or model output) was not
             finite; their maps and scores are NaN.
+        chance: ``[N]`` each probe's ROI area share ``|R| / HW`` (NaN without an ROI).
+        intervention: What pasting the artifact did (when artifacts were given).
     """
 
     maps: dict[str, Tensor]
@@ -54,11 +57,17 @@ class AuditResult:
     masks: dict[str, Tensor] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     nonfinite: dict[str, list[int]] = field(default_factory=dict)
+    chance: Tensor | None = None
+    intervention: InterventionResult | None = None
 
     def mean_scores(self) -> dict[str, dict[str, float]]:
-        """Per method: ``roi_share`` and ``roi_mass`` averaged over the probes that have an ROI.
+        """Per method: ``roi_share``, ``roi_mass`` and ``roi_lift`` averaged over the probes
+        that have an ROI (and a finite map).
 
-        Methods are left out when no probe has an ROI.
+        ``roi_lift`` is each probe's ``roi_share`` divided by its chance level ``|R| / HW``:
+        how many times more of the top-ranked pixels fall on the ROI than a map that knows
+        nothing would put there, comparable across artifacts of different sizes. Methods are
+        left out when no probe has an ROI.
         """
         means: dict[str, dict[str, float]] = {}
         for method in self.maps:
@@ -66,6 +75,8 @@ class AuditResult:
                 continue
             mass = self.roi_mass[method]
             means[method] = {"roi_share": float(share.nanmean()), "roi_mass": float(mass.nanmean())}
+            if self.chance is not None:
+                means[method]["roi_lift"] = float((share / self.chance.to(share.device)).nanmean())
         return means
 
 
@@ -137,6 +148,7 @@ def explain(
     initial_states: Mapping[str, Any] | None = None,
     warm_start_iterations: int | None = None,
     output: OutputSelector = None,
+    artifacts: Artifacts | None = None,
 ) -> AuditResult:
     """Explain ``probes`` with each method (scores left empty: see :func:`score`).
 
@@ -146,7 +158,7 @@ def explain(
     ``progress``, if given, is called with each method's name before it runs. Methods that
     are :class:`WarmStartable` and have an entry in ``initial_states`` start from it and run
     ``warm_start_iterations`` steps (their own ``iterations`` when ``None``); their final
-    state is returned in ``masks``.
+    state is returned in ``masks``. With ``artifacts``, the intervention is measured too.
 
     Raises:
         ValueError: If ``target="label"`` and a probe has no label, or the model's output is
@@ -178,6 +190,7 @@ def explain(
                 maps[name] = method.attribute(adapter, probes.images, targets)
         except Exception as error:  # noqa: BLE001 - one method's failure must not lose the others' results
             errors[name] = f"{type(error).__name__}: {error}"
+    intervention = None if artifacts is None else intervene(adapter, probes.images, artifacts)
     for name, method_maps in maps.items():
         bad = ~finite_logits.to(method_maps.device)
         # NaN, never a zero map scored at chance: the probe's scores become NaN too.
@@ -193,6 +206,7 @@ def explain(
         masks=masks,
         errors=errors,
         nonfinite={name: nonfinite_positions(method_maps) for name, method_maps in maps.items()},
+        intervention=intervention,
     )
 
 
@@ -203,7 +217,9 @@ def nonfinite_positions(maps: Tensor) -> list[int]:
 
 def score(result: AuditResult, roi: Tensor) -> AuditResult:
     """Fill in ``roi_share`` / ``roi_mass`` per method (NaN for probes without an ROI or with a
-    non-finite map)."""
+    non-finite map), and the chance level ``|R| / HW`` of each probe (NaN without an ROI)."""
+    area = roi.flatten(1).float().mean(dim=1)
+    result.chance = torch.where(area > 0, area, torch.full_like(area, float("nan")))
     for name, maps in result.maps.items():
         probe_roi = roi.to(maps.device)
         finite = torch.isfinite(maps.flatten(1)).all(dim=1)
@@ -222,6 +238,7 @@ def run_audit(
     target: Target = "pred",
     progress: Callable[[str], None] | None = None,
     output: OutputSelector = None,
+    artifacts: Artifacts | None = None,
 ) -> AuditResult:
     """Explain ``probes`` with each method and score the maps against the probes' ROIs.
 
@@ -232,6 +249,7 @@ def run_audit(
         target: Explain the model's prediction (``"pred"``) or the true label (``"label"``).
         progress: Called with each method's name before it runs (e.g. to advance a progress bar).
         output: Where the logits are in the model's output (see :mod:`lightning_sas.outputs`).
+        artifacts: Examples of a suspected artifact: measure the intervention too.
 
     Returns:
         The :class:`AuditResult` (failed methods in ``errors``, non-finite probes in ``nonfinite``).
@@ -240,7 +258,7 @@ def run_audit(
         ValueError: If ``target="label"`` and a probe has no label, or the model's output is
             not class logits.
     """
-    return score(explain(model, probes, methods, target, progress, output=output), probes.roi)
+    return score(explain(model, probes, methods, target, progress, output=output, artifacts=artifacts), probes.roi)
 
 
 def problems(result: AuditResult, names: Sequence[str]) -> list[str]:

@@ -70,6 +70,8 @@ def audit_scalars(result: AuditResult, previous_maps: Mapping[str, torch.Tensor]
     for method, means in result.mean_scores().items():
         scalars[f"audit/{method}/roi_share"] = means["roi_share"]
         scalars[f"audit/{method}/roi_mass"] = means["roi_mass"]
+        if "roi_lift" in means:
+            scalars[f"audit/{method}/roi_lift"] = means["roi_lift"]
     for method, maps in result.maps.items():
         previous = (previous_maps or {}).get(method)
         if previous is not None and previous.shape == maps.shape:
@@ -80,6 +82,9 @@ def audit_scalars(result: AuditResult, previous_maps: Mapping[str, torch.Tensor]
                 agreement = spearman(current[finite], previous[finite])
                 if not bool(torch.isnan(agreement).all()):
                     scalars[f"audit/{method}/agreement"] = float(agreement.nanmean())
+    if result.intervention is not None:
+        scalars["audit/intervention/flip_rate"] = result.intervention.flip_rate
+        scalars["audit/intervention/probability_change"] = result.intervention.mean_probability_change
     scalars["audit/seconds"] = float(result.seconds)
     return scalars
 

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -35,11 +36,13 @@ from lightning_sas.audit_logging import (
     write_text,
 )
 from lightning_sas.distributed import all_ranks_together
+from lightning_sas.intervention import Artifacts, InterventionResult
 from lightning_sas.methods.base import AttributionMethod
 from lightning_sas.normalization import check_normalization, per_channel
 from lightning_sas.outputs import OutputSelector, check_output_selector
 from lightning_sas.probes import Probes, dataset_labels, probes_from_dataset, stratified_indices
 from lightning_sas.probes import item_keys as checked_item_keys
+from lightning_sas.verdict import AlertRule, decide
 
 #: Label scans for stratified probe selection read at most this many validation items.
 MAX_LABEL_SCAN = 4096
@@ -98,8 +101,12 @@ class SASAuditCallback(Callback):
         seed: Seed of the probe selection.
         on_error: ``"warn"``: a failing audit (or a failing write) is reported with a
             rank-zero warning and training continues; ``"raise"``: the error propagates.
-        shortcut_threshold: Raise a shortcut alert when a method's mean ``roi_share`` over the
-            probes with an ROI exceeds this value; ``None`` disables alerts.
+        alert_rule: When to raise a shortcut alert (:class:`~lightning_sas.verdict.AlertRule`,
+            shared with the CLI): by default a method's mean lift over chance on the ROI, or the
+            intervention's flip rate when ``artifacts`` are given, above thresholds chosen from
+            measured error rates (README, "Alert study"). ``None`` disables alerts.
+        shortcut_threshold: Also alert when a method's mean ``roi_share`` (absolute) exceeds
+            this value (the rule of earlier versions); ``None`` (default) leaves it out.
         stop_on_shortcut: Stop training cleanly (``trainer.should_stop``) at the first alert.
         class_names: Names of the classes, for labels in the pictures.
         warm_start_iterations: If set, methods that can warm-start (SaS) start each audit after
@@ -137,12 +144,14 @@ class SASAuditCallback(Callback):
         std: Sequence[float] | None = None,
         seed: int = 0,
         on_error: Literal["warn", "raise"] = "warn",
-        shortcut_threshold: float | None = 0.5,
+        alert_rule: AlertRule | None = AlertRule(),  # noqa: B008 - frozen dataclass, never mutated
+        shortcut_threshold: float | None = None,
         stop_on_shortcut: bool = False,
         class_names: Sequence[str] | None = None,
         warm_start_iterations: int | None = None,
         output: OutputSelector = None,
         item_keys: Mapping[str, str] | None = None,
+        artifacts: Artifacts | None = None,
     ) -> None:
         if isinstance(probe, bool) or not isinstance(probe, int | Sequence | Dataset):
             raise ValueError(f"`probe` must be an int, a list of indices or a Dataset, got {type(probe).__name__}.")
@@ -173,8 +182,16 @@ class SASAuditCallback(Callback):
         self.mean, self.std = check_normalization(mean, std)
         self.seed = seed
         self.on_error = on_error
+        if alert_rule is not None and not isinstance(alert_rule, AlertRule):
+            raise ValueError(f"`alert_rule` must be an AlertRule or None, got {type(alert_rule).__name__}.")
+        if artifacts is not None and not isinstance(artifacts, Artifacts):
+            raise ValueError(f"`artifacts` must be lightning_sas.intervention.Artifacts or None, got {type(artifacts).__name__}.")
+        if alert_rule is not None and shortcut_threshold is not None:
+            alert_rule = replace(alert_rule, max_roi_share=shortcut_threshold)
+        self.alert_rule = alert_rule
         self.shortcut_threshold = shortcut_threshold
         self.stop_on_shortcut = stop_on_shortcut
+        self.artifacts = artifacts
         self.class_names = None if class_names is None else list(class_names)
         self.warm_start_iterations = warm_start_iterations
         self.output = check_output_selector(output)
@@ -183,6 +200,7 @@ class SASAuditCallback(Callback):
         self.probes: Probes | None = None
         self.manifest: list[dict] = []
         self.alerts: list[dict] = []
+        self.verdicts: list[dict] = []
         self.audited_epochs: list[int] = []
         self.probe_changes: list[dict] = []
         self.history: list[dict[str, float]] = []
@@ -398,7 +416,7 @@ class SASAuditCallback(Callback):
                 local = explain(
                     pl_module, shard, self.methods, self.target,
                     initial_states=initial_states, warm_start_iterations=self.warm_start_iterations,
-                    output=self.output,
+                    output=self.output, artifacts=self.artifacts,
                 )
         except Exception as error:  # noqa: BLE001 - ranks must agree before raising
             failure = error
@@ -427,6 +445,9 @@ class SASAuditCallback(Callback):
             **{f"map_{name}": pl_module.all_gather(maps) for name, maps in local.maps.items()},
             **{f"mask_{name}": pl_module.all_gather(mask) for name, mask in local.masks.items()},
         }
+        if local.intervention is not None:
+            for part in ("eligible", "flipped", "probability_change"):
+                gathered[f"intervention_{part}"] = pl_module.all_gather(getattr(local.intervention, part).to(device))
         # [world, per_rank, ...] -> probe order: rank r's j-th item is probe r + j * world.
         order = [r + j * world_size for j in range(per_rank) for r in range(world_size)]
         keep = [i for i, position in enumerate(order) if position < count]
@@ -449,6 +470,13 @@ class SASAuditCallback(Callback):
             errors=errors,
             nonfinite={name: nonfinite_positions(method_maps) for name, method_maps in maps.items()},
         )
+        if local.intervention is not None:
+            result.intervention = InterventionResult(
+                eligible=reassemble(gathered["intervention_eligible"]),
+                flipped=reassemble(gathered["intervention_flipped"]),
+                probability_change=reassemble(gathered["intervention_probability_change"]),
+                target_class=local.intervention.target_class,
+            )
         return score(result, probes.roi)
 
     @rank_zero_only
@@ -501,35 +529,41 @@ class SASAuditCallback(Callback):
     # ------------------------------------------------------------------ shortcut alerts
 
     def _check_shortcut(self, trainer: pl.Trainer, result: AuditResult, epoch: int) -> None:
-        if self.shortcut_threshold is None or self.probes is None:
+        if self.alert_rule is None or self.probes is None:
             return
-        for method, means in result.mean_scores().items():
-            if means["roi_share"] <= self.shortcut_threshold:
+        intervention = result.intervention
+        verdict = decide(result.mean_scores(), self.alert_rule, None if intervention is None else intervention.flip_rate)
+        self.verdicts.append({"epoch": epoch, "step": trainer.global_step, "alert": verdict.alert, "checked": verdict.checked})
+        if not verdict.alert:
+            return
+        means = result.mean_scores()
+        leaning: list[str] = []
+        for criterion, method in verdict.crossed:
+            if method is None or method not in result.roi_share:
                 continue
             shares = result.roi_share[method].detach().cpu()
-            ranked = [i for i in torch.argsort(torch.nan_to_num(shares, nan=-1.0), descending=True).tolist()]
-            worst = [self.probes.names[i] for i in ranked[:3] if not math.isnan(float(shares[i]))]
-            alert = {
-                "method": method,
-                "epoch": epoch,
-                "step": trainer.global_step,
-                "roi_share": means["roi_share"],
-                "roi_mass": means["roi_mass"],
-                "probes": worst,
-            }
-            message = (
-                f"Shortcut alert: {method} puts {means['roi_share']:.2f} of its top-ranked pixels on the ROI "
-                f"(threshold {self.shortcut_threshold:.2f}) at epoch {epoch}; "
-                f"probes leaning on it most: {', '.join(worst)}."
-            )
-            first = not self.alerts
-            self.alerts.append(alert)
-            rank_zero_warn(message)
-            if first:
-                with self._failures_reported(f"at epoch {epoch} could not write its alert"):
-                    self._write_text(trainer, "audit/alert", message)
-            if self.stop_on_shortcut:
-                trainer.should_stop = True
+            ranked = torch.argsort(torch.nan_to_num(shares, nan=-1.0), descending=True).tolist()
+            leaning += [self.probes.names[i] for i in ranked[:3] if not math.isnan(float(shares[i]))]
+        worst = list(dict.fromkeys(leaning))[:3]
+        alert = {
+            "epoch": epoch,
+            "step": trainer.global_step,
+            "crossed": [{"criterion": criterion, "method": method} for criterion, method in verdict.crossed],
+            "reasons": verdict.reasons,
+            "scores": means,
+            "flip_rate": None if intervention is None else intervention.flip_rate,
+            "probes": worst,
+        }
+        leaning_text = f"; probes leaning on it most: {', '.join(worst)}" if worst else ""
+        message = f"Shortcut alert at epoch {epoch}: " + "; ".join(verdict.reasons) + leaning_text + "."
+        first = not self.alerts
+        self.alerts.append(alert)
+        rank_zero_warn(message)
+        if first:
+            with self._failures_reported(f"at epoch {epoch} could not write its alert"):
+                self._write_text(trainer, "audit/alert", message)
+        if self.stop_on_shortcut:
+            trainer.should_stop = True
 
     # ------------------------------------------------------------------ state
 

@@ -6,7 +6,7 @@ to the host, so the audit can score a whole probe batch on the training GPU with
 sync. (The one exception is documented at :func:`roi_share`: a non-boolean ``roi`` is
 checked to be 0/1, which reads one flag back; pass a bool mask to avoid it.)
 
-The shortcut score (see DESIGN.md, "Shortcut score"):
+The shortcut score (see docs/design.md, "Shortcut score"):
 
 * :func:`roi_share` -- the fraction of the map's ``|R|`` highest-ranked pixels that lie
   in the region of interest ``R`` (relevance rank accuracy). Rank based, so maps with
@@ -21,19 +21,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_sas.tensor_checks import require_tensor, shape_of
+
 __all__ = ["rank_average", "spearman", "roi_share", "roi_mass"]
-
-
-def _shape(tensor: Tensor) -> list[int]:
-    return list(tensor.shape)
-
-
-def _require_tensor(function: str, name: str, value: object) -> Tensor:
-    if not isinstance(value, Tensor):
-        raise TypeError(
-            f"{function}: `{name}` must be a torch.Tensor, got {type(value).__name__}"
-        )
-    return value
 
 
 def _result_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -67,7 +57,7 @@ def rank_average(values: Tensor) -> Tensor:
         >>> rank_average(torch.tensor([[10.0, 30.0, 20.0, 30.0]]))
         tensor([[1.0000, 3.5000, 2.0000, 3.5000]])
     """
-    _require_tensor("rank_average", "values", values)
+    require_tensor("rank_average", "values", values)
     if values.is_complex():
         raise TypeError(
             f"rank_average: `values` must have a real or bool dtype, got {values.dtype}"
@@ -75,7 +65,7 @@ def rank_average(values: Tensor) -> Tensor:
     if values.dim() == 0 or values.shape[-1] == 0:
         raise ValueError(
             "rank_average: `values` must have at least one dimension with a non-empty "
-            f"last dimension [..., N >= 1], got shape {_shape(values)}"
+            f"last dimension [..., N >= 1], got shape {shape_of(values)}"
         )
     result_dtype = _result_dtype(values.dtype)
     if values.dtype == torch.bool:
@@ -118,20 +108,20 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
         >>> spearman(a, b)
         tensor([ 1., -1.])
     """
-    _require_tensor("spearman", "a", a)
-    _require_tensor("spearman", "b", b)
+    require_tensor("spearman", "a", a)
+    require_tensor("spearman", "b", b)
     if a.dim() < 2:
         raise ValueError(
             f"spearman: `a` must have shape [B, ...] with at least 2 dimensions, "
-            f"got {_shape(a)}"
+            f"got {shape_of(a)}"
         )
     if b.shape != a.shape:
         raise ValueError(
-            f"spearman: `b` must have the same shape as `a` {_shape(a)}, got {_shape(b)}"
+            f"spearman: `b` must have the same shape as `a` {shape_of(a)}, got {shape_of(b)}"
         )
     if a[0].numel() == 0:
         raise ValueError(
-            f"spearman: `a` must have at least one element per row, got shape {_shape(a)}"
+            f"spearman: `a` must have at least one element per row, got shape {shape_of(a)}"
         )
     batch = a.shape[0]
     ranks_a = rank_average(a.reshape(batch, -1))
@@ -152,20 +142,20 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
 
 def _check_maps_and_roi(function: str, maps: Tensor, roi: Tensor) -> Tensor:
     """Validate ``maps`` [B,H,W] float and ``roi`` of the same shape; return roi as bool."""
-    _require_tensor(function, "maps", maps)
-    _require_tensor(function, "roi", roi)
+    require_tensor(function, "maps", maps)
+    require_tensor(function, "roi", roi)
     if not maps.is_floating_point():
         raise TypeError(
             f"{function}: `maps` must have a floating-point dtype, got {maps.dtype}"
         )
     if maps.dim() != 3:
         raise ValueError(
-            f"{function}: `maps` must have shape [B, H, W], got {_shape(maps)}"
+            f"{function}: `maps` must have shape [B, H, W], got {shape_of(maps)}"
         )
     if roi.shape != maps.shape:
         raise ValueError(
-            f"{function}: `roi` must have the same shape as `maps` {_shape(maps)}, "
-            f"got {_shape(roi)}"
+            f"{function}: `roi` must have the same shape as `maps` {shape_of(maps)}, "
+            f"got {shape_of(roi)}"
         )
     if roi.device != maps.device:
         raise ValueError(

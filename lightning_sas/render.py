@@ -26,7 +26,18 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["to_display", "overlay", "method_grid", "probe_panel", "save_png"]
+from lightning_sas.normalization import check_normalization, per_channel
+from lightning_sas.tensor_checks import require_tensor, shape_of
+
+__all__ = [
+    "to_display",
+    "overlay",
+    "to_uint8",
+    "method_grid",
+    "probe_panel",
+    "comparison_grid",
+    "save_png",
+]
 
 # Colormap lookup tables have 256 entries, as matplotlib's own built-in colormaps do.
 _LUT_SIZE = 256
@@ -41,30 +52,22 @@ _ROW_LABEL_HEIGHT = 0.24
 _TITLE_FONT_SIZE = 10
 _LABEL_FONT_SIZE = 8
 
-
-def _shape(tensor: Tensor) -> list[int]:
-    return list(tensor.shape)
-
-
-def _require_tensor(function: str, name: str, value: object) -> Tensor:
-    if not isinstance(value, Tensor):
-        raise TypeError(
-            f"{function}: `{name}` must be a torch.Tensor, got {type(value).__name__}"
-        )
-    return value
+# Red, green, blue weights of the grey shown for a map that has no finite values.
+_LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 def _channel_constants(
     function: str, name: str, values: Sequence[float], channels: int, like: Tensor
 ) -> Tensor:
-    """Per-channel constants as a [1, C, 1, 1] tensor on ``like``'s device."""
-    constants = torch.as_tensor(values, dtype=torch.float32).flatten()
-    if constants.numel() != channels:
-        raise ValueError(
-            f"{function}: `{name}` must have one value per image channel ({channels}), "
-            f"got {constants.numel()} values: {list(values)}"
-        )
-    return constants.to(like.device).view(1, channels, 1, 1)
+    """``values`` read by the project's one rule (:func:`per_channel`), as ``[1, C, 1, 1]``.
+
+    The result is a float32 tensor on ``like``'s device.
+    """
+    try:
+        expanded = per_channel(name, values, channels)
+    except ValueError as error:
+        raise ValueError(f"{function}: {error}") from None
+    return torch.tensor(expanded, dtype=torch.float32, device=like.device).view(1, channels, 1, 1)
 
 
 def to_display(
@@ -75,41 +78,50 @@ def to_display(
     """Bring model inputs back to displayable RGB in ``[0, 1]``.
 
     With ``mean`` and/or ``std`` the input normalisation is undone (``x * std + mean``;
-    a missing one defaults to 0 / 1) and the result clipped to ``[0, 1]``. With neither,
-    each image is min-max scaled on its own, over all channels together so that colours
-    keep their balance; a constant image becomes black. Grey images are repeated to
-    three channels. The math runs on the images' device.
+    a missing one defaults to 0 / 1) and the result clipped to ``[0, 1]``. Each is read
+    by the rule of :mod:`lightning_sas.normalization`: one value applies to every
+    channel, otherwise there must be exactly one value per channel. With neither, each
+    image is min-max scaled on its own, over all channels together so that colours keep
+    their balance; a constant image becomes black. Grey images are repeated to three
+    channels. The math runs on the images' device.
 
     Args:
         images: Batch ``[B, C, H, W]`` with ``C`` 1 or 3, any real dtype and device.
             Gradients are not tracked through the result.
-        mean: Per-channel means used to normalise the inputs, length ``C``.
-        std: Per-channel standard deviations used to normalise the inputs, length ``C``.
+        mean: Means used to normalise the inputs: one value for every channel, or
+            ``C`` values (one per channel).
+        std: Standard deviations used to normalise the inputs, all positive: one value
+            for every channel, or ``C`` values.
 
     Returns:
         Float32 tensor ``[B, 3, H, W]`` in ``[0, 1]`` on the images' device.
 
     Raises:
         TypeError: If ``images`` is not a tensor.
-        ValueError: If ``images`` is not 4-D or ``C`` is not 1 or 3, or ``mean`` / ``std``
-            does not have ``C`` values.
+        ValueError: If ``images`` is not 4-D or ``C`` is not 1 or 3; if ``mean`` / ``std``
+            holds a value that is not a finite number (or a ``std`` value that is not
+            positive), or has neither 1 nor ``C`` values.
 
     Example:
         >>> normalised = (torch.rand(2, 3, 8, 8) - 0.5) / 0.25
-        >>> to_display(normalised, mean=[0.5] * 3, std=[0.25] * 3).shape
+        >>> to_display(normalised, mean=[0.5], std=[0.25, 0.25, 0.25]).shape
         torch.Size([2, 3, 8, 8])
     """
-    _require_tensor("to_display", "images", images)
+    require_tensor("to_display", "images", images)
     if images.dim() != 4:
         raise ValueError(
-            f"to_display: `images` must have shape [B, C, H, W], got {_shape(images)}"
+            f"to_display: `images` must have shape [B, C, H, W], got {shape_of(images)}"
         )
     channels = images.shape[1]
     if channels not in (1, 3):
         raise ValueError(
             "to_display: `images` must have 1 or 3 channels [B, 1 or 3, H, W], "
-            f"got {_shape(images)}"
+            f"got {shape_of(images)}"
         )
+    try:
+        mean, std = check_normalization(mean, std)
+    except ValueError as error:
+        raise ValueError(f"to_display: {error}") from None
     pixels = images.detach().to(torch.float32)
     if mean is not None or std is not None:
         if std is not None:
@@ -154,8 +166,14 @@ def overlay(
 
     The colour lookup follows matplotlib's quantisation (``floor(value * 256)``, the top
     value included in the last bin), so ``alpha=1`` gives the colours that
-    ``matplotlib.colormaps[cmap](value)`` gives. Values outside ``[0, 1]`` are clipped
-    and NaN is drawn as 0. Everything runs on the inputs' device.
+    ``matplotlib.colormaps[cmap](value)`` gives. Values outside ``[0, 1]`` are clipped.
+    Everything runs on the inputs' device, without a host sync.
+
+    A map with any non-finite value (NaN or infinity: the method had no answer for that
+    image, e.g. because the model's output or gradient was not finite) gets no heat at
+    all, whatever ``alpha`` is: its row shows the image desaturated to grey and faded
+    halfway to mid-grey, so it reads as "no map" rather than as a map that happens to
+    be flat or to peak somewhere.
 
     Args:
         display: Images ``[B, 3, H, W]`` in ``[0, 1]``, e.g. from :func:`to_display`.
@@ -166,7 +184,8 @@ def overlay(
             1 only the heatmap.
 
     Returns:
-        Float32 tensor ``[B, 3, H, W]`` in ``[0, 1]`` on the inputs' device.
+        Float32 tensor ``[B, 3, H, W]`` in ``[0, 1]`` on the inputs' device; rows whose
+        map is not finite are grey (all three channels equal).
 
     Raises:
         TypeError: If ``display`` or ``maps`` is not a tensor.
@@ -179,19 +198,19 @@ def overlay(
         >>> overlay(display, maps, cmap="jet", alpha=0.5).shape
         torch.Size([2, 3, 8, 8])
     """
-    _require_tensor("overlay", "display", display)
-    _require_tensor("overlay", "maps", maps)
+    require_tensor("overlay", "display", display)
+    require_tensor("overlay", "maps", maps)
     if display.dim() != 4 or display.shape[1] != 3:
         raise ValueError(
-            f"overlay: `display` must have shape [B, 3, H, W], got {_shape(display)}"
+            f"overlay: `display` must have shape [B, 3, H, W], got {shape_of(display)}"
         )
     if maps.dim() != 3:
-        raise ValueError(f"overlay: `maps` must have shape [B, H, W], got {_shape(maps)}")
+        raise ValueError(f"overlay: `maps` must have shape [B, H, W], got {shape_of(maps)}")
     expected = [display.shape[0], display.shape[2], display.shape[3]]
-    if _shape(maps) != expected:
+    if shape_of(maps) != expected:
         raise ValueError(
             f"overlay: `maps` must match `display`'s batch and image size {expected}, "
-            f"got {_shape(maps)}"
+            f"got {shape_of(maps)}"
         )
     if maps.device != display.device:
         raise ValueError(
@@ -201,16 +220,54 @@ def overlay(
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"overlay: `alpha` must be in [0, 1], got {alpha}")
     table = _colormap_table(cmap, display.device)
-    values = maps.detach().to(torch.float32).nan_to_num(0.0).clamp(0.0, 1.0)
+    images = display.detach().to(torch.float32)
+    values = maps.detach().to(torch.float32)
+    finite = torch.isfinite(values).flatten(1).all(dim=1).view(-1, 1, 1, 1)
+    # Non-finite rows are replaced below; zeros only keep the colour lookup in range.
+    values = torch.where(finite[:, 0], values, 0.0).clamp(0.0, 1.0)
     # Same binning as matplotlib's Colormap.__call__: floor(x * N), with x == 1 -> N - 1.
     indices = (values * _LUT_SIZE).floor().long().clamp(max=_LUT_SIZE - 1)
     colours = table[indices].permute(0, 3, 1, 2)
-    blended = (1.0 - alpha) * display.detach().to(torch.float32) + alpha * colours
-    return blended.clamp(0.0, 1.0)
+    blended = (1.0 - alpha) * images + alpha * colours
+    # Drawing a NaN map as zeros would show a confident-looking "nothing here" heatmap; a
+    # washed-out grey image with no colour at all cannot be mistaken for a result.
+    no_map = 0.5 * _luminance(images) + 0.25
+    return torch.where(finite, blended, no_map).clamp(0.0, 1.0)
 
 
-def _to_uint8_images(images: Tensor) -> np.ndarray:
-    """[N, 3, H, W] in [0, 1] -> numpy uint8 [N, H, W, 3]; the one copy off the device."""
+def _luminance(images: Tensor) -> Tensor:
+    """Grey version ``[B, 3, H, W]`` of RGB ``images`` (ITU-R BT.601 luma weights)."""
+    weights = images.new_tensor(_LUMA_WEIGHTS).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """Convert RGB images in ``[0, 1]`` to a numpy uint8 batch ``[N, H, W, 3]``.
+
+    Values are clipped to ``[0, 1]`` and rounded to the nearest of 256 levels on the
+    images' device; the uint8 result is the only data copied to the host (a quarter of
+    the float32 size). This is the form matplotlib, Pillow and TensorBoard take.
+
+    Args:
+        images: Float tensor ``[N, 3, H, W]`` in ``[0, 1]`` (e.g. from :func:`to_display`
+            or :func:`overlay`), any device. Gradients are not tracked.
+
+    Returns:
+        numpy uint8 array ``[N, H, W, 3]`` (channels last), on the host.
+
+    Raises:
+        TypeError: If ``images`` is not a tensor.
+        ValueError: If ``images`` is not ``[N, 3, H, W]``.
+
+    Example:
+        >>> to_uint8(torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1, 1))
+        array([[[[  0, 128, 255]]]], dtype=uint8)
+    """
+    require_tensor("to_uint8", "images", images)
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"to_uint8: `images` must have shape [N, 3, H, W], got {shape_of(images)}"
+        )
     quantised = (images.detach().to(torch.float32).clamp(0.0, 1.0) * 255).round()
     return quantised.to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
@@ -345,17 +402,17 @@ def method_grid(
         >>> picture.dtype, picture.shape[-1]
         (dtype('uint8'), 3)
     """
-    _require_tensor("method_grid", "display", display)
-    _require_tensor("method_grid", "overlays", overlays)
+    require_tensor("method_grid", "display", display)
+    require_tensor("method_grid", "overlays", overlays)
     if display.dim() != 4 or display.shape[1] != 3 or display.shape[0] == 0:
         raise ValueError(
             "method_grid: `display` must have shape [B, 3, H, W] with B >= 1, "
-            f"got {_shape(display)}"
+            f"got {shape_of(display)}"
         )
     if overlays.shape != display.shape:
         raise ValueError(
             f"method_grid: `overlays` must have the same shape as `display` "
-            f"{_shape(display)}, got {_shape(overlays)}"
+            f"{shape_of(display)}, got {shape_of(overlays)}"
         )
     labels = [str(label) for label in row_labels]
     if len(labels) != display.shape[0]:
@@ -364,7 +421,7 @@ def method_grid(
             f"got {len(labels)}"
         )
     # One transfer for both halves of the grid.
-    both = _to_uint8_images(torch.cat([display, overlays.to(display.device)], dim=0))
+    both = to_uint8(torch.cat([display, overlays.to(display.device)], dim=0))
     count = display.shape[0]
     cells = [[both[index], both[count + index]] for index in range(count)]
     return _render_grid(
@@ -412,28 +469,111 @@ def probe_panel(
         >>> picture.ndim
         3
     """
-    _require_tensor("probe_panel", "display_one", display_one)
+    require_tensor("probe_panel", "display_one", display_one)
     if display_one.dim() != 3 or display_one.shape[0] != 3:
         raise ValueError(
-            f"probe_panel: `display_one` must have shape [3, H, W], got {_shape(display_one)}"
+            f"probe_panel: `display_one` must have shape [3, H, W], got {shape_of(display_one)}"
         )
     names = [str(name) for name in overlays]
     for name, picture in overlays.items():
-        _require_tensor("probe_panel", f"overlays[{name!r}]", picture)
+        require_tensor("probe_panel", f"overlays[{name!r}]", picture)
         if picture.shape != display_one.shape:
             raise ValueError(
                 f"probe_panel: `overlays[{name!r}]` must have the same shape as "
-                f"`display_one` {_shape(display_one)}, got {_shape(picture)}"
+                f"`display_one` {shape_of(display_one)}, got {shape_of(picture)}"
             )
     stacked = torch.stack(
         [display_one] + [picture.to(display_one.device) for picture in overlays.values()]
     )
-    pictures = _to_uint8_images(stacked)
+    pictures = to_uint8(stacked)
     return _render_grid(
         [list(pictures)],
         title=title,
         column_titles=["image", *names],
         row_labels=None,
+        panel_inches=panel_inches,
+        dpi=dpi,
+    )
+
+
+def comparison_grid(
+    display: Tensor,
+    overlays: Mapping[str, Tensor],
+    row_labels: Sequence[str],
+    title: str | None = None,
+    *,
+    panel_inches: float = 2.0,
+    dpi: int = 100,
+) -> np.ndarray:
+    """One figure comparing methods on several images: a row per image, a column per method.
+
+    Each row shows the image, then its overlay from every method in ``overlays``' order,
+    with the row's label above it; the columns are titled ``"image"`` and the method
+    names. It combines :func:`method_grid` (one method, many images) and
+    :func:`probe_panel` (many methods, one image). The picture's size depends only on
+    ``B``, the number of methods, the image aspect, whether a title is given,
+    ``panel_inches`` and ``dpi`` -- not on the text.
+
+    Args:
+        display: Images ``[B, 3, H, W]`` in ``[0, 1]`` (from :func:`to_display`).
+        overlays: Method name -> overlays of the same shape as ``display`` (from
+            :func:`overlay`); at least one method.
+        row_labels: One label per image, ``B`` strings.
+        title: Text on top of the figure.
+        panel_inches: Width of each image panel in inches.
+        dpi: Pixels per inch of the rendered figure.
+
+    Returns:
+        numpy uint8 array ``[H', W', 3]`` (RGB).
+
+    Raises:
+        TypeError: If ``display`` or an overlay is not a tensor.
+        ValueError: If ``display`` is not ``[B, 3, H, W]`` with ``B >= 1``, ``overlays``
+            is empty or one of its shapes differs, or the number of ``row_labels`` is
+            not ``B``.
+
+    Example:
+        >>> display = torch.rand(2, 3, 16, 16)
+        >>> picture = comparison_grid(
+        ...     display, {"Grad-CAM": display, "SaS": display}, ["probe 0", "probe 1"])
+        >>> picture.dtype, picture.shape[-1]
+        (dtype('uint8'), 3)
+    """
+    require_tensor("comparison_grid", "display", display)
+    if display.dim() != 4 or display.shape[1] != 3 or display.shape[0] == 0:
+        raise ValueError(
+            "comparison_grid: `display` must have shape [B, 3, H, W] with B >= 1, "
+            f"got {shape_of(display)}"
+        )
+    if len(overlays) == 0:
+        raise ValueError(
+            "comparison_grid: `overlays` must map at least one method name to its "
+            "overlays, got an empty mapping"
+        )
+    names = [str(name) for name in overlays]
+    for name, pictures in overlays.items():
+        require_tensor("comparison_grid", f"overlays[{name!r}]", pictures)
+        if pictures.shape != display.shape:
+            raise ValueError(
+                f"comparison_grid: `overlays[{name!r}]` must have the same shape as "
+                f"`display` {shape_of(display)}, got {shape_of(pictures)}"
+            )
+    labels = [str(label) for label in row_labels]
+    if len(labels) != display.shape[0]:
+        raise ValueError(
+            f"comparison_grid: `row_labels` must have one label per image "
+            f"({display.shape[0]}), got {len(labels)}"
+        )
+    # One transfer for all columns: [column 0 images, column 1 images, ...].
+    columns = to_uint8(
+        torch.cat([display, *(pictures.to(display.device) for pictures in overlays.values())])
+    ).reshape(1 + len(names), display.shape[0], *display.shape[2:], 3)
+    cells = [list(columns[:, row]) for row in range(display.shape[0])]
+    return _render_grid(
+        cells,
+        title=title,
+        column_titles=["image", *names],
+        row_labels=labels,
         panel_inches=panel_inches,
         dpi=dpi,
     )

@@ -293,10 +293,11 @@ def test_shortcut_alert_warns_logs_text_and_can_stop_training(tmp_path: Path) ->
     callback = SASAuditCallback(probe=2, methods=["gradcam"], shortcut_threshold=0.5, stop_on_shortcut=True)
     L.seed_everything(0, verbose=False)
     trainer = make_trainer(tmp_path, [callback], max_epochs=5)
-    with pytest.warns(UserWarning, match=r"^Shortcut alert: gradcam .* at epoch 0"):
+    with pytest.warns(UserWarning, match=r"^Shortcut alert at epoch 0: gradcam puts 1.00 of its top-ranked pixels on the ROI \(roi_share 1.00 > 0.5\)"):
         trainer.fit(LitClassifier(), *loaders(everywhere))
     assert trainer.current_epoch == 1  # stopped cleanly after the first audited epoch
-    assert callback.alerts[0]["method"] == "gradcam" and callback.alerts[0]["roi_share"] == 1.0
+    assert callback.alerts[0]["crossed"] == [{"criterion": "roi_share", "method": "gradcam"}]
+    assert callback.alerts[0]["scores"]["gradcam"]["roi_share"] == 1.0
     assert callback.state_dict()["alerts"] == callback.alerts
     events = read_events(trainer.logger.log_dir)
     assert "audit/alert/text_summary" in events.Tags()["tensors"]

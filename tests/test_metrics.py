@@ -11,6 +11,7 @@ import torch
 from scipy import stats
 
 from lightning_sas.metrics import rank_average, roi_mass, roi_share, spearman
+from lightning_sas.tensor_checks import require_tensor, shape_of
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -322,6 +323,31 @@ def test_roi_mass_argument_errors_name_the_argument() -> None:
     with pytest.raises(TypeError, match="roi_mass: `maps` must be a torch.Tensor"):
         not_a_tensor = np.zeros((1, 2, 2))
         roi_mass(not_a_tensor, torch.zeros(1, 2, 2, dtype=torch.bool))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- shared checks
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (lambda: rank_average([1.0]), "rank_average: `values` must be a torch.Tensor, got list"),
+        (lambda: spearman((1.0,), torch.zeros(1, 2)), "spearman: `a` must be a torch.Tensor, got tuple"),
+        (lambda: roi_share(torch.rand(1, 2, 2), None), "roi_share: `roi` must be a torch.Tensor, got NoneType"),
+    ],
+)
+def test_type_errors_name_function_argument_and_given_type(call, expected: str) -> None:
+    with pytest.raises(TypeError) as caught:
+        call()
+    assert str(caught.value) == expected
+
+
+def test_shape_of_and_require_tensor() -> None:
+    tensor = torch.zeros(2, 3)
+    assert shape_of(tensor) == [2, 3] and isinstance(shape_of(tensor), list)
+    assert require_tensor("f", "x", tensor) is tensor
+    with pytest.raises(TypeError, match=r"^f: `x` must be a torch.Tensor, got ndarray$"):
+        require_tensor("f", "x", np.zeros(2))
 
 
 # --------------------------------------------------------------------------- devices

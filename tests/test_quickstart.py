@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from lightning_sas.render import comparison_grid
+
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
 # Small enough for ~20 s on two shared CPU cores, large enough to reach >90% accuracy.
 REDUCED_ARGS = ["--train-size", "800", "--val-size", "200", "--epochs", "3", "--sas-iterations", "20"]
@@ -43,13 +45,20 @@ def run(quickstart: ModuleType, tmp_path_factory: pytest.TempPathFactory):
     return result
 
 
-def test_writes_png_with_one_row_per_probe(quickstart: ModuleType, run) -> None:
+def _package_grid_shape(rows: int) -> tuple[int, int]:
+    """Height and width of the package's comparison grid for ``rows`` x (image + 2 methods)."""
+    blank = torch.zeros(rows, 3, 32, 32)
+    picture = comparison_grid(blank, {"Grad-CAM": blank, "SaS": blank}, ["label"] * rows, title="title")
+    return picture.shape[:2]
+
+
+def test_writes_png_with_one_row_per_probe(run) -> None:
     assert run.out.is_file()
     picture = matplotlib.image.imread(run.out)
     assert picture.ndim == 3 and picture.shape[-1] in (3, 4)
-    # 8 rows of image | Grad-CAM | SaS: a tall figure whose size the layout fixes.
-    width, height = quickstart.figure_inches(rows=8, columns=3)
-    assert picture.shape[:2] == (round(height * quickstart.FIGURE_DPI), round(width * quickstart.FIGURE_DPI))
+    # 8 rows of image | Grad-CAM | SaS, laid out by the package's renderer, whose picture
+    # size is fixed by the grid's shape (not by the text).
+    assert picture.shape[:2] == _package_grid_shape(8)
     assert picture.shape[0] > 2 * picture.shape[1]
     # Not blank: the overlays put plenty of colour into the picture.
     assert float(np.asarray(picture[..., :3], dtype=np.float64).std()) > 0.1
@@ -75,7 +84,7 @@ def test_both_methods_point_at_the_class_region(run) -> None:
         assert mass > run.chance, f"{name}: roi_mass {mass:.3f} vs chance {run.chance:.3f}"
 
 
-def test_figure_height_grows_with_rows(quickstart: ModuleType) -> None:
+def test_figure_is_the_package_grid_and_grows_with_rows(quickstart: ModuleType) -> None:
     data = quickstart.make_data(4, seed=3)
     maps = torch.rand(4, 32, 32, generator=torch.Generator().manual_seed(0))
     scores = torch.full((4,), 0.5)
@@ -87,11 +96,30 @@ def test_figure_height_grows_with_rows(quickstart: ModuleType) -> None:
         }
         picture = quickstart.render_figure(data.images[:rows], results, data.region, ["label"] * rows, "title")
         assert picture.dtype == np.uint8 and picture.shape[-1] == 3
-        width, height = quickstart.figure_inches(rows=rows, columns=3)
-        assert picture.shape[:2] == (round(height * quickstart.FIGURE_DPI), round(width * quickstart.FIGURE_DPI))
+        assert picture.shape[:2] == _package_grid_shape(rows)
         sizes.append(picture.shape[:2])
     assert sizes[0][1] == sizes[1][1]  # same width
     assert sizes[1][0] > sizes[0][0]  # taller with more rows
+
+
+def test_outline_is_dashed_white_just_outside_the_region(quickstart: ModuleType) -> None:
+    region = quickstart.region_mask()
+    pictures = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 0.9
+    outlined = quickstart.outline_region(pictures, region)
+    white = (outlined == 1.0).all(dim=1)  # [2, H, W]
+    assert torch.equal(white[0], white[1])
+    # The ring of pixels touching the region from outside (top 3, left 19, 10 x 10 at 32 px).
+    ring = torch.zeros(32, 32, dtype=torch.bool)
+    ring[2:14, 18:30] = True
+    ring[3:13, 19:29] = False
+    assert not bool((white[0] & ~ring).any())  # nothing drawn off the ring, region kept
+    assert torch.equal(outlined[:, :, ~ring], pictures[:, :, ~ring])
+    # Dashed: about half of the ring, with breaks on every side.
+    drawn = int(white[0].sum())
+    assert 0.3 * int(ring.sum()) < drawn < 0.7 * int(ring.sum())
+    for side in (white[0, 2, 18:30], white[0, 13, 18:30], white[0, 2:14, 18], white[0, 2:14, 29]):
+        assert bool(side.any()) and not bool(side.all())
+    assert not pictures.eq(1.0).all(dim=1).any()  # the input itself is left alone
 
 
 def test_make_data_is_seeded_and_in_range(quickstart: ModuleType) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import subprocess
 import sys
 import weakref
 from pathlib import Path
@@ -15,7 +16,15 @@ import torch
 from matplotlib.figure import Figure
 
 from lightning_sas import render
-from lightning_sas.render import method_grid, overlay, probe_panel, save_png, to_display
+from lightning_sas.render import (
+    comparison_grid,
+    method_grid,
+    overlay,
+    probe_panel,
+    save_png,
+    to_display,
+    to_uint8,
+)
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -43,6 +52,23 @@ def test_to_display_clips_out_of_range_values_after_denormalising() -> None:
     images = torch.tensor([-10.0, 0.0, 10.0]).view(1, 1, 1, 3)
     result = to_display(images, mean=[0.5], std=[0.25])
     assert result[0, 0, 0].tolist() == [0.0, 0.5, 1.0]
+
+
+def test_to_display_one_mean_and_std_value_applies_to_every_rgb_channel() -> None:
+    original = torch.rand(2, 3, 8, 8, generator=_generator(20))
+    normalised = (original - 0.5) / 0.25
+    restored = to_display(normalised, mean=(0.5,), std=(0.25,))
+    torch.testing.assert_close(restored, original, atol=1e-6, rtol=0)
+    # Same result as spelling the value out once per channel.
+    torch.testing.assert_close(restored, to_display(normalised, mean=[0.5] * 3, std=[0.25] * 3))
+    # Only one of them given: the other is the identity (0 / 1).
+    torch.testing.assert_close(to_display(original - 0.5, mean=(0.5,)), original, atol=1e-6, rtol=0)
+
+
+def test_to_display_wrong_number_of_mean_values_names_mean() -> None:
+    with pytest.raises(ValueError, match=r"`mean`.*3.*got 2: \[0.1, 0.2\]") as caught:
+        to_display(torch.zeros(1, 3, 4, 4), mean=[0.1, 0.2])
+    assert "`std`" not in str(caught.value)
 
 
 def test_to_display_min_max_per_image_and_grey_to_rgb() -> None:
@@ -93,14 +119,18 @@ def test_to_display_argument_errors_name_the_argument() -> None:
         to_display(torch.zeros(3, 8, 8))
     with pytest.raises(
         ValueError,
-        match=r"`mean` must have one value per image channel \(3\), got 1",
+        match=r"to_display: `mean` must have 1 value.* or 3 .*3-channel images, got 2: \[0.5, 0.4\]",
     ):
-        to_display(torch.zeros(1, 3, 4, 4), mean=[0.5], std=STD)
+        to_display(torch.zeros(1, 3, 4, 4), mean=[0.5, 0.4], std=[0.25])
     with pytest.raises(
         ValueError,
-        match=r"`std` must have one value per image channel \(1\), got 3",
+        match=r"to_display: `std` must have 1 value.*1-channel images, got 3: \[0.229, 0.224, 0.225\]",
     ):
         to_display(torch.zeros(1, 1, 4, 4), mean=[0.5], std=STD)
+    with pytest.raises(ValueError, match=r"to_display: `std` values must be positive, got \[0.0\]"):
+        to_display(torch.zeros(1, 3, 4, 4), std=[0.0])
+    with pytest.raises(ValueError, match=r"to_display: `mean` values must be finite numbers"):
+        to_display(torch.zeros(1, 3, 4, 4), mean=[float("nan")])
     with pytest.raises(TypeError, match="`images` must be a torch.Tensor"):
         to_display(np.zeros((1, 3, 4, 4)))  # type: ignore[arg-type]
 
@@ -139,6 +169,54 @@ def test_overlay_blends_linearly_and_clips_map_values() -> None:
     torch.testing.assert_close(
         overlay(display, maps * 0 + 5, alpha=1.0), overlay(display, maps * 0 + 1, alpha=1.0)
     )
+
+
+def _grey(images: torch.Tensor) -> torch.Tensor:
+    """What overlay shows for a map with no finite answer: washed-out luma, all channels equal."""
+    luma = 0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]
+    return (0.5 * luma + 0.25)[:, None].expand(-1, 3, -1, -1)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_overlay_draws_no_heat_for_a_map_with_a_non_finite_value(bad: float) -> None:
+    display = torch.rand(3, 3, 6, 6, generator=_generator(21))
+    maps = torch.rand(3, 6, 6, generator=_generator(22))
+    broken = maps.clone()
+    broken[1, 2, 3] = bad  # one pixel is enough: the whole map is no answer
+    result = overlay(display, broken, alpha=0.5)
+    # The other rows are exactly what they would be without the broken map.
+    torch.testing.assert_close(result[[0, 2]], overlay(display[[0, 2]], maps[[0, 2]], alpha=0.5))
+    # The broken row: the image greyed, with no trace of the map's (finite) values.
+    torch.testing.assert_close(result[1:2], _grey(display[1:2]))
+    assert torch.equal(result[1, 0], result[1, 1]) and torch.equal(result[1, 1], result[1, 2])
+
+
+def test_overlay_greys_an_all_nan_map_at_every_alpha() -> None:
+    display = torch.rand(1, 3, 4, 4, generator=_generator(23))
+    nan_maps = torch.full((1, 4, 4), float("nan"))
+    expected = _grey(display)
+    for alpha in (0.0, 0.5, 1.0):
+        result = overlay(display, nan_maps, alpha=alpha)
+        assert torch.isfinite(result).all()
+        torch.testing.assert_close(result, expected)
+    # Not a heatmap of zeros: that would be the colormap's bottom colour blended in.
+    assert not torch.allclose(overlay(display, nan_maps), overlay(display, torch.zeros(1, 4, 4)))
+
+
+def test_figures_accept_overlays_of_non_finite_maps() -> None:
+    display = torch.rand(2, 3, 16, 16, generator=_generator(24))
+    maps = torch.rand(2, 16, 16, generator=_generator(25))
+    maps[0] = float("nan")
+    overlays = overlay(display, maps)
+    grid = method_grid(display, overlays, ["no answer", "fine"])
+    panel = probe_panel(display[0], {"SaS": overlays[0]}, "probe 0")
+    comparison = comparison_grid(display, {"SaS": overlays}, ["no answer", "fine"])
+    for picture in (grid, panel, comparison):
+        assert picture.dtype == np.uint8 and picture.shape[-1] == 3
+    # The greyed panel is in the figure: its top-left pixel's grey value appears there.
+    grey_value = round(float(_grey(display[:1])[0, 0, 0, 0]) * 255)
+    grey = (panel[..., 0] == grey_value) & (panel[..., 1] == grey_value) & (panel[..., 2] == grey_value)
+    assert grey.any()
 
 
 def test_overlay_argument_errors_name_the_argument() -> None:
@@ -292,6 +370,80 @@ def test_display_and_overlay_stay_on_the_device_and_match_cpu() -> None:
     assert gpu_picture.shape == method_grid(on_cpu, on_cpu, ["a", "b"]).shape
 
 
+def test_comparison_grid_has_a_column_per_method_and_a_row_per_image() -> None:
+    display, overlays = _grid_inputs(3, seed=26)
+    one_method = comparison_grid(display, {"SaS": overlays}, ["a", "b", "c"], title="t")
+    two_methods = comparison_grid(display, {"SaS": overlays, "Grad-CAM": overlays.flip(0)}, ["a", "b", "c"], title="t")
+    fewer_rows = comparison_grid(display[:2], {"SaS": overlays[:2], "Grad-CAM": overlays[:2]}, ["a", "b"], title="t")
+    longer_text = comparison_grid(
+        display, {"SaS": overlays, "Grad-CAM": overlays}, ["a much longer label " * 2, "b", "c"], title="a longer title"
+    )
+    assert two_methods.dtype == np.uint8 and two_methods.shape[-1] == 3
+    assert two_methods.shape[1] > one_method.shape[1] and two_methods.shape[0] == one_method.shape[0]
+    assert fewer_rows.shape[0] < two_methods.shape[0] and fewer_rows.shape[1] == two_methods.shape[1]
+    assert longer_text.shape == two_methods.shape  # size fixed by the shapes, not the text
+    # With one method and no title it is the same picture as method_grid's plus column titles.
+    assert comparison_grid(display, {"SaS": overlays}, ["a", "b", "c"]).shape[1] == (
+        method_grid(display, overlays, ["a", "b", "c"]).shape[1]
+    )
+
+
+def test_comparison_grid_shows_every_column() -> None:
+    display = torch.zeros(1, 3, 16, 16)
+    display[:, 0] = 1.0  # pure red image
+    green = torch.zeros(1, 3, 16, 16)
+    green[:, 1] = 1.0
+    blue = torch.zeros(1, 3, 16, 16)
+    blue[:, 2] = 1.0
+    picture = comparison_grid(display, {"G": green, "B": blue}, ["label"])
+    for channel in range(3):
+        pure = (picture[..., channel] == 255) & (picture.sum(axis=-1) == 255)
+        assert pure.mean() > 0.15, channel
+
+
+def test_comparison_grid_argument_errors_name_the_argument() -> None:
+    display, overlays = _grid_inputs(2, seed=27)
+    with pytest.raises(ValueError, match="comparison_grid: `overlays` must map at least one method"):
+        comparison_grid(display, {}, ["a", "b"])
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"comparison_grid: `overlays\['SaS'\]` must have the same shape as `display` "
+            r"\[2, 3, 16, 16\], got \[1, 3, 16, 16\]"
+        ),
+    ):
+        comparison_grid(display, {"SaS": overlays[:1]}, ["a", "b"])
+    with pytest.raises(ValueError, match=r"`row_labels` must have one label per image \(2\), got 3"):
+        comparison_grid(display, {"SaS": overlays}, ["a", "b", "c"])
+    with pytest.raises(TypeError, match=r"comparison_grid: `overlays\['SaS'\]` must be a torch.Tensor, got ndarray"):
+        comparison_grid(display, {"SaS": overlays.numpy()}, ["a", "b"])  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match=r"`display` must have shape \[B, 3, H, W\] with B >= 1, got \[0, 3, 16, 16\]"):
+        comparison_grid(display[:0], {"SaS": overlays[:0]}, [])
+
+
+# --------------------------------------------------------------------------- to_uint8
+
+
+def test_to_uint8_rounds_clips_and_moves_channels_last() -> None:
+    values = torch.tensor([-0.5, 0.0, 0.4 / 255, 0.6 / 255, 0.499, 1.0, 1.5])
+    # Channels differ (full, half, quarter) so a channel mix-up would show.
+    images = values.view(1, 1, 1, 7) * torch.tensor([1.0, 0.5, 0.25]).view(1, 3, 1, 1)
+    images = torch.cat([images, images.flip(-1)])  # two images, different content
+    result = to_uint8(images)
+    assert isinstance(result, np.ndarray) and result.dtype == np.uint8
+    assert result.shape == (2, 1, 7, 3)
+    assert result[0, 0, :, 0].tolist() == [0, 0, 0, 1, 127, 255, 255]
+    assert result[0, 0, :, 1].tolist() == [0, 0, 0, 0, 64, 128, 191]
+    assert result[1, 0, :, 0].tolist() == [255, 255, 127, 1, 0, 0, 0]
+
+
+def test_to_uint8_argument_errors_name_the_argument() -> None:
+    with pytest.raises(ValueError, match=r"to_uint8: `images` must have shape \[N, 3, H, W\], got \[3, 4, 4\]"):
+        to_uint8(torch.zeros(3, 4, 4))
+    with pytest.raises(TypeError, match="to_uint8: `images` must be a torch.Tensor, got ndarray"):
+        to_uint8(np.zeros((1, 3, 4, 4)))  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------- save_png
 
 
@@ -320,13 +472,38 @@ def test_save_png_rejects_wrong_arrays(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- global state
 
 
-def test_render_does_not_import_pyplot() -> None:
-    if "matplotlib.pyplot" in sys.modules:
-        pytest.skip("pyplot was already imported by another test")
-    display, overlays = _grid_inputs(2, seed=13)
-    method_grid(display, overlays, ["a", "b"], title="t")
-    probe_panel(display[0], {"SaS": overlays[0]}, "t")
-    assert "matplotlib.pyplot" not in sys.modules
+# Run in a fresh interpreter: in a full test run another module has usually imported
+# pyplot long before this test, so an in-process check could never fail.
+_PYPLOT_CHECK = """
+import sys
+import torch
+from lightning_sas import render
+images = torch.rand(2, 3, 16, 16)
+display = render.to_display(images, mean=[0.5], std=[0.25])
+overlays = render.overlay(display, torch.rand(2, 16, 16))
+pictures = [
+    render.method_grid(display, overlays, ["a", "b"], title="t"),
+    render.probe_panel(display[0], {"SaS": overlays[0]}, "t"),
+    render.comparison_grid(display, {"SaS": overlays}, ["a", "b"], title="t"),
+]
+render.save_png(pictures[0], sys.argv[1])
+print("rendered", len(pictures), "pyplot imported:", "matplotlib.pyplot" in sys.modules)
+"""
+
+
+def test_render_does_not_import_pyplot(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c", _PYPLOT_CHECK, str(tmp_path / "grid.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    # The figures were really drawn (and saved) before the check was made.
+    assert "rendered 3 pyplot imported:" in completed.stdout
+    assert (tmp_path / "grid.png").is_file()
+    assert completed.stdout.strip().endswith("pyplot imported: False"), completed.stdout
     assert not hasattr(render, "plt") and not hasattr(render, "pyplot")
 
 

@@ -43,7 +43,7 @@ def test_biased_run_uses_the_ruler_and_the_audit_says_so(runs: dict[str, dict]) 
     assert biased["val_acc"] > 0.75
     assert shortcut_in_behaviour(biased), biased
     assert biased["alerts"], "the model leans on the ruler but no shortcut alert fired"
-    assert all(alert["roi_share"] > 0.5 for alert in biased["alerts"])
+    assert all(alert["crossed"] for alert in biased["alerts"])
 
 
 def test_clean_run_neither_uses_the_ruler_nor_alerts(runs: dict[str, dict]) -> None:

@@ -48,6 +48,7 @@ __all__ = [
     "RulerBiasDataset",
     "generate",
     "make_splits",
+    "ruler_artifacts",
 ]
 
 CLASS_NAMES: tuple[str, str] = ("benign", "malignant")
@@ -294,6 +295,40 @@ def make_splits(
         )
         splits[split] = RulerBiasDataset(images, labels, masks)
     return splits
+
+
+def ruler_artifacts(dataset: RulerBiasDataset, count: int = 32, trials: int = 4, seed: int = 0):
+    """Ruler examples cut from ``dataset`` for the audit's intervention score.
+
+    Each example is a whole normalised image with the exact mask of its ruler, so pasting it
+    onto a probe puts a real ruler exactly where rulers appear, without the other image's
+    lesion. The suspected class is malignant (1): a model that learned "ruler => malignant"
+    flips benign probes when a ruler is pasted.
+
+    Args:
+        dataset: A split with rulers (e.g. the training split).
+        count: Most examples to keep (the first ``count`` images with a ruler).
+        trials: Pastes per probe.
+        seed: Seed of the choice of example per paste.
+
+    Returns:
+        :class:`lightning_sas.intervention.Artifacts`.
+
+    Raises:
+        ValueError: If ``dataset`` has no image with a ruler.
+    """
+    from lightning_sas.intervention import Artifacts
+
+    with_ruler = torch.nonzero(dataset.has_ruler).flatten()[: _check_int("count", count, 1)]
+    if len(with_ruler) == 0:
+        raise ValueError("`dataset` has no image with a ruler to cut artifact examples from.")
+    return Artifacts(
+        target_class=CLASS_NAMES.index("malignant"),
+        patches=dataset.normalised_images()[with_ruler],
+        masks=dataset.ruler_masks[with_ruler] > 0,
+        trials=trials,
+        seed=seed,
+    )
 
 
 # --------------------------------------------------------------------------- generation

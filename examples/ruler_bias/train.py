@@ -4,8 +4,9 @@ Trains a small CNN on procedural dermoscopy-like images in which rulers appear m
 malignant lesions, with :class:`lightning_sas.SASAuditCallback` auditing a fixed probe set
 every epoch. Prints one row per audited epoch: validation accuracy (same bias as training),
 counterfactual accuracy (bias swapped: rulers on benign lesions), SaS and Grad-CAM
-``roi_share`` on the ruler, and whether the shortcut alert fired. ``--clean`` is the control
-run: rulers equally likely in both classes.
+``roi_share`` on the ruler and its lift over chance, the intervention's flip rate (rulers cut
+from training images pasted onto benign probes) and whether the shortcut alert fired.
+``--clean`` is the control run: rulers equally likely in both classes.
 
 Run from the repository root::
 
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from data import CLASS_NAMES, MEAN, STD, make_splits  # noqa: E402
+from data import CLASS_NAMES, MEAN, STD, make_splits, ruler_artifacts  # noqa: E402
 from model import LesionClassifier  # noqa: E402
 
 from lightning_sas import GradCAM, SASAuditCallback, SaS  # noqa: E402
@@ -55,22 +56,36 @@ class AuditTable(Callback):
         if not trainer.is_global_zero:
             return
         if not self.rows:
-            print(f"{'epoch':>5} {'val_acc':>8} {'cf_acc':>8} {'sas_share':>10} {'gcam_share':>10}  alert", flush=True)
+            print(
+                f"{'epoch':>5} {'val_acc':>8} {'cf_acc':>8} {'sas_share':>10} {'sas_lift':>9} "
+                f"{'gcam_share':>10} {'gcam_lift':>9} {'flip':>6}  alert",
+                flush=True,
+            )
         for entry in self.audit.history[self._printed :]:
             epoch = int(entry["epoch"])
-            alerts = [a["method"] for a in self.audit.alerts if a["epoch"] == epoch]
+            crossed = [
+                item["method"] or "intervention"
+                for alert in self.audit.alerts
+                if alert["epoch"] == epoch
+                for item in alert["crossed"]
+            ]
             row = {
                 "epoch": epoch,
                 "val_acc": float(trainer.callback_metrics.get("val_acc", math.nan)),
                 "counterfactual_acc": float(trainer.callback_metrics.get("counterfactual_acc", math.nan)),
                 "sas_roi_share": entry.get("audit/sas/roi_share", math.nan),
+                "sas_roi_lift": entry.get("audit/sas/roi_lift", math.nan),
                 "gradcam_roi_share": entry.get("audit/gradcam/roi_share", math.nan),
-                "alert": ",".join(alerts),
+                "gradcam_roi_lift": entry.get("audit/gradcam/roi_lift", math.nan),
+                "flip_rate": entry.get("audit/intervention/flip_rate", math.nan),
+                "alert": ",".join(crossed),
             }
             self.rows.append(row)
             print(
                 f"{epoch:>5} {row['val_acc']:>8.3f} {row['counterfactual_acc']:>8.3f} "
-                f"{row['sas_roi_share']:>10.3f} {row['gradcam_roi_share']:>10.3f}  {row['alert'] or '-'}",
+                f"{row['sas_roi_share']:>10.3f} {row['sas_roi_lift']:>9.1f} "
+                f"{row['gradcam_roi_share']:>10.3f} {row['gradcam_roi_lift']:>9.1f} {row['flip_rate']:>6.2f}  "
+                f"{row['alert'] or '-'}",
                 flush=True,
             )
         self._printed = len(self.audit.history)
@@ -112,7 +127,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=30,
         help="SaS iterations per audit (SaS's default is 100; 30 keeps the CPU demo near 2 minutes)",
     )
-    parser.add_argument("--shortcut-threshold", type=float, default=0.5)
+    parser.add_argument(
+        "--shortcut-threshold",
+        type=float,
+        default=None,
+        help="also alert on an absolute mean roi_share above this (default: the alert rule's lift and flip rate only)",
+    )
     parser.add_argument("--width", type=int, default=16, help="channels of the CNN's first stage")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
@@ -146,6 +166,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
         seed=args.seed,
         shortcut_threshold=args.shortcut_threshold,
         class_names=CLASS_NAMES,
+        artifacts=ruler_artifacts(splits["train"], seed=args.seed),
     )
     table = AuditTable(audit)
     logger = TensorBoardLogger(args.out, name=name)
