@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from lightning_sas.faithfulness import Faithfulness, FaithfulnessCurves
 from lightning_sas.intervention import Artifacts, InterventionResult, intervene
 from lightning_sas.methods import METHODS, AttributionMethod
 from lightning_sas.metrics import roi_mass, roi_share
@@ -45,6 +46,7 @@ class AuditResult:
             finite; their maps and scores are NaN.
         chance: ``[N]`` each probe's ROI area share ``|R| / HW`` (NaN without an ROI).
         intervention: What pasting the artifact did (when artifacts were given).
+        faithfulness: Per method, the deletion and insertion curves of its maps (when asked).
     """
 
     maps: dict[str, Tensor]
@@ -59,6 +61,23 @@ class AuditResult:
     nonfinite: dict[str, list[int]] = field(default_factory=dict)
     chance: Tensor | None = None
     intervention: InterventionResult | None = None
+    faithfulness: dict[str, FaithfulnessCurves] = field(default_factory=dict)
+
+    def faithfulness_means(self) -> dict[str, dict[str, float]]:
+        """Per method: mean ``deletion_auc``, ``insertion_auc`` and their difference
+        ``insertion_minus_deletion`` over the probes with a finite map (higher difference =
+        more faithful)."""
+        means: dict[str, dict[str, float]] = {}
+        for method, curves in self.faithfulness.items():
+            deletion, insertion = curves.deletion_auc, curves.insertion_auc
+            if bool(torch.isnan(deletion).all()):
+                continue
+            means[method] = {
+                "deletion_auc": float(deletion.nanmean()),
+                "insertion_auc": float(insertion.nanmean()),
+                "insertion_minus_deletion": float((insertion - deletion).nanmean()),
+            }
+        return means
 
     def mean_scores(self) -> dict[str, dict[str, float]]:
         """Per method: ``roi_share``, ``roi_mass`` and ``roi_lift`` averaged over the probes
@@ -149,6 +168,7 @@ def explain(
     warm_start_iterations: int | None = None,
     output: OutputSelector = None,
     artifacts: Artifacts | None = None,
+    faithfulness: Faithfulness | None = None,
 ) -> AuditResult:
     """Explain ``probes`` with each method (scores left empty: see :func:`score`).
 
@@ -158,7 +178,9 @@ def explain(
     ``progress``, if given, is called with each method's name before it runs. Methods that
     are :class:`WarmStartable` and have an entry in ``initial_states`` start from it and run
     ``warm_start_iterations`` steps (their own ``iterations`` when ``None``); their final
-    state is returned in ``masks``. With ``artifacts``, the intervention is measured too.
+    state is returned in ``masks``. With ``artifacts``, the intervention is measured too;
+    with ``faithfulness``, the deletion / insertion curves of every method's maps (all methods
+    in shared chunked forwards; a failure there is reported under ``errors["faithfulness"]``).
 
     Raises:
         ValueError: If ``target="label"`` and a probe has no label, or the model's output is
@@ -190,11 +212,19 @@ def explain(
                 maps[name] = method.attribute(adapter, probes.images, targets)
         except Exception as error:  # noqa: BLE001 - one method's failure must not lose the others' results
             errors[name] = f"{type(error).__name__}: {error}"
-    intervention = None if artifacts is None else intervene(adapter, probes.images, artifacts)
     for name, method_maps in maps.items():
         bad = ~finite_logits.to(method_maps.device)
         # NaN, never a zero map scored at chance: the probe's scores become NaN too.
         maps[name] = torch.where(bad[:, None, None], torch.full_like(method_maps, float("nan")), method_maps)
+    curves: dict[str, FaithfulnessCurves] = {}
+    if faithfulness is not None and maps:
+        if progress is not None:
+            progress("faithfulness")
+        try:
+            curves = faithfulness(adapter, probes.images, targets, maps)
+        except Exception as error:  # noqa: BLE001 - the maps stand without their faithfulness scores
+            errors["faithfulness"] = f"{type(error).__name__}: {error}"
+    intervention = None if artifacts is None else intervene(adapter, probes.images, artifacts)
     return AuditResult(
         maps=maps,
         predictions=predictions,
@@ -207,6 +237,7 @@ def explain(
         errors=errors,
         nonfinite={name: nonfinite_positions(method_maps) for name, method_maps in maps.items()},
         intervention=intervention,
+        faithfulness=curves,
     )
 
 
@@ -239,6 +270,7 @@ def run_audit(
     progress: Callable[[str], None] | None = None,
     output: OutputSelector = None,
     artifacts: Artifacts | None = None,
+    faithfulness: Faithfulness | None = None,
 ) -> AuditResult:
     """Explain ``probes`` with each method and score the maps against the probes' ROIs.
 
@@ -250,6 +282,7 @@ def run_audit(
         progress: Called with each method's name before it runs (e.g. to advance a progress bar).
         output: Where the logits are in the model's output (see :mod:`lightning_sas.outputs`).
         artifacts: Examples of a suspected artifact: measure the intervention too.
+        faithfulness: Deletion / insertion settings: score every method's maps too.
 
     Returns:
         The :class:`AuditResult` (failed methods in ``errors``, non-finite probes in ``nonfinite``).
@@ -258,12 +291,18 @@ def run_audit(
         ValueError: If ``target="label"`` and a probe has no label, or the model's output is
             not class logits.
     """
-    return score(explain(model, probes, methods, target, progress, output=output, artifacts=artifacts), probes.roi)
+    explained = explain(
+        model, probes, methods, target, progress, output=output, artifacts=artifacts, faithfulness=faithfulness
+    )
+    return score(explained, probes.roi)
 
 
 def problems(result: AuditResult, names: Sequence[str]) -> list[str]:
     """One sentence per failed method and per method with non-finite probes (for warnings and reports)."""
-    lines = [f"{method} failed and has no maps ({error})" for method, error in result.errors.items()]
+    lines = [
+        f"faithfulness could not be scored ({error})" if method == "faithfulness" else f"{method} failed and has no maps ({error})"
+        for method, error in result.errors.items()
+    ]
     for method, positions in result.nonfinite.items():
         if not positions:
             continue

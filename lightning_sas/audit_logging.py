@@ -82,6 +82,9 @@ def audit_scalars(result: AuditResult, previous_maps: Mapping[str, torch.Tensor]
                 agreement = spearman(current[finite], previous[finite])
                 if not bool(torch.isnan(agreement).all()):
                     scalars[f"audit/{method}/agreement"] = float(agreement.nanmean())
+    for method, means in result.faithfulness_means().items():
+        for name, value in means.items():
+            scalars[f"audit/{method}/{name}"] = value
     if result.intervention is not None:
         scalars["audit/intervention/flip_rate"] = result.intervention.flip_rate
         scalars["audit/intervention/probability_change"] = result.intervention.mean_probability_change

@@ -36,6 +36,7 @@ from lightning_sas.audit_logging import (
     write_text,
 )
 from lightning_sas.distributed import all_ranks_together
+from lightning_sas.faithfulness import Faithfulness, FaithfulnessCurves
 from lightning_sas.intervention import Artifacts, InterventionResult
 from lightning_sas.methods.base import AttributionMethod
 from lightning_sas.normalization import check_normalization, per_channel
@@ -58,9 +59,13 @@ class SASAuditCallback(Callback):
       with the true class, the predicted class and the confidence;
     - ``audit/probe_<NN>``: per probe, image | one overlay per method (TensorBoard's step
       slider walks one probe through the epochs);
-    - scalars ``audit/<method>/roi_share`` and ``audit/<method>/roi_mass`` (when probes carry
-      ROI masks), ``audit/<method>/agreement`` (rank correlation with the previous audit's
-      maps: drift) and ``audit/seconds``;
+    - scalars ``audit/<method>/roi_share``, ``audit/<method>/roi_lift`` (roi_share over its
+      chance level) and ``audit/<method>/roi_mass`` (when probes carry ROI masks);
+      ``audit/<method>/deletion_auc``, ``audit/<method>/insertion_auc`` and
+      ``audit/<method>/insertion_minus_deletion`` (faithfulness); ``audit/<method>/agreement``
+      (rank correlation with the previous audit's maps: drift);
+      ``audit/intervention/flip_rate`` and ``audit/intervention/probability_change`` (with
+      ``artifacts``); ``audit/seconds``;
     - text ``audit/manifest`` (the probe set, once), ``audit/alert`` (the first shortcut
       alert), ``audit/problems`` (methods that failed, probes whose output or map was not
       finite), ``audit/probe_change`` (a resumed run whose probes changed);
@@ -109,6 +114,14 @@ class SASAuditCallback(Callback):
             this value (the rule of earlier versions); ``None`` (default) leaves it out.
         stop_on_shortcut: Stop training cleanly (``trainer.should_stop``) at the first alert.
         class_names: Names of the classes, for labels in the pictures.
+        artifacts: Examples of a suspected artifact and its class
+            (:class:`~lightning_sas.intervention.Artifacts`): every audit pastes them onto the
+            probes of the other classes and logs ``audit/intervention/flip_rate`` and
+            ``audit/intervention/probability_change``; the alert rule uses the flip rate.
+        faithfulness: Score every method's maps with deletion / insertion curves
+            (``audit/<method>/deletion_auc``, ``insertion_auc``, ``insertion_minus_deletion``):
+            ``True`` (default: 20 steps towards the SaS blur), ``False``, or a
+            :class:`~lightning_sas.faithfulness.Faithfulness` with other settings.
         warm_start_iterations: If set, methods that can warm-start (SaS) start each audit after
             the first from the previous audit's state for the same probe and run this many
             iterations instead of their own (see the README for the measured trade-off).
@@ -152,6 +165,7 @@ class SASAuditCallback(Callback):
         output: OutputSelector = None,
         item_keys: Mapping[str, str] | None = None,
         artifacts: Artifacts | None = None,
+        faithfulness: Faithfulness | bool = True,
     ) -> None:
         if isinstance(probe, bool) or not isinstance(probe, int | Sequence | Dataset):
             raise ValueError(f"`probe` must be an int, a list of indices or a Dataset, got {type(probe).__name__}.")
@@ -192,6 +206,13 @@ class SASAuditCallback(Callback):
         self.shortcut_threshold = shortcut_threshold
         self.stop_on_shortcut = stop_on_shortcut
         self.artifacts = artifacts
+        if faithfulness is True:
+            faithfulness = Faithfulness()
+        if faithfulness is not False and not isinstance(faithfulness, Faithfulness):
+            raise ValueError(
+                f"`faithfulness` must be True, False or a lightning_sas.faithfulness.Faithfulness, got {faithfulness!r}."
+            )
+        self.faithfulness = faithfulness or None
         self.class_names = None if class_names is None else list(class_names)
         self.warm_start_iterations = warm_start_iterations
         self.output = check_output_selector(output)
@@ -416,7 +437,7 @@ class SASAuditCallback(Callback):
                 local = explain(
                     pl_module, shard, self.methods, self.target,
                     initial_states=initial_states, warm_start_iterations=self.warm_start_iterations,
-                    output=self.output, artifacts=self.artifacts,
+                    output=self.output, artifacts=self.artifacts, faithfulness=self.faithfulness,
                 )
         except Exception as error:  # noqa: BLE001 - ranks must agree before raising
             failure = error
@@ -445,6 +466,10 @@ class SASAuditCallback(Callback):
             **{f"map_{name}": pl_module.all_gather(maps) for name, maps in local.maps.items()},
             **{f"mask_{name}": pl_module.all_gather(mask) for name, mask in local.masks.items()},
         }
+        for name, curves in local.faithfulness.items():
+            if name in local.maps:
+                gathered[f"deletion_{name}"] = pl_module.all_gather(curves.deletion)
+                gathered[f"insertion_{name}"] = pl_module.all_gather(curves.insertion)
         if local.intervention is not None:
             for part in ("eligible", "flipped", "probability_change"):
                 gathered[f"intervention_{part}"] = pl_module.all_gather(getattr(local.intervention, part).to(device))
@@ -469,6 +494,11 @@ class SASAuditCallback(Callback):
             masks={name: reassemble(gathered[f"mask_{name}"]) for name in local.masks},
             errors=errors,
             nonfinite={name: nonfinite_positions(method_maps) for name, method_maps in maps.items()},
+            faithfulness={
+                name: FaithfulnessCurves(reassemble(gathered[f"deletion_{name}"]), reassemble(gathered[f"insertion_{name}"]))
+                for name in local.maps
+                if f"deletion_{name}" in gathered
+            },
         )
         if local.intervention is not None:
             result.intervention = InterventionResult(

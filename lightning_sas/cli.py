@@ -2,30 +2,53 @@
 
 The same audit as the training callback, on a checkpoint and a folder of probe images, for
 nightly jobs: TensorBoard event files with the callback's tags, ``report.html`` for people,
-``summary.json`` for machines, and an exit code a scheduler can act on:
+``summary.json`` for machines, and an exit status a scheduler can act on:
 
-* 0: the audit ran and no shortcut threshold was crossed (or no probe has a mask);
-* 1: the audit ran and a method's mean ``roi_share`` is above ``--shortcut-threshold``;
-* 2: usage or input error (bad path, unloadable checkpoint, no readable image).
+* 0: the audit ran on every method and no shortcut threshold was crossed (or no probe has a
+  mask);
+* 1: the audit ran and a method's mean ``roi_share`` is above ``--shortcut-threshold``; this
+  status means exactly that and nothing else;
+* 2: anything else: a usage or input error (bad path, a file that is no checkpoint, a model
+  output that is not logits, no readable image, an ``--out`` folder that already holds an
+  audit without ``--overwrite``), an unexpected exception (the model's forward raising, the
+  model module failing at import, a bug), or an incomplete audit (a method failed, or a method
+  has no finite score on any probe with a mask; ``summary.json`` and ``report.html`` are still
+  written and list the problem). Status 2 wins over 1.
 
-Heavy libraries (torch, Lightning, OpenCV) are imported only when a command needs them, so
-``--help`` and most usage errors answer at once.
+Every error is one line on stderr, ``lightning-sas: error: ...``. For an unexpected exception
+that line names the exception and where it happened, and the full traceback is written to
+``<out>/error.log``.
+
+``--output SPEC`` says where the logits are in the model's output: an integer index (tuple or
+list outputs), a dict key, or ``module:function`` (a callable mapping the output to logits,
+imported like ``--model``). Models returning ``[B, C]`` logits or a single binary logit
+(``[B]`` or ``[B, 1]``, e.g. trained with ``BCEWithLogitsLoss``) need no ``--output``.
+
+``--overwrite`` lets ``--out`` be a folder that already holds an audit: the previous audit's
+files (``summary.json``, ``report.html``, ``events.out.tfevents.*``, ``hparams.yaml``,
+``error.log``) are removed once the inputs check out, before the model is loaded.
+
+Reading the probe folder lives in :mod:`lightning_sas.probe_folder` and importing the model and
+loading the checkpoint in :mod:`lightning_sas.checkpoint`; this module parses the command line
+and runs the steps. Heavy libraries (torch, Lightning, OpenCV) are imported only when a command
+needs them, so ``--help`` and most usage errors answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
-import importlib
+import datetime
 import re
 import sys
-import zipfile
-from collections.abc import Callable, Iterator, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from lightning_sas.checkpoint import SPEC_PATTERN, ModelLoadError
+from lightning_sas.probe_folder import IMAGE_EXTENSIONS, ProbeFolder, ProbeFolderError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,17 +57,25 @@ if TYPE_CHECKING:
 
     from lightning_sas.audit import AuditResult
     from lightning_sas.methods import AttributionMethod
+    from lightning_sas.outputs import OutputSelector
     from lightning_sas.probes import Probes
-    from lightning_sas.report import SkippedFile
 
 PROGRAM = "lightning-sas"
 EXIT_OK = 0
 EXIT_SHORTCUT = 1
-EXIT_USAGE = 2
-#: File name endings read as probe images (and masks).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+EXIT_ERROR = 2
+#: The former name of :data:`EXIT_ERROR`.
+EXIT_USAGE = EXIT_ERROR
+#: Where the traceback of an unexpected exception goes, inside ``--out``.
+ERROR_LOG = "error.log"
+#: Files of a previous audit in ``--out`` (``--overwrite`` removes them); TensorBoard's event
+#: files are matched by prefix.
+AUDIT_FILES = ("summary.json", "report.html", "hparams.yaml")
+EVENTS_PREFIX = "events.out.tfevents."
+#: Longest exception text quoted in the one-line error message.
+_MESSAGE_LIMIT = 300
 
-_EPILOG = """\
+_EPILOG = f"""\
 examples:
   # audit last night's checkpoint; exit 1 if a method's mean roi_share is above 0.5
   lightning-sas audit \\
@@ -57,32 +88,44 @@ examples:
       --baseline audits/2024-05-01/summary.json \\
       --out audits/2024-05-02
 
-  # a quick look on the CPU with a cheap SaS
-  lightning-sas audit --checkpoint last.ckpt --model pkg.mod:Net --probe probes \\
-      --device cpu --sas-iterations 20 --out /tmp/audit
+  # a quick look on the CPU with a cheap SaS; a model returning {{"logits": ..., "features": ...}}
+  lightning-sas audit --checkpoint last.ckpt --model pkg.mod:Net --output logits --probe probes \\
+      --device cpu --sas-iterations 20 --out /tmp/audit --overwrite
 
 probe folder:
-  Images (png, jpg, jpeg, bmp, tif, tiff, webp) are read in file-name order, converted to
-  RGB (or grey with --channels 1), resized to --image-size x --image-size (bilinear),
-  scaled to [0, 1] and, with --mean/--std, normalised as (x - mean) / std. Without
-  --mean/--std the model gets [0, 1] inputs. A mask has the probe's file name (any image
-  extension) in --masks; nonzero pixels are the region of interest (e.g. the ruler).
-  Files that cannot be decoded are skipped and listed in the report.
+  Images ({", ".join(extension[1:] for extension in IMAGE_EXTENSIONS)}) are read in file-name order,
+  converted to RGB (or grey with --channels 1), resized to --image-size (N x N, or H x W;
+  bilinear), scaled to [0, 1] and, with --mean/--std, normalised as (x - mean) / std (one value
+  is used for every channel). Without --mean/--std the model gets [0, 1] inputs. A mask has the
+  probe's file name (any image extension) in --masks; nonzero pixels are the region of interest
+  (e.g. the ruler). Files that cannot be decoded are skipped and listed in the report.
 
 labels file:
   CSV rows "filename,label" (an optional header row "filename,label"); the label is a class
-  index or one of --class-names.
+  index, -1 for unknown, or one of --class-names.
+
+model output (--output):
+  [B, C] logits, or one logit [B] / [B, 1] for a binary classifier, need no --output. For a
+  tuple, list or dict output, --output picks the logits: an index (--output 0), a key
+  (--output logits) or module:function (--output my_project.heads:logits_of, a callable
+  taking the model's output and returning the logits).
 
 output (in --out):
   events.out.tfevents.*  TensorBoard, same tags as the training callback (step 0)
   report.html            self-contained report: overlays and scores per probe
-  summary.json           scores, probe manifest with content hashes, versions, command
+  summary.json           scores, probe manifest with content hashes, versions, command;
+                         "errors" (failed methods) and "nonfinite" (probes with NaN/inf)
+  error.log              only after an unexpected error: its full traceback
+  A folder that already holds an audit is refused; --overwrite replaces that audit's files.
 
 exit status:
   0  audit ran, no shortcut threshold crossed (or no probe has a mask)
   1  audit ran and a method's mean roi_share over the masked probes is above
-     --shortcut-threshold (stdout and the report name the method and probes)
-  2  usage or input error: bad path, unloadable checkpoint, no readable image
+     --shortcut-threshold (stdout and the report name the method and probes); only this
+  2  anything else, in one line on stderr: usage or input error (bad path, a file that is no
+     checkpoint, model output that is not logits, no readable image, --out holding an audit);
+     an unexpected exception (traceback in <out>/{ERROR_LOG}); or an incomplete audit (a method
+     failed or has no finite score; summary.json and report.html are still written)
 """
 
 
@@ -90,32 +133,42 @@ class UsageError(Exception):
     """A problem with the command line or its inputs: reported in one line, exit status 2."""
 
 
-@dataclass
-class ProbeFolder:
-    """Probe images read from disk, before they become tensors.
+class _Failure(Exception):
+    """An unexpected exception (its ``__cause__``) while doing ``what``: exit 2, traceback to error.log."""
 
-    Attributes:
-        names: File names of the readable probes, in order.
-        images: ``[H, W, C]`` float32 arrays in [0, 1], resized.
-        masks: ``[H, W]`` bool arrays (all False without a mask), resized.
-        labels: Class index per probe, -1 where unknown.
-        file_hashes: SHA-256 of each probe's file bytes.
-        skipped: Files that could not be used, with the reason.
+    def __init__(self, what: str, hint: str = "") -> None:
+        super().__init__(what)
+        self.what = what
+        self.hint = hint
+
+
+@contextmanager
+def _stage(what: str, hint: str = "") -> Iterator[None]:
+    """Name the step that was running when an unexpected exception escapes from the block.
+
+    Input errors (already one-line messages) pass through unchanged.
     """
-
-    names: list[str] = field(default_factory=list)
-    images: list[np.ndarray] = field(default_factory=list)
-    masks: list[np.ndarray] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-    file_hashes: list[str] = field(default_factory=list)
-    skipped: list[SkippedFile] = field(default_factory=list)
+    try:
+        yield
+    except (UsageError, _Failure):
+        raise
+    except Exception as error:  # anything else is unexpected; main() writes its traceback
+        raise _Failure(what, hint) from error
 
 
 # ----------------------------------------------------------------------------- arguments
 
 
 def _float_list(values: Sequence[str] | None, option: str) -> list[float] | None:
-    """Numbers given as ``0.5 0.5 0.5`` or ``0.5,0.5,0.5``."""
+    """Numbers given as ``0.5 0.5 0.5`` or ``0.5,0.5,0.5``.
+
+    Raises:
+        UsageError: If a value is not a number.
+
+    Example:
+        >>> _float_list(["0.5,0.25", "1"], "--mean")
+        [0.5, 0.25, 1.0]
+    """
     if values is None:
         return None
     parts = [part for value in values for part in value.replace(",", " ").split()]
@@ -153,12 +206,32 @@ def _unit_float(text: str) -> float:
     return value
 
 
+def parse_image_size(values: Sequence[str]) -> tuple[int, int]:
+    """``--image-size``: ``N`` (N x N), ``H W`` or ``HxW``, as ``(height, width)``.
+
+    Raises:
+        UsageError: For anything but one or two positive integers.
+
+    Example:
+        >>> parse_image_size(["224"]), parse_image_size(["96", "128"]), parse_image_size(["96x128"])
+        ((224, 224), (96, 128), (96, 128))
+    """
+    parts = [part for value in values for part in re.split(r"[xX,\s]+", value.strip()) if part]
+    if len(parts) in (1, 2) and all(re.fullmatch(r"\d+", part) and int(part) > 0 for part in parts):
+        numbers = [int(part) for part in parts]
+        return (numbers[0], numbers[-1])
+    raise UsageError(
+        f"--image-size takes N (N x N pixels), H W or HxW with positive integers "
+        f"(e.g. --image-size 224 or --image-size 192x256), got {' '.join(values)!r}."
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lightning-sas`` with its ``audit`` subcommand."""
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
         description="Audit image classifiers trained with PyTorch Lightning: which pixels drive their decisions.",
-        epilog=f"run '{PROGRAM} audit --help' for the audit's options and examples.",
+        epilog=f"run '{PROGRAM} audit --help' for the audit's options, examples and exit status.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     audit = commands.add_parser(
@@ -167,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Explain a folder of probe images with a saved LightningModule checkpoint (SaS, Grad-CAM),\n"
             "score the maps against region-of-interest masks, and write TensorBoard events, report.html\n"
-            "and summary.json to --out. Exits 1 when a shortcut threshold is crossed."
+            "and summary.json to --out. Exits 1 exactly when a shortcut threshold is crossed, 2 on any error."
         ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -177,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         required=True,
         metavar="PATH",
-        help="Lightning checkpoint (.ckpt) to audit, e.g. runs/last.ckpt.",
+        help="Lightning checkpoint file (.ckpt, from Trainer.save_checkpoint) to audit, e.g. runs/last.ckpt.",
     )
     inputs.add_argument(
         "--model",
@@ -185,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE:CLASS",
         help="import path of the LightningModule class, e.g. my_project.models:LesionClassifier "
         "(the module must be importable: install the project or set PYTHONPATH).",
+    )
+    inputs.add_argument(
+        "--output",
+        metavar="SPEC",
+        help="where the logits are in the model's output, for models returning a tuple, list or dict: "
+        "an index (e.g. --output 0), a key (e.g. --output logits) or module:function, a callable "
+        "mapping the output to logits (e.g. --output my_project.heads:logits_of). Not needed for "
+        "[B, C] logits or a single binary logit [B] / [B, 1].",
     )
     inputs.add_argument(
         "--trust-checkpoint",
@@ -213,10 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     preprocessing = audit.add_argument_group("preprocessing")
     preprocessing.add_argument(
         "--image-size",
-        type=_positive_int,
-        default=224,
+        nargs="+",
+        default=["224"],
         metavar="N",
-        help="images (and masks) are resized to N x N pixels, e.g. --image-size 224 (default: 224).",
+        help="images (and masks) are resized to N x N pixels, or H x W given as 'H W' or HxW, "
+        "e.g. --image-size 224 or --image-size 192x256 (default: 224).",
     )
     preprocessing.add_argument(
         "--channels",
@@ -229,13 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--mean",
         nargs="+",
         metavar="M",
-        help="per-channel mean for normalisation, e.g. --mean 0.485 0.456 0.406 (default: none, inputs in [0, 1]).",
+        help="normalisation mean: one value for every channel or one per channel, "
+        "e.g. --mean 0.485 0.456 0.406 (default: none, inputs in [0, 1]).",
     )
     preprocessing.add_argument(
         "--std",
         nargs="+",
         metavar="S",
-        help="per-channel standard deviation, e.g. --std 0.229 0.224 0.225 (default: none).",
+        help="normalisation standard deviation: one value for every channel or one per channel, "
+        "e.g. --std 0.229 0.224 0.225 (default: none).",
     )
     audit_options = audit.add_argument_group("audit")
     audit_options.add_argument(
@@ -297,7 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         required=True,
         metavar="DIR",
-        help="output folder (created; use a fresh one per audit), e.g. audits/2024-05-02.",
+        help="output folder (created; one per audit: a folder that already holds an audit is refused "
+        "unless --overwrite), e.g. audits/2024-05-02.",
+    )
+    outputs.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the audit already in --out: its summary.json, report.html, event files and error.log "
+        "are removed before this audit runs, e.g. --out audits/latest --overwrite.",
     )
     return parser
 
@@ -305,312 +396,263 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- inputs
 
 
+def previous_audit_files(out: Path) -> list[Path]:
+    """Files of an earlier audit (or its error log) directly in ``out``, in name order."""
+    if not out.is_dir():
+        return []
+    return sorted(
+        path
+        for path in out.iterdir()
+        if path.is_file() and (path.name in (*AUDIT_FILES, ERROR_LOG) or path.name.startswith(EVENTS_PREFIX))
+    )
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out} exists and is not a folder; give a folder (it is created if missing).")
+    held = [path.name for path in previous_audit_files(out) if path.name != ERROR_LOG]
+    if held and not args.overwrite:
+        raise UsageError(
+            f"--out {args.out} already holds an audit ({', '.join(held[:3])}); give a fresh folder per audit, "
+            "or pass --overwrite to replace it."
+        )
+
+
 def _check_inputs(args: argparse.Namespace) -> None:
-    """Path checks that need no heavy import."""
-    checkpoint = Path(args.checkpoint)
-    if not checkpoint.is_file():
-        raise UsageError(f"--checkpoint {args.checkpoint}: no such file.")
-    if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", args.model):
+    """Checks that need no heavy import: paths, the checkpoint's first bytes, --model, --out.
+
+    Raises:
+        UsageError: For the first problem found.
+    """
+    from lightning_sas.checkpoint import check_checkpoint_file
+
+    if not re.fullmatch(SPEC_PATTERN, args.model):
         raise UsageError(f"--model must be 'package.module:ClassName', got {args.model!r}.")
+    if args.output is not None and not args.output.strip():
+        raise UsageError("--output needs an index, a key or module:function, got an empty string.")
     for option, value in (("--probe", args.probe), ("--masks", args.masks)):
         if value is not None and not Path(value).is_dir():
             raise UsageError(f"{option} {value}: no such folder.")
     for option, value in (("--labels", args.labels), ("--baseline", args.baseline)):
         if value is not None and not Path(value).is_file():
             raise UsageError(f"{option} {value}: no such file.")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {args.out} exists and is not a folder.")
+    _check_out(args)
+    try:
+        check_checkpoint_file(args.checkpoint)
+    except ModelLoadError as error:
+        raise UsageError(f"--checkpoint {error}") from None
 
 
-def read_labels(path: Path, class_names: Sequence[str] | None) -> dict[str, int]:
-    """``{file name: class index}`` from a ``filename,label`` CSV.
+def _read_normalization(args: argparse.Namespace) -> tuple[list[float], list[float]]:
+    """``--mean`` / ``--std`` per channel, read by :mod:`lightning_sas.normalization` (0 and 1 when absent).
 
     Raises:
-        UsageError: For a malformed row or a label that is neither an index nor a class name.
+        UsageError: If a value is not a number, a ``--std`` is not positive, or there are
+            neither 1 nor ``--channels`` values.
     """
-    labels: dict[str, int] = {}
-    names = {name: index for index, name in enumerate(class_names or [])}
+    from lightning_sas.normalization import check_normalization, per_channel
+
+    given = {"mean": _float_list(args.mean, "--mean"), "std": _float_list(args.std, "--std")}
     try:
-        with open(path, newline="", encoding="utf-8-sig") as file:
-            rows = list(csv.reader(file))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise UsageError(f"--labels {path}: cannot be read ({error}).") from None
-    for line, row in enumerate(rows, start=1):
-        cells = [cell.strip() for cell in row]
-        if not any(cells) or cells[0].startswith("#"):
-            continue
-        if len(cells) < 2:
-            raise UsageError(f"--labels {path} line {line}: expected 'filename,label', got {','.join(row)!r}.")
-        file_name, label = cells[0], cells[1]
-        if line == 1 and file_name.lower() in ("filename", "file", "name", "image") and label not in names:
-            continue
-        if label in names:
-            labels[file_name] = names[label]
-        elif re.fullmatch(r"-?\d+", label):
-            labels[file_name] = int(label)
-        else:
-            known = f" or one of --class-names {','.join(class_names)}" if class_names else ""
-            raise UsageError(
-                f"--labels {path} line {line}: label {label!r} must be a class index{known}."
-            )
-    return labels
-
-
-def _image_files(directory: Path) -> list[Path]:
-    return sorted(
-        path
-        for path in directory.iterdir()
-        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
-    )
-
-
-def _mask_file(masks: Path, image_name: str) -> Path | None:
-    exact = masks / image_name
-    if exact.is_file():
-        return exact
-    stem = Path(image_name).stem
-    for extension in IMAGE_EXTENSIONS:
-        for candidate in (masks / f"{stem}{extension}", masks / f"{stem}{extension.upper()}"):
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def _decode(data: bytes) -> np.ndarray | None:
-    import cv2
-    import numpy as np
-
-    if not data:
-        return None
-    try:
-        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error:
-        return None
-
-
-def _to_unit_range(pixels: np.ndarray) -> np.ndarray:
-    import numpy as np
-
-    if pixels.dtype == np.uint8:
-        return pixels.astype(np.float32) / 255.0
-    if pixels.dtype == np.uint16:
-        return pixels.astype(np.float32) / 65535.0
-    if np.issubdtype(pixels.dtype, np.floating):
-        return np.clip(pixels.astype(np.float32), 0.0, 1.0)
-    raise ValueError(f"unsupported pixel type {pixels.dtype}")
-
-
-def prepare_image(pixels: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """Decoded pixels (OpenCV's BGR/BGRA/grey) as ``[size, size, channels]`` float32 RGB/grey in [0, 1]."""
-    import cv2
-    import numpy as np
-
-    image = _to_unit_range(pixels)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    elif image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    elif image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    else:
-        raise ValueError(f"unsupported number of channels {image.shape[2]}")
-    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
-    if channels == 1:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
-    return np.ascontiguousarray(image, dtype=np.float32)
-
-
-def prepare_mask(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Decoded mask pixels as ``[size, size]`` bool (nonzero in any colour channel = ROI; nearest resize)."""
-    import cv2
-    import numpy as np
-
-    if pixels.ndim == 3:
-        pixels = pixels[..., :3].max(axis=2) if pixels.shape[2] >= 3 else pixels[..., 0]
-    nonzero = (pixels != 0).astype(np.uint8)
-    return cv2.resize(nonzero, (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
-
-
-def read_probe_folder(
-    probe_dir: Path,
-    masks_dir: Path | None,
-    labels: dict[str, int],
-    *,
-    size: int,
-    channels: int,
-) -> ProbeFolder:
-    """Read, convert and resize every probe image (and its mask); undecodable files are skipped.
-
-    Raises:
-        UsageError: If the folder holds no image file, or none that can be read.
-    """
-    import numpy as np
-
-    from lightning_sas.report import SkippedFile
-
-    files = _image_files(probe_dir)
-    if not files:
-        raise UsageError(f"--probe {probe_dir}: no image files ({', '.join(IMAGE_EXTENSIONS)}).")
-    folder = ProbeFolder()
-    for path in files:
+        mean, std = check_normalization(given["mean"], given["std"], prefix="--")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    resolved = {}
+    for name, values, default in (("mean", mean, 0.0), ("std", std, 1.0)):
         try:
-            data = path.read_bytes()
-        except OSError as error:
-            folder.skipped.append(SkippedFile(path.name, f"cannot be read: {error.strerror or error}"))
-            continue
-        pixels = _decode(data)
-        if pixels is None or pixels.size == 0:
-            reason = "empty file" if not data else "not a decodable image (corrupt or unsupported format)"
-            folder.skipped.append(SkippedFile(path.name, reason))
-            continue
-        try:
-            image = prepare_image(pixels, size, channels)
-        except (ValueError, OSError) as error:
-            folder.skipped.append(SkippedFile(path.name, f"cannot be converted: {error}"))
-            continue
-        mask_path = _mask_file(masks_dir, path.name) if masks_dir is not None else None
-        try:
-            mask = _read_mask(mask_path, size) if mask_path is not None else np.zeros((size, size), dtype=bool)
+            resolved[name] = per_channel(name, values if values is not None else [default], args.channels)
         except ValueError as error:
-            folder.skipped.append(SkippedFile(path.name, str(error)))
-            continue
-        folder.names.append(path.name)
-        folder.images.append(image)
-        folder.masks.append(mask)
-        folder.labels.append(labels.get(path.name, -1))
-        folder.file_hashes.append(hashlib.sha256(data).hexdigest())
-    if not folder.names:
-        reasons = "; ".join(f"{item.file}: {item.reason}" for item in folder.skipped)
-        raise UsageError(f"--probe {probe_dir}: no readable image ({reasons}).")
-    return folder
+            reason = str(error).rstrip(".")
+            raise UsageError(
+                f"--{name} {' '.join(getattr(args, name))}: {reason} (--channels {args.channels})."
+            ) from None
+    return resolved["mean"], resolved["std"]
 
 
-def _read_mask(path: Path, size: int) -> np.ndarray:
-    """The mask file as ``[size, size]`` bool.
+@dataclass
+class AuditInputs:
+    """Everything read from the command line and the disk before the model is loaded."""
+
+    class_names: list[str] | None
+    method_names: list[str]
+    image_size: tuple[int, int]
+    mean: list[float]
+    std: list[float]
+    folder: ProbeFolder
+    baseline: dict[str, Any] | None
+
+
+def read_inputs(args: argparse.Namespace) -> AuditInputs:
+    """Check the options and read labels, probe images and baseline (no model needed yet).
 
     Raises:
-        ValueError: If it cannot be read or decoded (the message names the mask).
+        UsageError: For any usage or input problem.
     """
+    from lightning_sas.probe_folder import read_labels, read_probe_folder
+
+    _check_inputs(args)
+    image_size = parse_image_size(args.image_size)
+    class_names = _name_list(args.class_names)
+    method_names = _name_list(args.methods) or []
+    if not method_names:
+        raise UsageError("--methods needs at least one method name, e.g. --methods sas,gradcam.")
+    mean, std = _read_normalization(args)
+    labels: dict[str, int] = {}
+    if args.labels:
+        try:
+            labels = read_labels(args.labels, class_names, class_names_source="--class-names")
+        except ProbeFolderError as error:
+            raise UsageError(f"--labels {error}") from None
     try:
-        pixels = _decode(path.read_bytes())
-    except OSError as error:
-        raise ValueError(f"its mask {path.name} cannot be read: {error.strerror or error}") from None
-    if pixels is None or pixels.size == 0:
-        raise ValueError(f"its mask {path.name} is not a decodable image")
-    return prepare_mask(pixels, size)
+        folder = read_probe_folder(args.probe, args.masks, labels, size=image_size, channels=args.channels)
+    except ProbeFolderError as error:
+        raise UsageError(f"--probe {error}") from None
+    unmatched = sorted(set(labels) - set(folder.names) - {item.file for item in folder.skipped})
+    if unmatched:
+        print(
+            f"{PROGRAM}: warning: --labels names {len(unmatched)} file(s) not in --probe, e.g. {unmatched[0]}",
+            file=sys.stderr,
+        )
+    if args.target == "label" and any(label < 0 for label in folder.labels):
+        missing = [name for name, label in zip(folder.names, folder.labels, strict=True) if label < 0]
+        raise UsageError(f"--target label needs a label for every probe; none for {', '.join(missing[:3])}.")
+    baseline = None
+    if args.baseline:
+        from lightning_sas.report import load_summary
+
+        try:
+            baseline = load_summary(args.baseline)
+        except (ValueError, OSError) as error:
+            raise UsageError(f"--baseline: {error}") from None
+    return AuditInputs(class_names, method_names, image_size, mean, std, folder, baseline)
 
 
-def to_probes(folder: ProbeFolder, mean: Sequence[float], std: Sequence[float], device: torch.device) -> Probes:
-    """The folder's images as normalised :class:`~lightning_sas.probes.Probes` on ``device``."""
-    import numpy as np
-    import torch
+def _clear_previous_audit(out: Path) -> None:
+    """Remove the files of an audit already in ``out`` (checked by :func:`_check_out`).
 
-    from lightning_sas.probes import Probes
+    A stale ``error.log`` goes too, so the folder never mixes two runs' files.
 
-    images = torch.from_numpy(np.stack(folder.images)).permute(0, 3, 1, 2).contiguous()
-    mean_tensor = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_tensor = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return Probes(
-        images=((images - mean_tensor) / std_tensor).to(device),
-        labels=torch.tensor(folder.labels, dtype=torch.long).to(device),
-        roi=torch.from_numpy(np.stack(folder.masks)).to(device),
-        names=list(folder.names),
-        indices=[-1] * len(folder.names),
-    )
-
-
-def _normalisation(
-    mean: list[float] | None, std: list[float] | None, channels: int
-) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (one value is repeated; none means 0 and 1)."""
-    resolved = []
-    for option, values, default in (("--mean", mean, 0.0), ("--std", std, 1.0)):
-        if values is None:
-            values = [default]
-        if len(values) == 1:
-            values = values * channels
-        if len(values) != channels:
-            raise UsageError(f"{option} needs 1 or {channels} values (one per channel), got {len(values)}.")
-        resolved.append(values)
-    if any(value <= 0 for value in resolved[1]):
-        raise UsageError(f"--std values must be positive, got {resolved[1]}.")
-    return resolved[0], resolved[1]
+    Raises:
+        UsageError: If a file cannot be removed.
+    """
+    for path in previous_audit_files(out):
+        try:
+            path.unlink()
+        except OSError as error:
+            raise UsageError(
+                f"--out {out}: cannot remove the previous {path.name} ({error.strerror or error})."
+            ) from None
 
 
 # ----------------------------------------------------------------------------- model
 
 
-def import_model_class(spec: str) -> type[LightningModule]:
-    """The LightningModule subclass named by ``package.module:ClassName``.
+def _import_model(spec: str) -> type[LightningModule]:
+    from lightning_sas.checkpoint import import_model_class
+
+    with _stage(f"importing --model {spec}"):
+        try:
+            return import_model_class(spec)
+        except ModelLoadError as error:
+            raise UsageError(f"--model {error}") from None
+
+
+def resolve_output(text: str | None) -> OutputSelector:
+    """``--output``: an integer index, ``module:function`` (imported) or a dict key.
 
     Raises:
-        UsageError: If the module cannot be imported, has no such class, or it is no LightningModule.
+        UsageError: If ``module:function`` cannot be imported or is not callable.
+
+    Example:
+        >>> resolve_output("0"), resolve_output("-1"), resolve_output("logits"), resolve_output(None)
+        (0, -1, 'logits', None)
     """
-    from lightning.pytorch import LightningModule
+    from lightning_sas.checkpoint import import_object
 
-    module_name, _, class_path = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise UsageError(
-            f"--model {spec}: cannot import module {module_name!r} ({error}); install your project or set PYTHONPATH."
-        ) from None
-    except Exception as error:  # noqa: BLE001 - any failure while importing user code is an input problem
-        raise UsageError(f"--model {spec}: importing {module_name!r} failed: {type(error).__name__}: {error}") from None
-    target: Any = module
-    for part in class_path.split("."):
-        if not hasattr(target, part):
-            raise UsageError(f"--model {spec}: module {module_name!r} has no attribute {class_path!r}.")
-        target = getattr(target, part)
-    if not (isinstance(target, type) and issubclass(target, LightningModule)):
-        raise UsageError(f"--model {spec}: {class_path} is not a LightningModule subclass.")
-    return target
+    if text is None:
+        return None
+    spec = text.strip()
+    if re.fullmatch(r"[+-]?\d+", spec):
+        return int(spec)
+    if not re.fullmatch(SPEC_PATTERN, spec):
+        return spec
+    with _stage(f"importing --output {spec}"):
+        try:
+            function = import_object(spec)
+        except ModelLoadError as error:
+            raise UsageError(f"--output {error}") from None
+    if not callable(function):
+        raise UsageError(f"--output {spec} is a {type(function).__name__}, not a callable taking the model's output.")
+    return function
 
 
-def _unpickling_detail(message: str) -> str:
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", message)
-    if found:
-        return f"it holds {found.group(1)}"
-    found = re.search(r"WeightsUnpickler error:\s*(.+)", message)
-    return found.group(1).strip() if found else "objects other than tensors and plain types"
+def _load_model(model_class: type[LightningModule], args: argparse.Namespace, device: torch.device) -> LightningModule:
+    from lightning_sas.checkpoint import load_checkpoint
+
+    with _stage(f"loading --checkpoint {args.checkpoint} into {model_class.__name__}"):
+        try:
+            return load_checkpoint(
+                model_class,
+                args.checkpoint,
+                device,
+                trust=args.trust_checkpoint,
+                trust_hint="re-run with --trust-checkpoint",
+            )
+        except ModelLoadError as error:
+            raise UsageError(f"--checkpoint {error}") from None
 
 
-def load_model(
-    model_class: type[LightningModule], checkpoint: Path, device: torch.device, *, trust: bool
-) -> LightningModule:
-    """Load ``checkpoint`` with Lightning's ``load_from_checkpoint``, weights only unless ``trust``.
+def check_model_output(model: torch.nn.Module, images: torch.Tensor, output: OutputSelector, spec: str | None) -> None:
+    """Forward the probes once and check that ``output`` finds class logits in what comes back.
 
     Raises:
-        UsageError: If the checkpoint needs unpickling (without ``trust``) or cannot be loaded.
+        UsageError: If the (selected) output is not ``[N, C]`` logits or a single binary logit;
+            the message names the output's type and shape and ``--output``.
+        _Failure: If the forward (or an ``--output`` function) raises.
     """
-    import pickle
+    import torch
 
-    try:
-        model = model_class.load_from_checkpoint(checkpoint, map_location=device, weights_only=not trust)
-    except pickle.UnpicklingError as error:
-        message = str(error)
-        if not trust and "Weights only load failed" in message and zipfile.is_zipfile(checkpoint):
+    from lightning_sas.model_state import attribution_mode
+    from lightning_sas.outputs import class_logits, describe_output, select_output
+
+    shape = list(images.shape)
+    with (
+        _stage(
+            f"running the model on the probe images {shape}",
+            hint="do --image-size, --channels and --mean/--std fit the model?",
+        ),
+        attribution_mode(model) as forward_module,
+        torch.no_grad(),
+    ):
+        raw = forward_module(images)
+    given = f"--output {spec}" if spec is not None else "no --output"
+    expected = f"class logits [{shape[0]}, num_classes] or one logit [{shape[0]}] / [{shape[0]}, 1] per image"
+    if callable(output):
+        # The user's function: whatever it raises is unexpected and needs its traceback.
+        with _stage(f"applying --output {spec} to the model's output ({describe_output(raw)})"):
+            selected = output(raw)
+    else:
+        try:
+            selected = select_output(raw, output)
+        except ValueError:
+            kind = "an index" if isinstance(output, int) else "a key"
+            keys = f" (keys: {', '.join(map(str, raw))})" if isinstance(raw, Mapping) else ""
             raise UsageError(
-                f"checkpoint {checkpoint} needs unpickling arbitrary Python objects ({_unpickling_detail(message)}); "
-                "loading it could run code from the file. If you trust its origin, re-run with --trust-checkpoint."
+                f"--output {spec} is {kind} that does not fit the model's output, {describe_output(raw)}{keys}."
             ) from None
+    try:
+        class_logits(selected, None, shape[0])
+    except ValueError:
+        if spec is None and isinstance(raw, torch.Tensor):
+            advice = "pass --output module:function, a callable that turns it into logits"
+        elif spec is None:
+            advice = "pass --output INDEX, KEY or module:function to pick the logits"
+        else:
+            advice = "give another --output"
         raise UsageError(
-            f"checkpoint {checkpoint} is not a readable PyTorch checkpoint ({_first_line(message)})."
+            f"the model's output is {describe_output(selected)} with {given}, not {expected}; {advice}."
         ) from None
-    except Exception as error:  # noqa: BLE001 - corrupt files and mismatched classes fail in many ways
-        raise UsageError(
-            f"checkpoint {checkpoint} cannot be loaded into {model_class.__name__}: "
-            f"{type(error).__name__}: {_first_line(str(error))}"
-        ) from None
-    return model.to(device)
-
-
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else "no details"
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -674,11 +716,19 @@ def audit_each_method(
     methods: dict[str, AttributionMethod],
     target: str,
     advance: Callable[[str], None],
+    output: OutputSelector = None,
 ) -> AuditResult:
     """:func:`~lightning_sas.audit.run_audit`, advancing the progress bar before each method."""
     from lightning_sas.audit import run_audit
 
-    return run_audit(model, probes, methods, target=target, progress=lambda name: advance(f"explaining ({name})"))  # type: ignore[arg-type]
+    return run_audit(
+        model,
+        probes,
+        methods,
+        target=target,  # type: ignore[arg-type]
+        progress=lambda name: advance(f"explaining ({name})"),
+        output=output,
+    )
 
 
 def write_tensorboard(
@@ -700,14 +750,27 @@ def write_tensorboard(
         logger.experiment.close()
 
 
-def _texts(summary: dict[str, Any]) -> dict[str, str]:
-    """The callback's text tags: ``audit/manifest`` always, ``audit/alert`` when a threshold is crossed."""
+def _texts(summary: dict[str, Any], problems: Sequence[str]) -> dict[str, str]:
+    """The callback's text tags: ``audit/manifest`` always (class names, not indices),
+    ``audit/alert`` when a threshold is crossed or the audit has problems."""
     from lightning_sas.audit_logging import manifest_markdown
+    from lightning_sas.probes import class_label
 
-    texts = {"audit/manifest": manifest_markdown(summary["manifest"])}
-    if summary["crossed"]:
-        texts["audit/alert"] = _verdict(summary)
+    class_names = summary.get("class_names")
+    manifest = [{**item, "label": class_label(item["label"], class_names)} for item in summary["manifest"]]
+    texts = {"audit/manifest": manifest_markdown(manifest)}
+    alerts = [_verdict(summary)] if summary["crossed"] else []
+    alerts += list(problems)
+    if alerts:
+        texts["audit/alert"] = "\n\n".join(alerts)
     return texts
+
+
+def _unchecked_methods(summary: dict[str, Any]) -> list[str]:
+    """Methods with no finite score on any probe with a mask (so the threshold could not be checked)."""
+    if not summary["threshold_checked"]:
+        return []
+    return [name for name, means in summary["methods"].items() if means["roi_share"] is None]
 
 
 def _verdict(summary: dict[str, Any]) -> str:
@@ -715,7 +778,11 @@ def _verdict(summary: dict[str, Any]) -> str:
     if not summary["threshold_checked"]:
         return f"no probe has a mask: nothing to check against the shortcut threshold {threshold:g}"
     if not summary["crossed"]:
-        return f"no shortcut threshold crossed (every mean roi_share <= {threshold:g})"
+        unchecked = _unchecked_methods(summary)
+        checked = [name for name in summary["methods"] if name not in unchecked]
+        if not checked:
+            return f"no method has a finite score on the probes with a mask: threshold {threshold:g} not checked"
+        return f"no shortcut threshold crossed (mean roi_share <= {threshold:g} for {', '.join(checked)})"
     parts = []
     for name, shortcut in summary["shortcuts"].items():
         top = ", ".join(f"{item['file']} {item['roi_share']:.3f}" for item in shortcut["top_probes"])
@@ -723,59 +790,13 @@ def _verdict(summary: dict[str, Any]) -> str:
     return "SHORTCUT threshold crossed: " + "; ".join(parts)
 
 
-@dataclass
-class AuditInputs:
-    """Everything read from the command line and the disk before the model is loaded."""
-
-    class_names: list[str] | None
-    method_names: list[str]
-    mean: list[float]
-    std: list[float]
-    folder: ProbeFolder
-    baseline: dict[str, Any] | None
-
-
-def read_inputs(args: argparse.Namespace) -> AuditInputs:
-    """Check the options and read labels, baseline and probe images (no model needed yet).
-
-    Raises:
-        UsageError: For any usage or input problem.
-    """
-    from lightning_sas.report import load_summary
-
-    _check_inputs(args)
-    class_names = _name_list(args.class_names)
-    method_names = _name_list(args.methods) or []
-    if not method_names:
-        raise UsageError("--methods needs at least one method name, e.g. --methods sas,gradcam.")
-    mean, std = _normalisation(_float_list(args.mean, "--mean"), _float_list(args.std, "--std"), args.channels)
-    labels = read_labels(Path(args.labels), class_names) if args.labels else {}
-    baseline = None
-    if args.baseline:
-        try:
-            baseline = load_summary(args.baseline)
-        except (ValueError, OSError) as error:
-            raise UsageError(f"--baseline: {error}") from None
-    folder = read_probe_folder(
-        Path(args.probe),
-        Path(args.masks) if args.masks else None,
-        labels,
-        size=args.image_size,
-        channels=args.channels,
-    )
-    unmatched = sorted(set(labels) - set(folder.names) - {item.file for item in folder.skipped})
-    if unmatched:
-        print(
-            f"{PROGRAM}: warning: --labels names {len(unmatched)} file(s) not in --probe, e.g. {unmatched[0]}",
-            file=sys.stderr,
-        )
-    if args.target == "label" and any(label < 0 for label in folder.labels):
-        missing = [name for name, label in zip(folder.names, folder.labels, strict=True) if label < 0]
-        raise UsageError(f"--target label needs a label for every probe; none for {', '.join(missing[:3])}.")
-    return AuditInputs(class_names, method_names, mean, std, folder, baseline)
-
-
-def _run_record(args: argparse.Namespace, inputs: AuditInputs, device: torch.device, command: list[str]) -> dict:
+def _run_record(
+    args: argparse.Namespace,
+    inputs: AuditInputs,
+    model_class: type[LightningModule],
+    device: torch.device,
+    command: list[str],
+) -> dict:
     """What identifies this run in ``summary.json``: versions, command line, inputs, settings."""
     import lightning
     import torch
@@ -789,8 +810,10 @@ def _run_record(args: argparse.Namespace, inputs: AuditInputs, device: torch.dev
         "command": command,
         "checkpoint": str(args.checkpoint),
         "model": args.model,
+        "model_class": model_class.__qualname__,
+        "output": args.output,
         "device": str(device),
-        "image_size": args.image_size,
+        "image_size": list(inputs.image_size),
         "channels": args.channels,
         "mean": inputs.mean,
         "std": inputs.std,
@@ -799,67 +822,92 @@ def _run_record(args: argparse.Namespace, inputs: AuditInputs, device: torch.dev
 
 
 def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
-    """Run ``lightning-sas audit``; returns the exit status (0 or 1; input errors raise).
+    """Run ``lightning-sas audit``; returns the exit status.
+
+    Returns:
+        0 (nothing crossed), 1 (a shortcut threshold crossed) or 2 (the audit is incomplete:
+        a method failed or has no finite score; the outputs are written all the same).
 
     Raises:
         UsageError: For any usage or input problem.
+        _Failure: For an unexpected exception, naming the step it happened in.
     """
-    inputs = read_inputs(args)
+    with _stage("reading the inputs"):
+        inputs = read_inputs(args)
+    out = Path(args.out)
+    _clear_previous_audit(out)
 
-    from lightning_sas import report
-    from lightning_sas.audit_logging import audit_scalars, render_audit
-
-    model_class = import_model_class(args.model)
+    model_class = _import_model(args.model)
+    output = resolve_output(args.output)
     methods = build_methods(inputs.method_names, args.sas_iterations, args.gradcam_layer)
     device = resolve_device(args.device)
-    out = Path(args.out)
     with _progress(total=len(methods) + 4) as advance:
-        model = load_model(model_class, Path(args.checkpoint), device, trust=args.trust_checkpoint)
+        model = _load_model(model_class, args, device)
         advance("reading probes")
-        probes = to_probes(inputs.folder, inputs.mean, inputs.std, device)
-        try:
-            result = audit_each_method(model, probes, methods, args.target, advance)
-        except (RuntimeError, ValueError, TypeError) as error:
-            raise UsageError(
-                f"the audit failed on the probe images ({type(error).__name__}: {_first_line(str(error))}); "
-                "check --image-size, --channels, --mean/--std and --gradcam-layer against the model."
-            ) from None
+        with _stage("preparing the probe images"):
+            from lightning_sas.probe_folder import to_probes
+
+            probes = to_probes(inputs.folder, inputs.mean, inputs.std, device)
+        check_model_output(model, probes.images, output, args.output)
+        with _stage(f"explaining the probes with {', '.join(methods)}"):
+            result = audit_each_method(model, probes, methods, args.target, advance, output)
         advance("rendering")
-        summary = report.build_summary(
-            result,
-            probes,
-            skipped=inputs.folder.skipped,
-            file_hashes=inputs.folder.file_hashes,
-            threshold=args.shortcut_threshold,
-            class_names=inputs.class_names,
-            run=_run_record(args, inputs, device, command),
-        )
-        if inputs.baseline is not None:
-            summary["baseline"] = report.compare_with_baseline(
-                summary, inputs.baseline, baseline_path=str(args.baseline), tolerance=args.baseline_tolerance
+        with _stage("building the report"):
+            from lightning_sas import report
+            from lightning_sas.audit import problems
+            from lightning_sas.audit_logging import audit_scalars, render_audit
+
+            summary = report.build_summary(
+                result,
+                probes,
+                skipped=inputs.folder.skipped,
+                file_hashes=inputs.folder.file_hashes,
+                threshold=args.shortcut_threshold,
+                class_names=inputs.class_names,
+                run=_run_record(args, inputs, model_class, device, command),
             )
-        display = {"mean": inputs.mean, "std": inputs.std}
-        pictures = render_audit(
-            result, probes, **display, class_names=inputs.class_names, title=Path(args.checkpoint).name
-        )
-        html_pictures = report.probe_pictures(result, probes, **display)
+            if inputs.baseline is not None:
+                summary["baseline"] = report.compare_with_baseline(
+                    summary, inputs.baseline, baseline_path=str(args.baseline), tolerance=args.baseline_tolerance
+                )
+            issues = problems(result, probes.names)
+            display = {"mean": inputs.mean, "std": inputs.std}
+            title = f"{model_class.__name__} {Path(args.checkpoint).name}"
+            pictures = (
+                render_audit(result, probes, **display, class_names=inputs.class_names, title=title)
+                if result.maps
+                else {}
+            )
+            html_pictures = report.probe_pictures(result, probes, **display)
         advance("writing")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            write_tensorboard(out, pictures, audit_scalars(result), _texts(summary))
-            report.write_summary(summary, out / "summary.json")
-            report.write_report(summary, html_pictures, out / "report.html")
-        except OSError as error:
-            raise UsageError(f"--out {args.out}: cannot write ({error.strerror or error}).") from None
+        with _stage(f"writing to --out {args.out}"):
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                write_tensorboard(out, pictures, audit_scalars(result), _texts(summary, issues))
+                report.write_summary(summary, out / "summary.json")
+                report.write_report(summary, html_pictures, out / "report.html")
+            except OSError as error:
+                raise UsageError(f"--out {args.out}: cannot write ({error.strerror or error}).") from None
         advance("done")
 
-    _print_summary(summary, out)
+    _print_summary(summary, issues, out)
+    unchecked = _unchecked_methods(summary)
+    if summary["errors"] or unchecked:
+        failed = [f"{name} failed ({_one_line(message)})" for name, message in summary["errors"].items()]
+        failed += [f"{name} has no finite score on any probe with a mask" for name in unchecked]
+        print(
+            f"{PROGRAM}: error: the audit is incomplete: {'; '.join(failed)}; "
+            f"{out / 'summary.json'} and {out / 'report.html'} list it.",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     return EXIT_SHORTCUT if summary["crossed"] else EXIT_OK
 
 
-def _print_summary(summary: dict[str, Any], out: Path) -> None:
+def _print_summary(summary: dict[str, Any], issues: Sequence[str], out: Path) -> None:
+    methods = [*summary["methods"], *summary["errors"]]
     print(
-        f"{PROGRAM}: audited {len(summary['probes'])} probe(s) with {', '.join(summary['methods'])} "
+        f"{PROGRAM}: audited {len(summary['probes'])} probe(s) with {', '.join(methods)} "
         f"in {summary['seconds']:.1f} s ({len(summary['skipped'])} skipped)"
     )
     for item in summary["skipped"]:
@@ -867,7 +915,17 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     for name, means in summary["methods"].items():
         share = "–" if means["roi_share"] is None else f"{means['roi_share']:.3f}"
         mass = "–" if means["roi_mass"] is None else f"{means['roi_mass']:.3f}"
-        print(f"  {name}: mean roi_share {share}, roi_mass {mass} ({means['probes_with_mask']} probe(s) with a mask)")
+        scored = (
+            f", {means['probes_scored']} scored"
+            if means.get("probes_scored", means["probes_with_mask"]) != means["probes_with_mask"]
+            else ""
+        )
+        print(
+            f"  {name}: mean roi_share {share}, roi_mass {mass} "
+            f"({means['probes_with_mask']} probe(s) with a mask{scored})"
+        )
+    for issue in issues:
+        print(f"  problem: {issue}")
     baseline = summary.get("baseline")
     if baseline:
         print(
@@ -878,6 +936,54 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     print(f"report: {out / 'report.html'}")
 
 
+# ----------------------------------------------------------------------------- errors
+
+
+def _one_line(text: str, limit: int = _MESSAGE_LIMIT) -> str:
+    """``text``'s first non-empty line, whitespace collapsed, cut to ``limit`` characters.
+
+    Example:
+        >>> _one_line("\\n  first   line \\nsecond")
+        'first line'
+    """
+    lines = [" ".join(line.split()) for line in str(text).splitlines() if line.strip()]
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def write_error_log(out: Path, error: BaseException, what: str, command: Sequence[str]) -> str:
+    """Write ``error``'s traceback to ``out/error.log``; returns how the one-line message refers to it."""
+    import lightning_sas
+
+    path = out / ERROR_LOG
+    text = (
+        f"{PROGRAM} {lightning_sas.__version__}, {datetime.datetime.now().isoformat(timespec='seconds')}\n"
+        f"command: {' '.join(command)}\n"
+        f"while {what}:\n\n" + "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as write_error:
+        return f"the traceback could not be written to {path} ({write_error.strerror or write_error})"
+    return f"full traceback in {path}"
+
+
+def _report_unexpected(error: Exception, args: argparse.Namespace, command: Sequence[str]) -> None:
+    """One line on stderr for an unexpected exception; its traceback to ``<out>/error.log``."""
+    if isinstance(error, _Failure) and error.__cause__ is not None:
+        cause, what, hint = error.__cause__, error.what, error.hint
+    else:
+        cause, what, hint = error, "running the audit", ""
+    where = write_error_log(Path(args.out), cause, what, command)
+    detail = _one_line(str(cause)) or "no message"
+    hint_text = f" ({hint})" if hint else ""
+    print(
+        f"{PROGRAM}: error: {what} raised {type(cause).__name__}: {detail}{hint_text}; {where}.",
+        file=sys.stderr,
+    )
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -886,25 +992,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Args:
         argv: Arguments without the program name; ``None`` reads ``sys.argv``.
+
+    Returns:
+        The exit status.
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
         args = parser.parse_args(arguments)
     except SystemExit as exit_request:  # --help (0) and argparse's usage errors (2)
-        return exit_request.code if isinstance(exit_request.code, int) else EXIT_USAGE
+        return exit_request.code if isinstance(exit_request.code, int) else EXIT_ERROR
     if args.command is None:
         parser.print_help(sys.stderr)
-        return EXIT_USAGE
+        return EXIT_ERROR
+    command = [PROGRAM, *arguments]
     try:
-        return run_audit_command(args, [PROGRAM, *arguments])
+        return run_audit_command(args, command)
     except UsageError as error:
-        message = " ".join(str(error).split())
-        print(f"{PROGRAM}: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
+        print(f"{PROGRAM}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"{PROGRAM}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug or a failure in user code: one line, traceback to a file
+        _report_unexpected(error, args, command)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

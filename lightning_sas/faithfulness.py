@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from lightning_sas.chunks import retry_out_of_memory
 from lightning_sas.methods.base import check_logits, validate_images_and_targets
 from lightning_sas.methods.sas import CPU_PIXELS_PER_CHUNK, GPU_MEMORY_SHARE, SaS
 from lightning_sas.model_state import attribution_mode, unwrap_model
@@ -199,25 +199,12 @@ def faithfulness_curves(
         chunk = max_batch or _auto_chunk(forward_module, images, total)
         with torch.no_grad():
             base = _baseline_images(images, baseline)
-            while True:
-                out_of_memory = False
-                result = None
-                try:
-                    result = _curves(forward_module, images, targets, base, stacked, steps, chunk)
-                except torch.OutOfMemoryError:
-                    if chunk <= 1:
-                        raise
-                    out_of_memory = True
-                # Retry outside the except block, so the failed attempt's tensors (held by the
-                # traceback) are freed before the cache is emptied.
-                if not out_of_memory:
-                    break
-                del result
-                chunk = max(1, chunk // 2)
-                if images.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                warnings.warn(f"Faithfulness ran out of memory; retrying with max_batch={chunk}.", stacklevel=2)
-    deletion, insertion = result  # type: ignore[misc]
+            deletion, insertion = retry_out_of_memory(
+                lambda size: _curves(forward_module, images, targets, base, stacked, steps, size),
+                chunk,
+                images.device,
+                "Faithfulness",
+            )
     batch = images.shape[0]
     return {
         name: FaithfulnessCurves(

@@ -4,8 +4,14 @@
 manifest with content hashes, the skipped files, the versions and the command line; NaN is
 written as ``null``. A probe's ``sha256`` is :func:`~lightning_sas.probes.content_hash` of the
 tensor the model saw (as in the callback's manifest: it changes with ``--image-size`` and
-``--mean``/``--std``); ``file_sha256`` is the hash of the file's bytes. With a previous summary as baseline, the changes per method and per probe
-are added under ``"baseline"``.
+``--mean``/``--std``); ``file_sha256`` is the hash of the file's bytes. With a previous summary
+as baseline, the changes per method and per probe are added under ``"baseline"``.
+
+An audit can be incomplete: ``"errors"`` maps each method that failed to its error (such a
+method has no scores), and ``"nonfinite"`` maps a method to the files whose model output or
+map was NaN/inf; those probes' scores are ``null`` (never a chance-level number) and are left
+out of the method's mean. Each probe also records ``roi_area``, the share of the image its mask
+covers: the chance level of its ``roi_share`` and ``roi_mass``.
 
 ``report.html`` is one self-contained file: every picture is embedded as a base64 PNG, the CSS
 is inline, and every piece of text that comes from the user (file names, labels, class names,
@@ -21,7 +27,6 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -31,21 +36,29 @@ import torch
 from PIL import Image
 
 from lightning_sas.audit import AuditResult
-from lightning_sas.probes import Probes
-from lightning_sas.render import overlay, to_display
+from lightning_sas.probe_folder import SkippedFile
+from lightning_sas.probes import Probes, class_label
+from lightning_sas.render import overlay, to_display, to_uint8
+
+__all__ = [
+    "SUMMARY_VERSION",
+    "SkippedFile",
+    "build_summary",
+    "compare_with_baseline",
+    "crossed_methods",
+    "json_number",
+    "load_summary",
+    "probe_pictures",
+    "render_report",
+    "report_title",
+    "write_report",
+    "write_summary",
+]
 
 #: Version of the ``summary.json`` layout; bumped when a field changes meaning.
 SUMMARY_VERSION = 1
 #: How many probes the shortcut message names per method.
 TOP_PROBES = 3
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    """A probe file the audit could not use, and why."""
-
-    file: str
-    reason: str
 
 
 def json_number(value: float | None) -> float | None:
@@ -54,15 +67,6 @@ def json_number(value: float | None) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
-
-
-def class_label(index: int | None, class_names: Sequence[str] | None) -> str:
-    """A class as a person reads it: its name when known, else the index; ``"?"`` for unknown."""
-    if index is None or index < 0:
-        return "?"
-    if class_names is not None and index < len(class_names):
-        return str(class_names[index])
-    return str(index)
 
 
 def crossed_methods(method_means: Mapping[str, Mapping[str, float | None]], threshold: float) -> list[str]:
@@ -87,29 +91,36 @@ def build_summary(
     """The ``summary.json`` content of one audit (without the baseline comparison).
 
     Args:
-        result: The audit's maps and scores.
+        result: The audit's maps and scores (with its ``errors`` and ``nonfinite`` probes).
         probes: The probes that were audited (``names`` are the file names).
         skipped: Files that were not audited, with the reason.
         file_hashes: SHA-256 of each probe's file bytes, in probe order.
         threshold: The shortcut threshold on the mean ``roi_share``.
         class_names: Names of the classes by index, or ``None``.
-        run: What identifies the run: ``command``, ``checkpoint``, ``model``, ``device``,
-            ``image_size``, ``mean``, ``std``, ``target``, versions; copied to the top level.
+        run: What identifies the run: ``command``, ``checkpoint``, ``model``, ``model_class``,
+            ``device``, ``image_size``, ``mean``, ``std``, ``target``, versions; copied to the
+            top level.
 
     Returns:
         A JSON-serialisable dict (NaN already replaced by ``None``).
     """
     has_roi = probes.has_roi.cpu()
+    roi_area = probes.roi.flatten(1).float().mean(dim=1).cpu()
     method_means: dict[str, dict[str, Any]] = {}
     for name in result.maps:
         shares = result.roi_share[name].float().cpu()
         masses = result.roi_mass[name].float().cpu()
         method_means[name] = {
+            # nanmean: probes without a mask and probes with a non-finite map are left out.
             "roi_share": json_number(shares.nanmean()) if bool(has_roi.any()) else None,
             "roi_mass": json_number(masses.nanmean()) if bool(has_roi.any()) else None,
             "probes_with_mask": int(has_roi.sum()),
+            "probes_scored": int((has_roi & ~torch.isnan(shares)).sum()),
         }
+    nonfinite_positions = {name: list(positions) for name, positions in result.nonfinite.items() if positions}
     manifest = probes.manifest()
+    for entry in manifest:
+        entry["label_name"] = class_label(entry["label"], class_names) if entry["label"] >= 0 else None
     labels = probes.labels.cpu().tolist()
     predictions = result.predictions.cpu().tolist()
     confidences = result.confidences.float().cpu().tolist()
@@ -117,6 +128,9 @@ def build_summary(
     probe_entries = []
     for position, entry in enumerate(manifest):
         label = int(labels[position])
+        confidence = json_number(confidences[position])
+        # Non-finite logits have no predicted class: argmax over NaN picks an arbitrary index.
+        prediction = int(predictions[position]) if confidence is not None else None
         probe_entries.append(
             {
                 "file": entry["name"],
@@ -124,14 +138,14 @@ def build_summary(
                 "file_sha256": file_hashes[position],
                 "label": label if label >= 0 else None,
                 "label_name": class_label(label, class_names) if label >= 0 else None,
-                "prediction": int(predictions[position]),
-                "prediction_name": class_label(int(predictions[position]), class_names),
-                "confidence": json_number(confidences[position]),
+                "prediction": prediction,
+                "prediction_name": class_label(prediction, class_names) if prediction is not None else None,
+                "confidence": confidence,
                 "target": int(targets[position]),
                 "has_mask": bool(has_roi[position]),
-                "roi_share": {
-                    name: json_number(result.roi_share[name][position]) for name in result.maps
-                },
+                "roi_area": json_number(roi_area[position]) if bool(has_roi[position]) else None,
+                "nonfinite": [name for name, positions in nonfinite_positions.items() if position in positions],
+                "roi_share": {name: json_number(result.roi_share[name][position]) for name in result.maps},
                 "roi_mass": {name: json_number(result.roi_mass[name][position]) for name in result.maps},
             }
         )
@@ -156,6 +170,10 @@ def build_summary(
         "class_names": list(class_names) if class_names is not None else None,
         "seconds": json_number(result.seconds),
         "methods": method_means,
+        "errors": dict(result.errors),
+        "nonfinite": {
+            name: [probes.names[position] for position in positions] for name, positions in nonfinite_positions.items()
+        },
         "threshold": float(threshold),
         "threshold_checked": bool(has_roi.any()),
         "crossed": crossed,
@@ -296,10 +314,7 @@ def probe_pictures(
     layers = {"image": display}
     for name, maps in result.maps.items():
         layers[name] = overlay(display, maps.to(display.device))
-    as_uint8 = {
-        name: (pictures.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        for name, pictures in layers.items()
-    }
+    as_uint8 = {name: to_uint8(pictures) for name, pictures in layers.items()}
     return [{name: pictures[position] for name, pictures in as_uint8.items()} for position in range(len(probes))]
 
 
@@ -315,6 +330,7 @@ img.thumb { width: 128px; height: auto; image-rendering: pixelated; display: blo
 .ok { background: #e6f4ea; color: #1e5631; } .alert { background: #fde7e9; color: #8a1020; }
 .neutral { background: #eef1f5; color: #333; }
 .flag { background: #fff3cd; } .crossed { color: #8a1020; font-weight: 600; }
+td.nonfinite { background: #f3e8fd; color: #5b2a86; } td.chance { color: #666; }
 .meta td:first-child { font-weight: 600; } code { font-size: 0.9em; word-break: break-all; }
 """
 
@@ -333,36 +349,69 @@ def _format_change(change: float | None) -> str:
 
 def _status(summary: Mapping[str, Any]) -> str:
     threshold = summary["threshold"]
+    errors = summary.get("errors") or {}
+    parts = []
+    if errors:
+        failed = "; ".join(f"<b>{escape(name)}</b> failed ({escape(message)})" for name, message in errors.items())
+        parts.append(f"<p>Audit incomplete: {failed}. Failed methods have no scores.</p>")
     if not summary["threshold_checked"]:
-        return (
-            '<p class="status neutral" id="status">No probe has a mask: there is nothing to check '
-            f"against the shortcut threshold {threshold:g}.</p>"
+        parts.append(
+            f"<p>No probe has a mask: there is nothing to check against the shortcut threshold {threshold:g}.</p>"
         )
-    if not summary["crossed"]:
-        return (
-            f'<p class="status ok" id="status">No shortcut threshold crossed: every method\'s mean '
-            f"roi_share is at most {threshold:g}.</p>"
-        )
-    lines = []
-    for name, shortcut in summary["shortcuts"].items():
-        top = ", ".join(f"{escape(item['file'])} ({item['roi_share']:.3f})" for item in shortcut["top_probes"])
-        lines.append(
-            f"<li><b>{escape(name)}</b>: mean roi_share {shortcut['roi_share']:.3f} &gt; {threshold:g}; "
-            f"highest: {top}</li>"
-        )
-    return f'<div class="status alert" id="status">Shortcut threshold crossed<ul>{"".join(lines)}</ul></div>'
+        css = "neutral"
+    elif not summary["crossed"]:
+        parts.append(f"<p>No shortcut threshold crossed: every method's mean roi_share is at most {threshold:g}.</p>")
+        css = "ok"
+    else:
+        lines = []
+        for name, shortcut in summary["shortcuts"].items():
+            top = ", ".join(f"{escape(item['file'])} ({item['roi_share']:.3f})" for item in shortcut["top_probes"])
+            lines.append(
+                f"<li><b>{escape(name)}</b>: mean roi_share {shortcut['roi_share']:.3f} &gt; {threshold:g}; "
+                f"highest: {top}</li>"
+            )
+        parts.append(f"Shortcut threshold crossed<ul>{''.join(lines)}</ul>")
+        css = "alert"
+    if errors:
+        css = "alert"
+    return f'<div class="status {css}" id="status">{"".join(parts)}</div>'
+
+
+def _problems_section(summary: Mapping[str, Any]) -> str:
+    """Failed methods and probes with non-finite outputs or maps (empty when there are none)."""
+    errors = summary.get("errors") or {}
+    nonfinite = summary.get("nonfinite") or {}
+    if not errors and not nonfinite:
+        return ""
+    items = [
+        f'<li class="error" data-method="{escape(name)}"><b>{escape(name)}</b> failed and has no maps: '
+        f"<code>{escape(message)}</code></li>"
+        for name, message in errors.items()
+    ]
+    items += [
+        f'<li class="nonfinite" data-method="{escape(name)}"><b>{escape(name)}</b>: the model\'s output or the '
+        f"map is not finite (NaN/inf) for {len(files)} probe(s), whose scores are left empty (–) and out "
+        f"of the mean: {escape(', '.join(files))}</li>"
+        for name, files in nonfinite.items()
+    ]
+    return f'<h2>Problems</h2><ul id="problems">{"".join(items)}</ul>'
 
 
 def _meta_table(summary: Mapping[str, Any]) -> str:
+    size = summary.get("image_size")
     rows = [
         ("checkpoint", summary.get("checkpoint")),
         ("model", summary.get("model")),
+        ("output", summary.get("output") if summary.get("output") is not None else "the model's output"),
         ("created", summary.get("created")),
         ("device", summary.get("device")),
-        ("image size", summary.get("image_size")),
+        ("image size", " x ".join(map(str, size)) if isinstance(size, list) else size),
+        ("channels / mean / std", f"{summary.get('channels')} / {summary.get('mean')} / {summary.get('std')}"),
         ("explained class", summary.get("target")),
-        ("lightning_sas / torch / lightning", f"{summary.get('lightning_sas')} / {summary.get('torch')} / "
-         f"{summary.get('lightning')}"),
+        (
+            "lightning_sas / torch / lightning",
+            f"{summary.get('lightning_sas')} / {summary.get('torch')} / {summary.get('lightning')}",
+        ),
         ("command", " ".join(str(part) for part in summary.get("command", []))),
     ]
     cells = "".join(f"<tr><td>{escape(key)}</td><td><code>{escape(str(value))}</code></td></tr>" for key, value in rows)
@@ -377,7 +426,12 @@ def _summary_table(summary: Mapping[str, Any]) -> str:
     rows = []
     for name, means in summary["methods"].items():
         crossed = name in summary["crossed"]
-        status = "crossed" if crossed else ("ok" if means["roi_share"] is not None else "no mask")
+        if crossed:
+            status = "crossed"
+        elif means["roi_share"] is not None:
+            status = "ok"
+        else:
+            status = "no finite score" if means["probes_with_mask"] else "no mask"
         cells = (
             f"<td>{escape(name)}</td><td class='num'>{_format(means['roi_share'])}</td>"
             f"<td class='num'>{_format(means['roi_mass'])}</td><td class='num'>{means['probes_with_mask']}</td>"
@@ -392,6 +446,10 @@ def _summary_table(summary: Mapping[str, Any]) -> str:
             if name in baseline["flagged_methods"]:
                 row_class = " flag"
         rows.append(f'<tr class="method{row_class}" data-method="{escape(name)}">{cells}</tr>')
+    for name in summary.get("errors") or {}:
+        cells = f"<td>{escape(name)}</td><td class='num'>–</td><td class='num'>–</td><td class='num'>–</td>"
+        cells += "<td class='crossed'>failed</td>" + ("<td></td><td></td>" if baseline else "")
+        rows.append(f'<tr class="method failed" data-method="{escape(name)}">{cells}</tr>')
     return f'<table id="summary"><tr>{header}</tr>{"".join(rows)}</table>'
 
 
@@ -439,19 +497,20 @@ def _probe_table(summary: Mapping[str, Any], pictures: Sequence[Mapping[str, np.
     }
     header = "<th>file</th><th>image</th>"
     header += "".join(f"<th>{escape(name)}</th>" for name in methods)
-    header += "<th>true class</th><th>predicted class</th><th>confidence</th>"
+    header += "<th>true class</th><th>predicted class</th><th>confidence</th><th>ROI area (chance)</th>"
     header += "".join(f"<th>{escape(name)} roi_share</th><th>{escape(name)} roi_mass</th>" for name in methods)
     rows = []
     for entry, picture in zip(summary["probes"], pictures, strict=True):
         change = changes.get(entry["file"], {})
         flagged = set(change.get("flagged", []))
+        nonfinite = set(entry.get("nonfinite") or [])
         cells = f"<td>{escape(entry['file'])}</td>"
         cells += f'<td><img class="thumb" alt="image" src="{png_data_uri(picture["image"])}"></td>'
         cells += "".join(
             f'<td><img class="thumb" alt="{escape(name)}" src="{png_data_uri(picture[name])}"></td>' for name in methods
         )
         label = "?" if entry["label_name"] is None else entry["label_name"]
-        predicted = entry["prediction_name"]
+        predicted = "–" if entry["prediction_name"] is None else entry["prediction_name"]
         if change.get("prediction_changed"):
             previous = change.get("previous_prediction")
             was = class_label(previous, class_names) if isinstance(previous, int) else "?"
@@ -459,22 +518,62 @@ def _probe_table(summary: Mapping[str, Any], pictures: Sequence[Mapping[str, np.
         cells += f"<td>{escape(label)}</td>"
         cells += f"<td{' class=flag' if change.get('prediction_changed') else ''}>{escape(predicted)}</td>"
         cells += f"<td class='num'>{_format(entry['confidence'])}</td>"
+        cells += f"<td class='num chance'>{_format(entry.get('roi_area'))}</td>"
         for name in methods:
             marks = []
             if name in flagged:
                 marks.append("flag")
             if (name, entry["file"]) in top_files:
                 marks.append("crossed")
+            title = ""
+            if name in nonfinite:
+                # Never a number for a NaN map: an empty cell, marked, instead of a chance-level score.
+                marks.append("nonfinite")
+                title = " title='the model output or the map is not finite (NaN/inf)'"
             share_change = change.get("roi_share", {}).get(name)
             mass_change = change.get("roi_mass", {}).get(name)
             cells += (
-                f"<td class='num {' '.join(marks)}'>{_format(entry['roi_share'][name])}"
+                f"<td class='num {' '.join(marks)}'{title}>{_format(entry['roi_share'][name])}"
                 f"{_format_change(share_change)}</td>"
             )
-            cells += f"<td class='num'>{_format(entry['roi_mass'][name])}{_format_change(mass_change)}</td>"
+            cells += (
+                f"<td class='num{' nonfinite' if name in nonfinite else ''}'{title}>"
+                f"{_format(entry['roi_mass'][name])}{_format_change(mass_change)}</td>"
+            )
         row_class = "probe flag" if flagged or change.get("prediction_changed") else "probe"
+        if nonfinite:
+            row_class += " nonfinite"
         rows.append(f'<tr class="{row_class}" data-file="{escape(entry["file"])}">{cells}</tr>')
     return f'<table id="probes"><tr>{header}</tr>{"".join(rows)}</table>'
+
+
+def _manifest_table(summary: Mapping[str, Any]) -> str:
+    """The probe manifest: what identifies the probe set, with class names rather than indices."""
+    class_names = summary.get("class_names")
+    file_hashes = {entry["file"]: entry.get("file_sha256") or "" for entry in summary["probes"]}
+    rows = "".join(
+        f'<tr class="manifest" data-file="{escape(str(item["name"]))}"><td>{escape(str(item["name"]))}</td>'
+        f"<td>{escape(class_label(item['label'], class_names))}</td>"
+        f"<td><code>{escape(item['sha256'][:16])}</code></td>"
+        f"<td><code>{escape(file_hashes.get(item['name'], '')[:16])}</code></td></tr>"
+        for item in summary["manifest"]
+    )
+    return (
+        "<h2>Probe manifest</h2>"
+        '<table id="manifest"><tr><th>probe</th><th>true class</th><th>sha256 of the input (prefix)</th>'
+        f"<th>sha256 of the file (prefix)</th></tr>{rows}</table>"
+    )
+
+
+def report_title(summary: Mapping[str, Any]) -> str:
+    """``lightning-sas audit: <model class> from <checkpoint path>``.
+
+    Example:
+        >>> report_title({"model_class": "LitClassifier", "checkpoint": "runs/last.ckpt"})
+        'lightning-sas audit: LitClassifier from runs/last.ckpt'
+    """
+    model = summary.get("model_class") or str(summary.get("model", "")).rpartition(":")[2] or "model"
+    return f"lightning-sas audit: {model} from {summary.get('checkpoint')}"
 
 
 def render_report(summary: Mapping[str, Any], pictures: Sequence[Mapping[str, np.ndarray]]) -> str:
@@ -488,24 +587,28 @@ def render_report(summary: Mapping[str, Any], pictures: Sequence[Mapping[str, np
     Returns:
         One self-contained HTML document.
     """
-    title = f"lightning-sas audit: {Path(str(summary.get('checkpoint'))).name}"
+    title = report_title(summary)
     probes_with_mask = sum(entry["has_mask"] for entry in summary["probes"])
+    areas = [entry["roi_area"] for entry in summary["probes"] if entry.get("roi_area") is not None]
+    chance = f" (here {sum(areas) / len(areas):.3f} on average)" if areas else ""
     return (
         "<!DOCTYPE html>\n"
         f'<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f"<style>{_CSS}</style></head><body>"
         f"<h1>{escape(title)}</h1>"
         f"{_status(summary)}"
+        f"{_problems_section(summary)}"
         f"<h2>Summary</h2>"
         f"<p>{len(summary['probes'])} probes audited ({probes_with_mask} with a mask), "
         f"{len(summary['skipped'])} skipped; shortcut threshold on the mean roi_share: {summary['threshold']:g}. "
         "roi_share: share of the map's |mask| highest-ranked pixels inside the mask; roi_mass: share of "
-        "the map's total mass inside the mask; chance level is the mask's area share.</p>"
+        f"the map's total mass inside the mask; chance level is the mask's area share{chance}.</p>"
         f"{_summary_table(summary)}"
         f"{_meta_table(summary)}"
         f"{_baseline_section(summary)}"
         f"{_skipped_section(summary)}"
         f"<h2>Probes</h2>{_probe_table(summary, pictures)}"
+        f"{_manifest_table(summary)}"
         "</body></html>\n"
     )
 

@@ -6,6 +6,9 @@ CLI can load it with ``--model lit_classifier:LitClassifier``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import lightning
 import torch
 import torch.nn.functional as F
@@ -78,3 +81,162 @@ def ruler_mask() -> Tensor:
     mask = torch.zeros(IMAGE_SIZE, IMAGE_SIZE, dtype=torch.bool)
     mask[:RULER_SIDE, :RULER_SIDE] = True
     return mask
+
+
+# ----------------------------------------------------------------------------- more model shapes
+# The variants below share LitClassifier's weights (same submodules), so a LitClassifier
+# checkpoint loads into each of them with --model lit_classifier:<Variant>.
+
+
+class BinaryClassifier(LitClassifier):
+    """A single-logit binary classifier (class 1 = ruler), trained with ``BCEWithLogitsLoss``.
+
+    Its forward returns ``[B]`` (or ``[B, 1]`` with ``keep_dim=True``): the CLI must read it
+    without ``--output``.
+    """
+
+    def __init__(self, channels: int = 3, width: int = 8, lr: float = 0.02, keep_dim: bool = False) -> None:
+        super().__init__(num_classes=1, channels=channels, width=width, lr=lr)
+        self.keep_dim = keep_dim
+
+    def forward(self, images: Tensor) -> Tensor:
+        logit = self.head(self.pool(self.features(images)).flatten(1))
+        return logit if self.keep_dim else logit[:, 0]
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_index: int) -> Tensor:
+        images, labels = batch
+        return F.binary_cross_entropy_with_logits(self(images).reshape(-1), labels.float())
+
+
+class DictClassifier(LitClassifier):
+    """Returns ``{"features": [B, W, S, S], "logits": [B, C]}``: needs ``--output logits``."""
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:  # type: ignore[override]
+        features = self.features(images)
+        return {"features": features, "logits": self.head(self.pool(features).flatten(1))}
+
+
+class TupleClassifier(LitClassifier):
+    """Returns ``(features [B, W, S, S], logits [B, C])``: needs ``--output 1``."""
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        features = self.features(images)
+        return features, self.head(self.pool(features).flatten(1))
+
+
+def pick_logits(output: object) -> Tensor:
+    """An ``--output module:function`` for :class:`DictClassifier` and :class:`TupleClassifier`."""
+    return output["logits"] if isinstance(output, dict) else output[1]  # type: ignore[index]
+
+
+def failing_output(output: object) -> Tensor:
+    """An ``--output`` function with a bug: it raises."""
+    raise KeyError("no logits here (a bug in the --output function)")
+
+
+class FeatureMapModel(LitClassifier):
+    """Returns its feature maps ``[B, W, S, S]`` instead of logits: not a classifier output."""
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.features(images)
+
+
+class ForwardFails(LitClassifier):
+    """A forward that raises, as a model with a bug does."""
+
+    def forward(self, images: Tensor) -> Tensor:
+        raise RuntimeError("forward exploded on purpose")
+
+
+#: :class:`NaNClassifier` outputs NaN for images whose mean is above this.
+NAN_ABOVE = 0.45
+
+
+class NaNClassifier(LitClassifier):
+    """LitClassifier whose logits are NaN for bright images (mean above :data:`NAN_ABOVE`)."""
+
+    def forward(self, images: Tensor) -> Tensor:
+        logits = super().forward(images)
+        bright = images.flatten(1).mean(dim=1) > NAN_ABOVE
+        return torch.where(bright[:, None], torch.full_like(logits, float("nan")), logits)
+
+
+# ----------------------------------------------------------------------------- fixtures' helpers
+
+
+def train_quickly(model: LitClassifier, steps: int = 60, seed: int = 0, batch: int = 32) -> LitClassifier:
+    """A few Adam steps on fresh ruler images, without a Trainer (for fast test fixtures).
+
+    Grey models (``channels=1``) get the images' channel mean.
+    """
+    torch.manual_seed(seed)
+    optimiser = model.configure_optimizers()
+    model.train()
+    for step in range(steps):
+        images, labels = ruler_images(batch, seed=seed * 1000 + step)
+        if model.hparams.channels == 1:
+            images = images.mean(dim=1, keepdim=True)
+        loss = model.training_step((images, labels), step)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model.eval()
+
+
+def save_checkpoint(model: lightning.LightningModule, path: Path | str) -> Path:
+    """What ``Trainer.save_checkpoint`` stores that ``load_from_checkpoint`` needs, without a Trainer."""
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        path,
+    )
+    return Path(path)
+
+
+def write_probes(
+    folder: Path | str,
+    count: int = 6,
+    *,
+    seed: int = 1,
+    size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE),
+    grey: bool = False,
+    brighten: Sequence[int] = (),
+) -> tuple[Path, Path, list[str]]:
+    """Ruler probes as PNG files (``images/``) with ruler masks (``masks/``) under ``folder``.
+
+    Args:
+        folder: Where ``images/`` and ``masks/`` are created.
+        count: How many probes; every other one (odd positions) has a ruler and a mask.
+        seed: Seed of the images.
+        size: ``(height, width)`` of the files (the ruler is scaled with the image).
+        grey: Write 1-channel PNGs.
+        brighten: Positions whose image is brightened by 0.5 (mean above :data:`NAN_ABOVE`).
+
+    Returns:
+        ``(images folder, masks folder, file names)``.
+    """
+    import cv2
+    import numpy as np
+
+    root = Path(folder)
+    images_dir, masks_dir = root / "images", root / "masks"
+    images_dir.mkdir(parents=True)
+    masks_dir.mkdir()
+    images, labels = ruler_images(count, seed=seed)
+    images = F.interpolate(images, size=size, mode="nearest")
+    mask = F.interpolate(ruler_mask()[None, None].float(), size=size, mode="nearest")[0, 0] > 0
+    names = []
+    for position, (image, label) in enumerate(zip(images, labels.tolist(), strict=True)):
+        if position in brighten:
+            image = (image + 0.5).clamp(0, 1)
+        pixels = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        pixels = pixels.mean(axis=2).round().astype(np.uint8) if grey else np.ascontiguousarray(pixels[..., ::-1])
+        name = f"probe_{position}.png"
+        cv2.imwrite(str(images_dir / name), pixels)
+        if label == 1:
+            cv2.imwrite(str(masks_dir / name), mask.numpy().astype(np.uint8) * 255)
+        names.append(name)
+    return images_dir, masks_dir, names

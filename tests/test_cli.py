@@ -379,7 +379,7 @@ def test_report_is_self_contained_and_escaped(first_audit: Audit, probe_set: Pro
     skipped = [row["cells"] for row in report.tables["skipped"] if row["attrs"].get("class") == "skipped"]
     assert [cells[0]["text"] for cells in skipped] == [CORRUPT_NAME]
     assert "no shortcut threshold crossed" in report.status_text.lower()
-    assert "http://" not in raw and "https://" not in raw and "src=\"data:image/png" in raw
+    assert "http://" not in raw and "https://" not in raw and 'src="data:image/png' in raw
 
 
 def test_tensorboard_events_use_the_callback_tags(first_audit: Audit, probe_set: ProbeSet) -> None:
@@ -481,7 +481,7 @@ def test_checkpoint_needing_unpickling_is_refused_with_exit_2(cli_runs: dict[str
     assert "Traceback" not in refused.process.stderr
     message = [line for line in refused.process.stderr.splitlines() if line.startswith("lightning-sas:")]
     assert len(message) == 1, refused.process.stderr
-    assert message[0].startswith("lightning-sas: error: checkpoint")
+    assert message[0].startswith("lightning-sas: error: --checkpoint")
     assert "lit_classifier.Marker" in message[0] and "--trust-checkpoint" in message[0]
     assert not (refused.out / "summary.json").exists()
 
@@ -499,7 +499,9 @@ def test_trusted_checkpoint_without_masks_has_nothing_to_check(
     assert "nothing to check" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"), parse_constant=_reject_constant)
     assert summary["threshold_checked"] is False and summary["crossed"] == []
-    assert summary["methods"] == {"gradcam": {"roi_share": None, "roi_mass": None, "probes_with_mask": 0}}
+    assert summary["methods"] == {
+        "gradcam": {"roi_share": None, "roi_mass": None, "probes_with_mask": 0, "probes_scored": 0}
+    }
     assert [entry["target"] for entry in summary["probes"]] == [entry["label"] for entry in summary["probes"]]
     assert "nothing to check" in parse_report(out / "report.html").status_text
 
@@ -514,9 +516,9 @@ def test_trusted_checkpoint_without_masks_has_nothing_to_check(
         ("unknown module", "cannot import module"),
         ("not a LightningModule", "not a LightningModule subclass"),
         ("unknown method", "unknown method name"),
-        ("garbage checkpoint", "not a readable PyTorch checkpoint"),
+        ("garbage checkpoint", "is a text file (it starts with 'not a checkpoint at all'), not a PyTorch"),
         ("label target without labels", "needs a label for every probe"),
-        ("wrong number of means", "--mean needs 1 or 3 values"),
+        ("wrong number of means", "--mean 0.5 0.5: `mean` must have 1 value (for every channel) or 3"),
     ],
 )
 def test_input_errors_exit_2_with_one_line(
@@ -582,3 +584,63 @@ def test_nan_free_numbers() -> None:
     from lightning_sas.report import json_number
 
     assert json_number(float("nan")) is None and json_number(math.inf) is None and json_number(0.25) == 0.25
+
+
+def test_report_names_model_and_checkpoint_and_shows_chance_and_class_names(
+    first_audit: Audit, checkpoints: Checkpoints
+) -> None:
+    raw = (first_audit.out / "report.html").read_text(encoding="utf-8")
+    report = parse_report(first_audit.out / "report.html")
+    summary = first_audit.summary
+    title = f"lightning-sas audit: LitClassifier from {checkpoints.plain}"
+    assert f"<title>{title}</title>" in raw and f"<h1>{title}</h1>" in raw
+    assert summary["model_class"] == "LitClassifier"
+
+    # Each probe row: the ROI's area share (the chance level) beside the scores.
+    header = [cell["text"] for cell in report.tables["probes"][0]["cells"]]
+    chance_column = header.index("ROI area (chance)")
+    assert header[chance_column + 1] == f"{METHODS[0]} roi_share"
+    rows = probe_rows(report)
+    ruler_area = ruler_mask().float().mean().item()
+    for entry in summary["probes"]:
+        cell = rows[entry["file"]]["cells"][chance_column]["text"]
+        if entry["has_mask"]:
+            assert entry["roi_area"] == pytest.approx(ruler_area) and cell == f"{ruler_area:.3f}"
+        else:
+            assert entry["roi_area"] is None and cell == "–"
+
+    # The manifest shows class names, not indices (in the report and in TensorBoard).
+    manifest = [row for row in report.tables["manifest"] if row["attrs"].get("class") == "manifest"]
+    assert [row["cells"][0]["text"] for row in manifest] == [entry["file"] for entry in summary["probes"]]
+    for row, entry in zip(manifest, summary["probes"], strict=True):
+        assert row["cells"][1]["text"] == CLASS_NAMES[entry["label"]]
+        assert entry["sha256"].startswith(row["cells"][2]["text"])
+    assert [item["label_name"] for item in summary["manifest"]] == [CLASS_NAMES[e["label"]] for e in summary["probes"]]
+    events = EventAccumulator(str(first_audit.out), size_guidance={"tensors": 0})
+    events.Reload()
+    (text,) = events.Tensors("audit/manifest/text_summary")
+    rows_markdown = text.tensor_proto.string_val[0].decode().splitlines()[2:]
+    assert [row.split("|")[3].strip() for row in rows_markdown] == [CLASS_NAMES[e["label"]] for e in summary["probes"]]
+
+
+def test_corrupt_png_leaves_no_opencv_warning_on_stderr(first_audit: Audit) -> None:
+    # The probe folder holds a corrupt PNG; OpenCV would print "[ WARN:0@0.03] global grfmt_png.cpp ...".
+    assert first_audit.summary["skipped"][0]["file"] == CORRUPT_NAME
+    assert "[ WARN" not in first_audit.process.stderr and "[ERROR" not in first_audit.process.stderr
+    assert "grfmt" not in first_audit.process.stderr
+
+
+def test_probe_folder_and_checkpoint_errors_are_value_errors_outside_the_cli(tmp_path: Path) -> None:
+    from lightning_sas.checkpoint import ModelLoadError, check_checkpoint_file, import_model_class
+    from lightning_sas.probe_folder import ProbeFolderError, read_labels, read_probe_folder
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("a.png,Benign\n", encoding="utf-8")
+    with pytest.raises(ProbeFolderError, match="did you mean 'benign'"):
+        read_labels(labels, ["benign", "malignant"])
+    with pytest.raises(ValueError, match="no image files"):
+        read_probe_folder(tmp_path, None, {}, size=8, channels=3)
+    with pytest.raises(ModelLoadError, match="is a folder"):
+        check_checkpoint_file(tmp_path)
+    with pytest.raises(ValueError, match="did you mean 'LitClassifier'"):
+        import_model_class("lit_classifier:LitClasifier")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_sas.distributed import agreed_minimum, any_rank
+from lightning_sas.chunks import retry_out_of_memory
 from lightning_sas.methods.base import AttributionMethod, check_logits, minmax_normalize
 from lightning_sas.methods.gaussian import gaussian_blur, opencv_sigma, scaled_kernel_size
 
@@ -253,25 +252,12 @@ class SaS(AttributionMethod):
     ) -> tuple[Tensor, Tensor]:
         # Under DDP all ranks agree on the chunk and on every retry, so they make the same
         # forward calls (see lightning_sas.distributed).
-        chunk = agreed_minimum(self.max_batch or self._auto_chunk(model, images, targets), images.device)
-        while True:
-            out_of_memory = False
-            result = None
-            try:
-                result = self._optimise(model, images, targets, chunk, initial_mask, iterations)
-            except torch.OutOfMemoryError:
-                if chunk <= 1:
-                    raise
-                out_of_memory = True
-            # Outside the except block, so the failed attempt's tensors (held by the traceback)
-            # are freed before the cache is emptied and the retry starts.
-            if not any_rank(out_of_memory, images.device):
-                return result  # type: ignore[return-value]
-            del result
-            chunk = max(1, agreed_minimum(chunk // 2, images.device))
-            if images.device.type == "cuda":
-                torch.cuda.empty_cache()
-            warnings.warn(f"SaS ran out of memory; retrying with max_batch={chunk}.", stacklevel=3)
+        return retry_out_of_memory(
+            lambda chunk: self._optimise(model, images, targets, chunk, initial_mask, iterations),
+            self.max_batch or self._auto_chunk(model, images, targets),
+            images.device,
+            "SaS",
+        )
 
     def _optimise(
         self,
