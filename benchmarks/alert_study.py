@@ -195,15 +195,15 @@ def candidate_rules() -> dict[str, callable]:
         "roi_mass > 0.5 (any method)": lambda run: best(run, "roi_mass") > 0.5,
         "dilated roi_share > 0.5 (any method)": lambda run: best(run, "roi_share_dilated") > 0.5,
     }
-    for lift in (2, 3, 4, 5):
+    for lift in (2, 3, 4, 5, 6, 8, 10):
         rules[f"lift > {lift} (any method)"] = lambda run, lift=lift: best(run, "lift") > lift
-    for flip in (0.25, 0.5):
+    rules["SaS lift > 5"] = lambda run: run["methods"]["sas"]["lift"] > 5
+    for flip in (0.1, 0.25, 0.5):
         rules[f"flip_rate > {flip}"] = lambda run, flip=flip: run["flip_rate"] > flip
-    for lift in (3, 4):
-        for flip in (0.25, 0.5):
-            rules[f"lift > {lift} or flip_rate > {flip}"] = (
-                lambda run, lift=lift, flip=flip: best(run, "lift") > lift or run["flip_rate"] > flip
-            )
+    for lift in (4, 8, 10):
+        rules[f"lift > {lift} or flip_rate > 0.25"] = (
+            lambda run, lift=lift: best(run, "lift") > lift or run["flip_rate"] > 0.25
+        )
     return rules
 
 

@@ -4,16 +4,22 @@
 :class:`Verdict`. The callback and ``lightning-sas audit`` both call it, so a checkpoint that
 alerts during training alerts in the nightly audit too.
 
-The default rule was chosen from measured error rates, not from one demo: see
-``benchmarks/alert_study.py`` and the README's alert-study table. It has two criteria, and
-alerts when either is crossed:
+The default rule was chosen from measured error rates, not from one demo
+(``benchmarks/alert_study.py``; the README's "Alert study" has the tables): 48 seeded runs, 24
+biased and 24 clean, on two shortcut kinds (rulers, 6-8% of the image; coloured corner
+patches, 2-6%). It alerts when either criterion is crossed:
 
+* **Intervention** (needs artifact examples): the share of probes whose prediction moves to
+  the artifact's class when the artifact is pasted on, above :data:`DEFAULT_MIN_FLIP_RATE`.
+  In the study it caught 23 of 23 runs that used the shortcut with 0 of 24 false alarms; no
+  map-based score came close.
 * **Lift over chance** (needs probes with an ROI): a method's mean ``roi_lift`` — the share
   of its top-|R| pixels on the ROI divided by the ROI's area share — above
   :data:`DEFAULT_MIN_LIFT`. Relative to chance, so one threshold serves a thin ruler and a
-  large patch alike.
-* **Intervention** (needs artifact examples): the share of probes whose prediction moves to
-  the artifact's class when the artifact is pasted on, above :data:`DEFAULT_MIN_FLIP_RATE`.
+  small patch alike. Maps alone are weaker evidence: clean models look at a salient artifact
+  too (clean runs reached lifts up to 9), so the threshold is set for few false alarms
+  (1 of 24 in the study) at the cost of recall (17 of 23 without artifacts). Give artifacts
+  when you can.
 
 An absolute ``roi_share`` threshold (the ``shortcut_threshold`` of earlier versions) can be
 added; it is off by default because it punishes small artifacts and low-resolution methods.
@@ -26,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 #: A method's mean roi_lift above this alerts (see the module docstring for where it comes from).
-DEFAULT_MIN_LIFT = 5.0
+DEFAULT_MIN_LIFT = 8.0
 #: An intervention flip rate above this alerts.
 DEFAULT_MIN_FLIP_RATE = 0.25
 
@@ -110,7 +116,7 @@ def decide(
 
     Example:
         >>> decide({"sas": {"roi_share": 0.3, "roi_lift": 9.0}}, AlertRule()).reasons
-        ['sas puts 9.0x chance of its top-ranked pixels on the ROI (roi_lift 9.0 > 5)']
+        ['sas puts 9.0x chance of its top-ranked pixels on the ROI (roi_lift 9.0 > 8)']
     """
     verdict = Verdict(alert=False)
     criteria = (
