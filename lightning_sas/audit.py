@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from lightning_sas.cost import method_passes
 from lightning_sas.faithfulness import Faithfulness, FaithfulnessCurves
 from lightning_sas.intervention import Artifacts, InterventionResult, intervene
 from lightning_sas.methods import METHODS, AttributionMethod
@@ -23,6 +24,7 @@ from lightning_sas.metrics import roi_mass, roi_share
 from lightning_sas.model_state import attribution_mode
 from lightning_sas.outputs import ClassifierOutput, OutputSelector
 from lightning_sas.probes import Probes
+from lightning_sas.progress import accounted
 
 Target = Literal["pred", "label"]
 
@@ -202,14 +204,15 @@ def explain(
         if progress is not None:
             progress(name)
         try:
-            if isinstance(method, WarmStartable):
-                start = (initial_states or {}).get(name)
-                if start is not None and start.shape[0] != len(probes):
-                    start = None  # the probe set changed: start cold
-                iterations = warm_start_iterations if start is not None else None
-                maps[name], masks[name] = method.attribute_from(adapter, probes.images, targets, start, iterations)
-            else:
-                maps[name] = method.attribute(adapter, probes.images, targets)
+            with accounted(method_passes(method) * len(probes)):
+                if isinstance(method, WarmStartable):
+                    start = (initial_states or {}).get(name)
+                    if start is not None and start.shape[0] != len(probes):
+                        start = None  # the probe set changed: start cold
+                    iterations = warm_start_iterations if start is not None else None
+                    maps[name], masks[name] = method.attribute_from(adapter, probes.images, targets, start, iterations)
+                else:
+                    maps[name] = method.attribute(adapter, probes.images, targets)
         except Exception as error:  # noqa: BLE001 - one method's failure must not lose the others' results
             errors[name] = f"{type(error).__name__}: {error}"
     for name, method_maps in maps.items():
@@ -221,10 +224,14 @@ def explain(
         if progress is not None:
             progress("faithfulness")
         try:
-            curves = faithfulness(adapter, probes.images, targets, maps)
+            with accounted((2 + 2 * (faithfulness.steps - 1) * len(maps)) * len(probes)):
+                curves = faithfulness(adapter, probes.images, targets, maps)
         except Exception as error:  # noqa: BLE001 - the maps stand without their faithfulness scores
             errors["faithfulness"] = f"{type(error).__name__}: {error}"
-    intervention = None if artifacts is None else intervene(adapter, probes.images, artifacts)
+    intervention = None
+    if artifacts is not None:
+        with accounted((artifacts.trials + 1) * len(probes)):
+            intervention = intervene(adapter, probes.images, artifacts)
     return AuditResult(
         maps=maps,
         predictions=predictions,
@@ -300,7 +307,9 @@ def run_audit(
 def problems(result: AuditResult, names: Sequence[str]) -> list[str]:
     """One sentence per failed method and per method with non-finite probes (for warnings and reports)."""
     lines = [
-        f"faithfulness could not be scored ({error})" if method == "faithfulness" else f"{method} failed and has no maps ({error})"
+        f"faithfulness could not be scored ({error})"
+        if method == "faithfulness"
+        else f"{method} failed and has no maps ({error})"
         for method, error in result.errors.items()
     ]
     for method, positions in result.nonfinite.items():

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from tqdm.auto import tqdm
 from typing_extensions import override
 
 from lightning_sas.audit import AuditResult, explain, nonfinite_positions, problems, resolve_methods, score
@@ -35,6 +36,7 @@ from lightning_sas.audit_logging import (
     write_scalars,
     write_text,
 )
+from lightning_sas.cost import TIMED_PROBES, AuditCost, audit_passes, estimate_audit
 from lightning_sas.distributed import all_ranks_together
 from lightning_sas.faithfulness import Faithfulness, FaithfulnessCurves
 from lightning_sas.intervention import Artifacts, InterventionResult
@@ -43,6 +45,7 @@ from lightning_sas.normalization import check_normalization, per_channel
 from lightning_sas.outputs import OutputSelector, check_output_selector
 from lightning_sas.probes import Probes, dataset_labels, probes_from_dataset, stratified_indices
 from lightning_sas.probes import item_keys as checked_item_keys
+from lightning_sas.progress import reporting
 from lightning_sas.verdict import AlertRule, decide
 
 #: Label scans for stratified probe selection read at most this many validation items.
@@ -122,6 +125,12 @@ class SASAuditCallback(Callback):
             (``audit/<method>/deletion_auc``, ``insertion_auc``, ``insertion_minus_deletion``):
             ``True`` (default: 20 steps towards the SaS blur), ``False``, or a
             :class:`~lightning_sas.faithfulness.Faithfulness` with other settings.
+        cost_warning_share: Before the first training step the callback times one model pass
+            on the probes, estimates an audit's time from the methods' pass counts (logged as
+            text ``audit/cost`` and kept in :attr:`cost`), and warns when one audit would take
+            more than this share of the training time between two audits. ``None``: no check.
+        progress_bar: Show a progress bar (in model passes) during each audit; ``None``
+            follows the Trainer (shown when it has a progress bar).
         warm_start_iterations: If set, methods that can warm-start (SaS) start each audit after
             the first from the previous audit's state for the same probe and run this many
             iterations instead of their own (see the README for the measured trade-off).
@@ -166,6 +175,8 @@ class SASAuditCallback(Callback):
         item_keys: Mapping[str, str] | None = None,
         artifacts: Artifacts | None = None,
         faithfulness: Faithfulness | bool = True,
+        cost_warning_share: float | None = 0.5,
+        progress_bar: bool | None = None,
     ) -> None:
         if isinstance(probe, bool) or not isinstance(probe, int | Sequence | Dataset):
             raise ValueError(f"`probe` must be an int, a list of indices or a Dataset, got {type(probe).__name__}.")
@@ -199,7 +210,9 @@ class SASAuditCallback(Callback):
         if alert_rule is not None and not isinstance(alert_rule, AlertRule):
             raise ValueError(f"`alert_rule` must be an AlertRule or None, got {type(alert_rule).__name__}.")
         if artifacts is not None and not isinstance(artifacts, Artifacts):
-            raise ValueError(f"`artifacts` must be lightning_sas.intervention.Artifacts or None, got {type(artifacts).__name__}.")
+            raise ValueError(
+                f"`artifacts` must be lightning_sas.intervention.Artifacts or None, got {type(artifacts).__name__}."
+            )
         if alert_rule is not None and shortcut_threshold is not None:
             alert_rule = replace(alert_rule, max_roi_share=shortcut_threshold)
         self.alert_rule = alert_rule
@@ -210,9 +223,19 @@ class SASAuditCallback(Callback):
             faithfulness = Faithfulness()
         if faithfulness is not False and not isinstance(faithfulness, Faithfulness):
             raise ValueError(
-                f"`faithfulness` must be True, False or a lightning_sas.faithfulness.Faithfulness, got {faithfulness!r}."
+                "`faithfulness` must be True, False or a lightning_sas.faithfulness.Faithfulness, "
+                f"got {faithfulness!r}."
             )
         self.faithfulness = faithfulness or None
+        if cost_warning_share is not None and (
+            isinstance(cost_warning_share, bool)
+            or not isinstance(cost_warning_share, int | float)
+            or cost_warning_share <= 0
+        ):
+            raise ValueError(f"`cost_warning_share` must be a positive number or None, got {cost_warning_share!r}.")
+        self.cost_warning_share = cost_warning_share
+        self.progress_bar = progress_bar
+        self.cost: AuditCost | None = None
         self.class_names = None if class_names is None else list(class_names)
         self.warm_start_iterations = warm_start_iterations
         self.output = check_output_selector(output)
@@ -262,6 +285,8 @@ class SASAuditCallback(Callback):
                 self.probes = self._select_probes(trainer, pl_module)
             with self._failures_reported("while recording the probe set"):
                 self._check_manifest(trainer)
+            with self._failures_reported("could not estimate its cost"), isolate_rng():
+                self._estimate_cost(trainer, pl_module)
 
     def _validation_dataset(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Dataset:
         loaders = trainer.val_dataloaders
@@ -330,7 +355,9 @@ class SASAuditCallback(Callback):
                 except ValueError as error:
                     raise MisconfigurationException(str(error)) from None
         if self.target == "label" and bool((probes.labels < 0).any()):
-            raise MisconfigurationException("`target`='label' needs labelled probes, and some probe items have no label.")
+            raise MisconfigurationException(
+                "`target`='label' needs labelled probes, and some probe items have no label."
+            )
         return probes
 
     def _check_manifest(self, trainer: pl.Trainer) -> None:
@@ -357,6 +384,38 @@ class SASAuditCallback(Callback):
                 self._write_text(trainer, "audit/probe_change", message)
         self.manifest = manifest
         self._write_text(trainer, "audit/manifest", manifest_markdown(manifest))
+
+    def _audit_passes(self, num_probes: int) -> dict[str, tuple[int, bool]]:
+        return audit_passes(
+            self.methods,
+            num_probes,
+            faithfulness_steps=None if self.faithfulness is None else self.faithfulness.steps,
+            intervention_trials=None if self.artifacts is None else self.artifacts.trials,
+        )
+
+    def _estimate_cost(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Say what an audit will cost before the first one is paid for, and warn if it is a lot."""
+        if self.probes is None:
+            return
+        images = trainer.precision_plugin.convert_input(self.probes.images[:TIMED_PROBES].to(pl_module.device))
+        per_rank = math.ceil(len(self.probes) / trainer.world_size)
+        with trainer.precision_plugin.forward_context():
+            self.cost = estimate_audit(pl_module, images, self._audit_passes(per_rank), self.output)
+        message = f"SASAuditCallback: each audit of {len(self.probes)} probes will take {self.cost.describe()}."
+        batch_size = getattr(trainer.train_dataloader, "batch_size", None)
+        batches = trainer.num_training_batches
+        if isinstance(batch_size, int) and isinstance(batches, int | float) and math.isfinite(batches):
+            # Training an image costs about a forward + backward; the audit's own timing says how much.
+            epoch_seconds = batches * batch_size * self.cost.seconds_per_pass[0]
+            between = epoch_seconds * self.every_n_epochs
+            message += f" Training between two audits: ≈ {between:,.0f} s (estimated the same way)."
+            if self.cost_warning_share is not None and self.cost.seconds > self.cost_warning_share * between:
+                rank_zero_warn(
+                    f"{message} That is more than {self.cost_warning_share:.0%} of the training time. To audit for "
+                    "less: fewer probes (`probe=`), fewer SaS iterations (`methods=(SaS(iterations=30), 'gradcam')`), "
+                    "a larger `every_n_epochs`, `faithfulness=False`, or a GPU."
+                )
+        self._write_text(trainer, "audit/cost", message)
 
     # ------------------------------------------------------------------ when to audit
 
@@ -388,14 +447,15 @@ class SASAuditCallback(Callback):
         """Audit work never kills training by default: warn and go on (``on_error="raise"`` re-raises)."""
         try:
             yield
-        except Exception as error:  # noqa: BLE001 - any failure of the audit, whatever its type
+        except Exception as error:
             if self.on_error == "raise":
                 raise
             rank_zero_warn(f"SASAuditCallback: the audit {outcome} ({describe_error(error)}). Training continues.")
 
     def _run_audit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         started = time.perf_counter()
-        result = self._explain_sharded(trainer, pl_module)
+        with self._progress(trainer, epoch):
+            result = self._explain_sharded(trainer, pl_module)
         result.seconds = time.perf_counter() - started
         # Every rank holds the gathered result: bookkeeping and the shortcut decision happen on
         # all of them, so they agree on what was audited and on `should_stop`.
@@ -413,6 +473,22 @@ class SASAuditCallback(Callback):
         self._check_shortcut(trainer, result, epoch)
         with self._failures_reported(f"at epoch {epoch} ran but could not be written"):
             self._publish(trainer, result, scalars, epoch, reported)
+
+    @contextmanager
+    def _progress(self, trainer: pl.Trainer, epoch: int) -> Iterator[None]:
+        """A progress bar in model passes on rank 0 (see ``progress_bar``)."""
+        show = self.progress_bar if self.progress_bar is not None else trainer.progress_bar_callback is not None
+        if not show or not trainer.is_global_zero or self.probes is None:
+            yield
+            return
+        per_rank = math.ceil(len(self.probes) / trainer.world_size)
+        total = sum(count for count, _ in self._audit_passes(per_rank).values())
+        bar = tqdm(total=total, desc=f"audit (epoch {epoch})", unit="pass", leave=False, dynamic_ncols=True)
+        try:
+            with reporting(bar.update):
+                yield
+        finally:
+            bar.close()
 
     def _explain_sharded(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> AuditResult:
         """Each rank explains its share of the probes; everyone gets all results back."""
@@ -435,9 +511,15 @@ class SASAuditCallback(Callback):
             initial_states = {name: mask[mine].to(device) for name, mask in self._previous_masks.items()}
             with trainer.precision_plugin.forward_context():
                 local = explain(
-                    pl_module, shard, self.methods, self.target,
-                    initial_states=initial_states, warm_start_iterations=self.warm_start_iterations,
-                    output=self.output, artifacts=self.artifacts, faithfulness=self.faithfulness,
+                    pl_module,
+                    shard,
+                    self.methods,
+                    self.target,
+                    initial_states=initial_states,
+                    warm_start_iterations=self.warm_start_iterations,
+                    output=self.output,
+                    artifacts=self.artifacts,
+                    faithfulness=self.faithfulness,
                 )
         except Exception as error:  # noqa: BLE001 - ranks must agree before raising
             failure = error
@@ -495,7 +577,9 @@ class SASAuditCallback(Callback):
             errors=errors,
             nonfinite={name: nonfinite_positions(method_maps) for name, method_maps in maps.items()},
             faithfulness={
-                name: FaithfulnessCurves(reassemble(gathered[f"deletion_{name}"]), reassemble(gathered[f"insertion_{name}"]))
+                name: FaithfulnessCurves(
+                    reassemble(gathered[f"deletion_{name}"]), reassemble(gathered[f"insertion_{name}"])
+                )
                 for name in local.maps
                 if f"deletion_{name}" in gathered
             },
@@ -562,13 +646,17 @@ class SASAuditCallback(Callback):
         if self.alert_rule is None or self.probes is None:
             return
         intervention = result.intervention
-        verdict = decide(result.mean_scores(), self.alert_rule, None if intervention is None else intervention.flip_rate)
-        self.verdicts.append({"epoch": epoch, "step": trainer.global_step, "alert": verdict.alert, "checked": verdict.checked})
+        verdict = decide(
+            result.mean_scores(), self.alert_rule, None if intervention is None else intervention.flip_rate
+        )
+        self.verdicts.append(
+            {"epoch": epoch, "step": trainer.global_step, "alert": verdict.alert, "checked": verdict.checked}
+        )
         if not verdict.alert:
             return
         means = result.mean_scores()
         leaning: list[str] = []
-        for criterion, method in verdict.crossed:
+        for _criterion, method in verdict.crossed:
             if method is None or method not in result.roi_share:
                 continue
             shares = result.roi_share[method].detach().cpu()

@@ -38,7 +38,9 @@ def check_normalization(
             checked[name] = None
             continue
         if isinstance(values, str | bytes) or not isinstance(values, Sequence) or len(values) == 0:
-            raise ValueError(f"{label} must be a list of numbers (1 for every channel, or 1 per channel), got {values!r}.")
+            raise ValueError(
+                f"{label} must be a list of numbers (1 for every channel, or 1 per channel), got {values!r}."
+            )
         numbers = []
         for value in values:
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -48,7 +50,12 @@ def check_normalization(
             raise ValueError(f"{label} values must be positive, got {numbers}.")
         checked[name] = numbers
     mean_values, std_values = checked["mean"], checked["std"]
-    if mean_values and std_values and len(mean_values) != len(std_values) and 1 not in (len(mean_values), len(std_values)):
+    if (
+        mean_values
+        and std_values
+        and len(mean_values) != len(std_values)
+        and 1 not in (len(mean_values), len(std_values))
+    ):
         label = "`mean` and `std`" if prefix == "`" else f"{prefix}mean and {prefix}std"
         raise ValueError(
             f"{label} must have the same number of values (or one of them a single value), "

@@ -19,14 +19,14 @@ Anything else is refused with an error that names the output's type and shape an
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 #: How to find the logits in a model's output: ``None`` (the output is the logits), an index
 #: (tuple/list outputs), a key (dict outputs) or a callable ``raw_output -> logits``.
-OutputSelector = Union[int, str, Callable[[Any], Tensor], None]
+OutputSelector = int | str | Callable[[Any], Tensor] | None
 
 
 def check_output_selector(output: object) -> OutputSelector:

@@ -27,6 +27,13 @@ class AttributionMethod(ABC):
     #: Short name used in TensorBoard tags and reports (``audit/<name>/...``).
     name: str = "method"
 
+    def passes_per_probe(self) -> int:
+        """Model passes (forward + backward) one probe costs: what audit time estimates use.
+
+        Subclasses override this; the default assumes one forward and one backward.
+        """
+        return 1
+
     def attribute(self, model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
         """Explain ``model``'s score for ``targets`` on ``images``.
 

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from lightning_sas.chunks import retry_out_of_memory
 from lightning_sas.methods.base import AttributionMethod, check_logits, minmax_normalize
 from lightning_sas.methods.gaussian import gaussian_blur, opencv_sigma, scaled_kernel_size
+from lightning_sas.progress import advance
 
 # Reference kernel sizes at 224 px (docs/design.md); scaled to the image side unless given.
 REFERENCE_SMOOTHING_KERNEL = 17
@@ -188,6 +189,15 @@ class SaS(AttributionMethod):
 
     # ------------------------------------------------------------------ public helpers
 
+    def passes_per_probe(self) -> int:
+        """``iterations × 2 (K − 1)`` forward + backward passes (the endpoints are never forwarded).
+
+        Example:
+            >>> SaS().passes_per_probe()
+            3800
+        """
+        return self.iterations * 2 * (self.num_masks - 1)
+
     def kernel_sizes(self, height: int, width: int) -> tuple[int, int]:
         """``(smoothing_kernel, blur_kernel)`` used for images of this size."""
         mask_side = max(1, round(min(height, width) * self.mask_scale))
@@ -335,6 +345,7 @@ class SaS(AttributionMethod):
                 exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 denominator = (exp_avg_sq / (1 - beta2**step)).sqrt_().add_(ADAM_EPS)
                 mask.addcdiv_(exp_avg, denominator, value=-self.lr / (1 - beta1**step))
+            advance(schedule.image.shape[0])  # for a progress bar; reads nothing from the device
         return mask
 
     def _schedule_gradient(
