@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/ruler_bias/train.py --out outputs/ruler_bias
+	$(PY) examples/ruler_bias/demo.py --out outputs/ruler_bias
 
 test: $(STAMP)
 	$(PY) -m ruff check .
