@@ -4,20 +4,33 @@ The same audit as the training callback, on a checkpoint and a folder of probe i
 nightly jobs: TensorBoard event files with the callback's tags, ``report.html`` for people,
 ``summary.json`` for machines, and an exit status a scheduler can act on:
 
-* 0: the audit ran on every method and no shortcut threshold was crossed (or no probe has a
-  mask);
-* 1: the audit ran and a method's mean ``roi_share`` is above ``--shortcut-threshold``; this
-  status means exactly that and nothing else;
+* 0: the audit ran completely and no criterion of the alert rule was crossed (or there was
+  nothing to check: no probe has a mask and no artifact was given);
+* 1: the audit ran completely and the alert rule fired: :func:`lightning_sas.verdict.decide`,
+  the rule the training callback applies, found a method's mean ``roi_lift`` above
+  ``--min-lift``, the artifact's flip rate above ``--min-flip-rate`` (with ``--artifacts``), or
+  a method's mean ``roi_share`` above ``--shortcut-threshold`` (when given); this status means
+  exactly that and nothing else;
 * 2: anything else: a usage or input error (bad path, a file that is no checkpoint, a model
-  output that is not logits, no readable image, an ``--out`` folder that already holds an
-  audit without ``--overwrite``), an unexpected exception (the model's forward raising, the
-  model module failing at import, a bug), or an incomplete audit (a method failed, or a method
-  has no finite score on any probe with a mask; ``summary.json`` and ``report.html`` are still
-  written and list the problem). Status 2 wins over 1.
+  output that is not logits, no readable image, a bad ``--artifacts`` folder or
+  ``--artifact-class``, an ``--out`` folder that already holds an audit without
+  ``--overwrite``), an unexpected exception (the model's forward raising, the model module
+  failing at import, a bug), or an incomplete audit (a method, the faithfulness scores or the
+  sanity check failed, a method has no finite score on any probe with a mask, or no probe was
+  eligible for the intervention; ``summary.json`` and ``report.html`` are still written and
+  list the problem). Status 2 wins over 1.
 
 Every error is one line on stderr, ``lightning-sas: error: ...``. For an unexpected exception
 that line names the exception and where it happened, and the full traceback is written to
-``<out>/error.log``.
+``<out>/error.log``. Before the audit starts, one more stderr line estimates its time (one
+model pass timed on the probes, times the passes of :func:`lightning_sas.cost.audit_passes`);
+on a terminal a progress bar follows for audits that take more than a few seconds.
+
+Besides the ROI scores, the audit measures by default the faithfulness of each method's maps
+(deletion / insertion AUCs; ``--no-faithfulness`` switches it off), with ``--artifacts DIR``
+and ``--artifact-class`` the intervention (paste the artifact, count the predictions that
+flip to its class), and with ``--sanity`` the model-parameter randomisation check (a method
+whose maps do not depend on the model's weights is flagged: a warning, not status 1).
 
 ``--output SPEC`` says where the logits are in the model's output: an integer index (tuple or
 list outputs), a dict key, or ``module:function`` (a callable mapping the output to logits,
@@ -28,10 +41,15 @@ imported like ``--model``). Models returning ``[B, C]`` logits or a single binar
 files (``summary.json``, ``report.html``, ``events.out.tfevents.*``, ``hparams.yaml``,
 ``error.log``) are removed once the inputs check out, before the model is loaded.
 
-Reading the probe folder lives in :mod:`lightning_sas.probe_folder` and importing the model and
-loading the checkpoint in :mod:`lightning_sas.checkpoint`; this module parses the command line
-and runs the steps. Heavy libraries (torch, Lightning, OpenCV) are imported only when a command
-needs them, so ``--help`` and most usage errors answer at once.
+``lightning-sas export-probes --dataset MODULE:CALLABLE --out DIR`` writes a probe folder
+(images, ``masks/``, ``labels.csv``, ``manifest.json``) from a map-style data set returned by
+an importable callable (:func:`lightning_sas.export.export_probes`), with the same error
+conventions (exit 2, one line).
+
+Reading the probe and artifact folders lives in :mod:`lightning_sas.probe_folder` and
+importing the model and loading the checkpoint in :mod:`lightning_sas.checkpoint`; this module
+parses the command line and runs the steps. Heavy libraries (torch, Lightning, OpenCV) are
+imported only when a command needs them, so ``--help`` and most usage errors answer at once.
 """
 
 from __future__ import annotations
@@ -48,7 +66,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightning_sas.checkpoint import SPEC_PATTERN, ModelLoadError
-from lightning_sas.probe_folder import IMAGE_EXTENSIONS, ProbeFolder, ProbeFolderError
+from lightning_sas.probe_folder import (
+    ARTIFACT_MASK_SUFFIX,
+    ARTIFACT_MASKS_FOLDER,
+    IMAGE_EXTENSIONS,
+    ArtifactFolder,
+    ProbeFolder,
+    ProbeFolderError,
+)
+from lightning_sas.verdict import DEFAULT_MIN_FLIP_RATE, DEFAULT_MIN_LIFT, AlertRule
 
 if TYPE_CHECKING:
     import numpy as np
@@ -59,6 +85,7 @@ if TYPE_CHECKING:
     from lightning_sas.methods import AttributionMethod
     from lightning_sas.outputs import OutputSelector
     from lightning_sas.probes import Probes
+    from lightning_sas.sanity import SanityResult
 
 PROGRAM = "lightning-sas"
 EXIT_OK = 0
@@ -77,20 +104,24 @@ _MESSAGE_LIMIT = 300
 
 _EPILOG = f"""\
 examples:
-  # audit last night's checkpoint; exit 1 if a method's mean roi_share is above 0.5
+  # audit last night's checkpoint; exit 1 if the alert rule fires (lift over chance, artifact flips)
   lightning-sas audit \\
       --checkpoint runs/last.ckpt \\
       --model my_project.models:LesionClassifier \\
       --probe probes/images --masks probes/rulers --labels probes/labels.csv \\
       --class-names benign,malignant \\
       --image-size 224 --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 \\
-      --methods sas,gradcam --shortcut-threshold 0.5 \\
+      --methods sas,gradcam --artifacts probes/ruler_patches --artifact-class malignant \\
       --baseline audits/2024-05-01/summary.json \\
       --out audits/2024-05-02
 
   # a quick look on the CPU with a cheap SaS; a model returning {{"logits": ..., "features": ...}}
   lightning-sas audit --checkpoint last.ckpt --model pkg.mod:Net --output logits --probe probes \\
       --device cpu --sas-iterations 20 --out /tmp/audit --overwrite
+
+  # write a probe folder from the validation split, then audit it
+  lightning-sas export-probes --dataset my_project.data:make_val_split --count 32 \\
+      --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 --class-names benign,malignant --out probes
 
 probe folder:
   Images ({", ".join(extension[1:] for extension in IMAGE_EXTENSIONS)}) are read in file-name order,
@@ -104,28 +135,82 @@ labels file:
   CSV rows "filename,label" (an optional header row "filename,label"); the label is a class
   index, -1 for unknown, or one of --class-names.
 
+artifacts folder (--artifacts DIR):
+  DIR/<name>.png (any image extension) is an example of the artifact, e.g. a ruler cut out of
+  a real image; its mask is DIR/{ARTIFACT_MASKS_FOLDER}/<name>.png, or DIR/<name>{ARTIFACT_MASK_SUFFIX}.png beside it,
+  or else the patch's alpha channel (nonzero mask pixels = the artifact). A patch of a probe's size
+  (--image-size, or a probe file's size) is a whole image: it is resized like the probes and
+  pasted where its artifact is. A smaller patch keeps its pixel size and is pasted at seeded
+  random positions (patches of several sizes are padded to the largest). Patches are
+  converted and normalised like the probes (--channels, --mean/--std). Each probe not already
+  predicted as --artifact-class gets --artifact-trials pastes; the flip rate is the share that
+  moves the prediction to that class. lightning_sas.export.export_artifacts writes this layout.
+
+alert rule (exit status 1), shared with the training callback (lightning_sas.verdict):
+  a method's mean roi_lift (roi_share over the chance level, the mask's area share) above
+  --min-lift (default {DEFAULT_MIN_LIFT:g}); the flip rate above --min-flip-rate
+  (default {DEFAULT_MIN_FLIP_RATE:g}; only with --artifacts); a method's mean roi_share above
+  --shortcut-threshold (off unless given).
+  "off" switches --min-lift or --min-flip-rate off.
+
 model output (--output):
   [B, C] logits, or one logit [B] / [B, 1] for a binary classifier, need no --output. For a
   tuple, list or dict output, --output picks the logits: an index (--output 0), a key
   (--output logits) or module:function (--output my_project.heads:logits_of, a callable
   taking the model's output and returning the logits).
 
+cost:
+  Before the audit one stderr line estimates its time: one model pass is timed on the probes
+  and multiplied by the passes: SaS iterations x 2 x (num_masks - 1) per probe, Grad-CAM 1,
+  faithfulness 2 x (steps - 1) per method and probe + 2, intervention trials + 1 per probe,
+  --sanity its stages x the methods' passes. On a terminal a progress bar follows.
+
 output (in --out):
   events.out.tfevents.*  TensorBoard, same tags as the training callback (step 0)
-  report.html            self-contained report: overlays and scores per probe
-  summary.json           scores, probe manifest with content hashes, versions, command;
-                         "errors" (failed methods) and "nonfinite" (probes with NaN/inf)
+  report.html            self-contained report: verdict, overlays and scores per probe,
+                         faithfulness, intervention and sanity check
+  summary.json           scores (roi_share, roi_lift, roi_mass; deletion/insertion AUCs),
+                         "verdict" (alert, reasons, crossed, checked, rule), "intervention",
+                         "sanity", probe manifest with content hashes, versions, command;
+                         "errors" (failed parts) and "nonfinite" (probes with NaN/inf)
   error.log              only after an unexpected error: its full traceback
   A folder that already holds an audit is refused; --overwrite replaces that audit's files.
 
 exit status:
-  0  audit ran, no shortcut threshold crossed (or no probe has a mask)
-  1  audit ran and a method's mean roi_share over the masked probes is above
-     --shortcut-threshold (stdout and the report name the method and probes); only this
+  0  audit ran completely, the alert rule did not fire (or there was nothing to check)
+  1  audit ran completely and the alert rule fired (stdout and the report give the reasons
+     and the probes); only this. A sanity-check flag is a warning, not status 1
   2  anything else, in one line on stderr: usage or input error (bad path, a file that is no
-     checkpoint, model output that is not logits, no readable image, --out holding an audit);
-     an unexpected exception (traceback in <out>/{ERROR_LOG}); or an incomplete audit (a method
-     failed or has no finite score; summary.json and report.html are still written)
+     checkpoint, model output that is not logits, no readable image, a bad --artifacts folder
+     or --artifact-class, --out holding an audit); an unexpected exception (traceback in
+     <out>/{ERROR_LOG}); or an incomplete audit (a method, faithfulness or the sanity check
+     failed, a method has no finite score, no probe eligible for the intervention;
+     summary.json and report.html are still written)
+"""
+
+_EXPORT_EPILOG = f"""\
+example:
+  # my_project/data.py defines make_val_split() returning the validation Dataset
+  lightning-sas export-probes --dataset my_project.data:make_val_split --count 32 --seed 0 \\
+      --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 --class-names benign,malignant --out probes
+  lightning-sas audit --probe probes --masks probes/masks --labels probes/labels.csv \\
+      --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225 --class-names benign,malignant ...
+
+data set:
+  --dataset names a callable taking no arguments (a function or a class) that returns a
+  map-style Dataset (__len__ and __getitem__), imported like --model. Items are image,
+  (image, label), (image, label, roi_mask) or a mapping with "image", "label", "mask" keys;
+  images are float [C, H, W] tensors with 1 or 3 channels, normalised as the model expects.
+
+written (in --out: new, empty, or a previous export, which is replaced):
+  probe_<index>.png      the images, de-normalised (x * std + mean), clipped to [0, 1], 8-bit
+  masks/probe_<index>.png  the ROI mask of each item with a non-empty ROI (255 = ROI)
+  labels.csv             "filename,label" rows, class names when --class-names is given
+  manifest.json          data set index, label and sha256 of every file written; selection
+
+exit status:
+  0  exported; 2  anything else, in one line on stderr (an unexpected exception in the data
+  set's code leaves its traceback in <out>/{ERROR_LOG})
 """
 
 
@@ -206,6 +291,33 @@ def _unit_float(text: str) -> float:
     return value
 
 
+def _off_or(parse: Callable[[str], float]) -> Callable[[str], float | None]:
+    """An argparse type that also accepts ``off`` (the criterion switched off: ``None``)."""
+
+    def parse_or_off(text: str) -> float | None:
+        return None if text.strip().lower() in ("off", "none") else parse(text)
+
+    parse_or_off.__name__ = parse.__name__
+    return parse_or_off
+
+
+def _lift(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 or 'off', got {text!r}") from None
+    if not value >= 1.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 (a multiple of chance) or 'off', got {text!r}")
+    return value
+
+
+def _steps(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}")
+    return value
+
+
 def parse_image_size(values: Sequence[str]) -> tuple[int, int]:
     """``--image-size``: ``N`` (N x N), ``H W`` or ``HxW``, as ``(height, width)``.
 
@@ -227,11 +339,12 @@ def parse_image_size(values: Sequence[str]) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``lightning-sas`` with its ``audit`` subcommand."""
+    """The argument parser of ``lightning-sas`` with its ``audit`` and ``export-probes`` subcommands."""
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
         description="Audit image classifiers trained with PyTorch Lightning: which pixels drive their decisions.",
-        epilog=f"run '{PROGRAM} audit --help' for the audit's options, examples and exit status.",
+        epilog=f"run '{PROGRAM} audit --help' or '{PROGRAM} export-probes --help' for options, examples "
+        "and exit status.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     audit = commands.add_parser(
@@ -240,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Explain a folder of probe images with a saved LightningModule checkpoint (SaS, Grad-CAM),\n"
             "score the maps against region-of-interest masks, and write TensorBoard events, report.html\n"
-            "and summary.json to --out. Exits 1 exactly when a shortcut threshold is crossed, 2 on any error."
+            "and summary.json to --out. Exits 1 exactly when the alert rule fires, 2 on any error."
         ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -354,13 +467,78 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="where to run: auto (the GPU when there is one, default), cpu or cuda, e.g. --device cpu.",
     )
-    audit_options.add_argument(
+    trust = audit.add_argument_group("alert rule and trust checks")
+    trust.add_argument(
+        "--min-lift",
+        type=_off_or(_lift),
+        default=DEFAULT_MIN_LIFT,
+        metavar="X",
+        help="exit 1 when a method's mean roi_lift (its roi_share over the chance level, the mask's area "
+        f"share) is above X, e.g. --min-lift 4 (default: {DEFAULT_MIN_LIFT:g}, the training callback's rule; "
+        "'off' switches it off).",
+    )
+    trust.add_argument(
+        "--min-flip-rate",
+        type=_off_or(_unit_float),
+        default=DEFAULT_MIN_FLIP_RATE,
+        metavar="F",
+        help="with --artifacts: exit 1 when the share of pastes that flip a prediction to --artifact-class "
+        f"is above F, e.g. --min-flip-rate 0.5 (default: {DEFAULT_MIN_FLIP_RATE:g}; 'off' switches it off).",
+    )
+    trust.add_argument(
         "--shortcut-threshold",
         type=_unit_float,
-        default=0.5,
+        default=None,
         metavar="T",
-        help="exit 1 when a method's mean roi_share over the probes with a mask is above T, "
-        "e.g. --shortcut-threshold 0.5 (default: 0.5; chance level is the masks' area share).",
+        help="also exit 1 when a method's mean roi_share over the probes with a mask is above T "
+        "(an absolute criterion, off by default: it punishes small artifacts), e.g. --shortcut-threshold 0.5.",
+    )
+    trust.add_argument(
+        "--artifacts",
+        metavar="DIR",
+        help="folder of artifact examples (patches and masks, see 'artifacts folder' below) to paste onto "
+        "the probes, e.g. --artifacts probes/ruler_patches; needs --artifact-class.",
+    )
+    trust.add_argument(
+        "--artifact-class",
+        metavar="NAME|INDEX",
+        help="the class the artifact is suspected to push predictions to: a name from --class-names or an "
+        "index, e.g. --artifact-class malignant. Required with --artifacts.",
+    )
+    trust.add_argument(
+        "--artifact-trials",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="pastes per probe (positions / examples, seeded), e.g. --artifact-trials 8 (default: 4).",
+    )
+    trust.add_argument(
+        "--no-faithfulness",
+        action="store_true",
+        help="skip the deletion / insertion faithfulness scores of the maps (on by default; they cost "
+        "2 x (steps - 1) forwards per method and probe), e.g. --no-faithfulness for a quicker audit.",
+    )
+    trust.add_argument(
+        "--faithfulness-steps",
+        type=_steps,
+        default=20,
+        metavar="N",
+        help="points of the deletion / insertion curves (fractions k/N of the pixels), "
+        "e.g. --faithfulness-steps 10 (default: 20).",
+    )
+    trust.add_argument(
+        "--sanity",
+        action="store_true",
+        help="also run the model-parameter randomisation check (Adebayo et al.): flags methods whose maps "
+        "do not depend on the model's weights (a warning, not exit 1). Costs one audit per stage, "
+        "e.g. --sanity --sanity-stages 2.",
+    )
+    trust.add_argument(
+        "--sanity-stages",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="cumulative randomisation stages of --sanity, from the output end, e.g. --sanity-stages 2 (default: 4).",
     )
     outputs = audit.add_argument_group("outputs")
     outputs.add_argument(
@@ -390,7 +568,64 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the audit already in --out: its summary.json, report.html, event files and error.log "
         "are removed before this audit runs, e.g. --out audits/latest --overwrite.",
     )
+    _add_export_parser(commands)
     return parser
+
+
+def _add_export_parser(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export-probes",
+        help="write a probe folder (images, masks, labels.csv, manifest.json) from a Dataset",
+        description=(
+            "Write the probe folder 'lightning-sas audit' reads from a map-style Dataset returned by an\n"
+            "importable callable: images as PNG (de-normalised with --mean/--std), ROI masks in masks/,\n"
+            "labels.csv and manifest.json (sha256 of every file). Exits 0, or 2 on any error."
+        ),
+        epilog=_EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument(
+        "--dataset",
+        required=True,
+        metavar="MODULE:CALLABLE",
+        help="a callable taking no arguments that returns the Dataset, imported like --model, "
+        "e.g. --dataset my_project.data:make_val_split.",
+    )
+    export.add_argument(
+        "--out", required=True, metavar="DIR", help="the probe folder to write (new or empty), e.g. --out probes."
+    )
+    export.add_argument(
+        "--count",
+        type=_positive_int,
+        metavar="N",
+        help="export N items, balanced over the classes and seeded (default: every item), e.g. --count 32.",
+    )
+    export.add_argument(
+        "--indices",
+        metavar="I,J,...",
+        help="export exactly these data set indices instead of --count, e.g. --indices 3,17,42.",
+    )
+    export.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="seed of the --count selection, e.g. --seed 1 (default: 0)."
+    )
+    export.add_argument(
+        "--mean",
+        nargs="+",
+        metavar="M",
+        help="the normalisation mean of the data set's images, undone before writing (one value or one per "
+        "channel), e.g. --mean 0.485 0.456 0.406 (default: none, images in [0, 1]).",
+    )
+    export.add_argument(
+        "--std",
+        nargs="+",
+        metavar="S",
+        help="the normalisation standard deviation, e.g. --std 0.229 0.224 0.225 (default: none).",
+    )
+    export.add_argument(
+        "--class-names",
+        metavar="NAMES",
+        help="comma-separated class names by index, written in labels.csv, e.g. --class-names benign,malignant.",
+    )
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -431,7 +666,16 @@ def _check_inputs(args: argparse.Namespace) -> None:
         raise UsageError(f"--model must be 'package.module:ClassName', got {args.model!r}.")
     if args.output is not None and not args.output.strip():
         raise UsageError("--output needs an index, a key or module:function, got an empty string.")
-    for option, value in (("--probe", args.probe), ("--masks", args.masks)):
+    if args.artifact_class is not None and args.artifacts is None:
+        raise UsageError(
+            f"--artifact-class {args.artifact_class} needs --artifacts DIR, the artifact examples to paste."
+        )
+    if args.artifacts is not None and args.artifact_class is None:
+        raise UsageError(
+            f"--artifacts {args.artifacts} needs --artifact-class NAME|INDEX, the class the artifact is suspected "
+            "to push predictions to (e.g. --artifact-class malignant)."
+        )
+    for option, value in (("--probe", args.probe), ("--masks", args.masks), ("--artifacts", args.artifacts)):
         if value is not None and not Path(value).is_dir():
             raise UsageError(f"{option} {value}: no such folder.")
     for option, value in (("--labels", args.labels), ("--baseline", args.baseline)):
@@ -481,6 +725,9 @@ class AuditInputs:
     std: list[float]
     folder: ProbeFolder
     baseline: dict[str, Any] | None
+    rule: AlertRule
+    artifacts: ArtifactFolder | None = None
+    artifact_class: int | None = None
 
 
 def read_inputs(args: argparse.Namespace) -> AuditInputs:
@@ -525,7 +772,24 @@ def read_inputs(args: argparse.Namespace) -> AuditInputs:
             baseline = load_summary(args.baseline)
         except (ValueError, OSError) as error:
             raise UsageError(f"--baseline: {error}") from None
-    return AuditInputs(class_names, method_names, image_size, mean, std, folder, baseline)
+    rule = AlertRule(min_lift=args.min_lift, min_flip_rate=args.min_flip_rate, max_roi_share=args.shortcut_threshold)
+    artifacts, artifact_class = None, None
+    if args.artifacts is not None:
+        from lightning_sas.probe_folder import class_index, read_artifact_folder
+
+        try:
+            artifact_class = class_index(args.artifact_class, class_names, source="--class-names")
+        except ProbeFolderError as error:
+            raise UsageError(f"--artifact-class {error}") from None
+        try:
+            artifacts = read_artifact_folder(
+                args.artifacts, size=image_size, channels=args.channels, probe_file_sizes=folder.file_sizes
+            )
+        except ProbeFolderError as error:
+            raise UsageError(f"--artifacts {error}") from None
+    return AuditInputs(
+        class_names, method_names, image_size, mean, std, folder, baseline, rule, artifacts, artifact_class
+    )
 
 
 def _clear_previous_audit(out: Path) -> None:
@@ -603,8 +867,11 @@ def _load_model(model_class: type[LightningModule], args: argparse.Namespace, de
             raise UsageError(f"--checkpoint {error}") from None
 
 
-def check_model_output(model: torch.nn.Module, images: torch.Tensor, output: OutputSelector, spec: str | None) -> None:
+def check_model_output(model: torch.nn.Module, images: torch.Tensor, output: OutputSelector, spec: str | None) -> int:
     """Forward the probes once and check that ``output`` finds class logits in what comes back.
+
+    Returns:
+        The number of classes (2 for a single binary logit).
 
     Raises:
         UsageError: If the (selected) output is not ``[N, C]`` logits or a single binary logit;
@@ -642,7 +909,7 @@ def check_model_output(model: torch.nn.Module, images: torch.Tensor, output: Out
                 f"--output {spec} is {kind} that does not fit the model's output, {describe_output(raw)}{keys}."
             ) from None
     try:
-        class_logits(selected, None, shape[0])
+        return int(class_logits(selected, None, shape[0]).shape[1])
     except ValueError:
         if spec is None and isinstance(raw, torch.Tensor):
             advice = "pass --output module:function, a callable that turns it into logits"
@@ -691,44 +958,73 @@ def build_methods(names: Sequence[str], sas_iterations: int, gradcam_layer: str 
 
 # ----------------------------------------------------------------------------- audit
 
+#: Seconds an audit runs before its progress bar appears (on a terminal): short audits show none.
+PROGRESS_DELAY = 3.0
+
 
 @contextmanager
-def _progress(total: int) -> Iterator[Callable[[str], None]]:
-    """A tqdm bar on stderr (shown when stderr is a terminal); yields ``advance(next_stage)``."""
+def _progress(total: int) -> Iterator[Any]:
+    """A tqdm bar on stderr counting model passes, shown when stderr is a terminal (not under cron)
+    and only once the audit has run :data:`PROGRESS_DELAY` seconds."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, file=sys.stderr, disable=not sys.stderr.isatty(), unit="step", leave=False)
-    bar.set_description("loading")
-
-    def advance(stage: str) -> None:
-        bar.update(1)
-        bar.set_description(stage)
-
+    bar = tqdm(
+        total=total,
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        unit="pass",
+        unit_scale=True,
+        leave=False,
+        delay=PROGRESS_DELAY,
+        desc="auditing",
+    )
     try:
-        yield advance
+        yield bar
     finally:
         bar.close()
 
 
-def audit_each_method(
-    model: LightningModule,
-    probes: Probes,
-    methods: dict[str, AttributionMethod],
-    target: str,
-    advance: Callable[[str], None],
-    output: OutputSelector = None,
-) -> AuditResult:
-    """:func:`~lightning_sas.audit.run_audit`, advancing the progress bar before each method."""
-    from lightning_sas.audit import run_audit
+def _duration(seconds: float) -> str:
+    """A rough duration for people.
 
-    return run_audit(
-        model,
-        probes,
-        methods,
-        target=target,  # type: ignore[arg-type]
-        progress=lambda name: advance(f"explaining ({name})"),
-        output=output,
+    Example:
+        >>> _duration(0.2), _duration(42.4), _duration(300), _duration(9000)
+        ('under 1 s', '42 s', '5.0 min', '2.5 h')
+    """
+    if seconds < 1:
+        return "under 1 s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def estimate_line(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    passes: Mapping[str, tuple[int, bool]],
+    output: OutputSelector = None,
+) -> str | None:
+    """The stderr line that announces the audit's cost, or ``None`` if one pass cannot be timed.
+
+    One forward (and one forward + backward) of the model on the probes is timed and scaled to
+    ``passes`` (from :func:`lightning_sas.cost.audit_passes`).
+    """
+    from lightning_sas.cost import estimate_audit
+
+    try:
+        cost = estimate_audit(model, images, dict(passes), output)
+    except Exception:  # noqa: BLE001 - only a courtesy: the audit's own steps report real problems
+        return None
+    total = sum(count for count, _ in passes.values())
+    parts = ", ".join(f"{name} {count:,}" for name, (count, _) in passes.items())
+    line = (
+        f"{PROGRAM}: estimated audit time {_duration(cost.seconds)} on {cost.device} ({total:,} model passes: {parts})"
     )
+    if cost.seconds > 600:
+        line += "; --sas-iterations, fewer probes, --no-faithfulness or a GPU shorten it"
+    return line
 
 
 def write_tensorboard(
@@ -750,44 +1046,65 @@ def write_tensorboard(
         logger.experiment.close()
 
 
+def _sanity_warning(summary: Mapping[str, Any]) -> str | None:
+    sanity = summary.get("sanity")
+    if not sanity or not sanity["flagged"]:
+        return None
+    finals = ", ".join(f"{name} {sanity['similarity'][name][-1]:.2f}" for name in sanity["flagged"])
+    return (
+        f"the maps of {', '.join(sanity['flagged'])} do not depend on the model's weights: with every "
+        f"parameter randomised they stay similar to the trained model's maps (Spearman {finals} > "
+        f"{sanity['threshold']:g}); they explain the image, not the model"
+    )
+
+
 def _texts(summary: dict[str, Any], problems: Sequence[str]) -> dict[str, str]:
     """The callback's text tags: ``audit/manifest`` always (class names, not indices),
-    ``audit/alert`` when a threshold is crossed or the audit has problems."""
+    ``audit/alert`` when the alert rule fired, the audit has problems or the sanity check flags."""
     from lightning_sas.audit_logging import manifest_markdown
     from lightning_sas.probes import class_label
+    from lightning_sas.report import verdict_text
 
     class_names = summary.get("class_names")
     manifest = [{**item, "label": class_label(item["label"], class_names)} for item in summary["manifest"]]
     texts = {"audit/manifest": manifest_markdown(manifest)}
-    alerts = [_verdict(summary)] if summary["crossed"] else []
+    alerts = [verdict_text(summary)] if summary["verdict"]["alert"] else []
     alerts += list(problems)
+    warning = _sanity_warning(summary)
+    if warning:
+        alerts.append(f"sanity check: {warning}")
     if alerts:
         texts["audit/alert"] = "\n\n".join(alerts)
     return texts
 
 
 def _unchecked_methods(summary: dict[str, Any]) -> list[str]:
-    """Methods with no finite score on any probe with a mask (so the threshold could not be checked)."""
-    if not summary["threshold_checked"]:
-        return []
-    return [name for name, means in summary["methods"].items() if means["roi_share"] is None]
+    """Methods with no finite score on any probe with a mask (so their ROI criteria could not be checked)."""
+    return [
+        name for name, means in summary["methods"].items() if means["probes_with_mask"] and means["roi_share"] is None
+    ]
 
 
-def _verdict(summary: dict[str, Any]) -> str:
-    threshold = summary["threshold"]
-    if not summary["threshold_checked"]:
-        return f"no probe has a mask: nothing to check against the shortcut threshold {threshold:g}"
-    if not summary["crossed"]:
-        unchecked = _unchecked_methods(summary)
-        checked = [name for name in summary["methods"] if name not in unchecked]
-        if not checked:
-            return f"no method has a finite score on the probes with a mask: threshold {threshold:g} not checked"
-        return f"no shortcut threshold crossed (mean roi_share <= {threshold:g} for {', '.join(checked)})"
-    parts = []
-    for name, shortcut in summary["shortcuts"].items():
-        top = ", ".join(f"{item['file']} {item['roi_share']:.3f}" for item in shortcut["top_probes"])
-        parts.append(f"{name} mean roi_share {shortcut['roi_share']:.3f} > {threshold:g} (highest: {top})")
-    return "SHORTCUT threshold crossed: " + "; ".join(parts)
+def _incomplete(summary: dict[str, Any]) -> list[str]:
+    """What makes the audit incomplete (exit status 2), one phrase each."""
+    from lightning_sas.report import AUDIT_PARTS
+
+    failed = []
+    for name, message in summary["errors"].items():
+        if name == "sanity":
+            failed.append(f"the sanity check failed ({_one_line(message)})")
+        elif name in AUDIT_PARTS:
+            failed.append(f"{name} could not be scored ({_one_line(message)})")
+        else:
+            failed.append(f"{name} failed ({_one_line(message)})")
+    failed += [f"{name} has no finite score on any probe with a mask" for name in _unchecked_methods(summary)]
+    intervention = summary.get("intervention")
+    if intervention and intervention["flip_rate"] is None and summary["verdict"]["rule"]["min_flip_rate"] is not None:
+        failed.append(
+            f"the flip rate could not be measured: no probe is predicted as a class other than "
+            f"{intervention['target_class_name']} (the --artifact-class)"
+        )
+    return failed
 
 
 def _run_record(
@@ -821,12 +1138,29 @@ def _run_record(
     }
 
 
+def _artifacts_record(args: argparse.Namespace, folder: ArtifactFolder) -> dict[str, Any]:
+    return {
+        "folder": str(args.artifacts),
+        "files": list(folder.names),
+        "file_sha256": list(folder.file_hashes),
+        "mask_sources": list(folder.mask_sources),
+        "full_size": folder.full_size,
+        "trials": args.artifact_trials,
+        "seed": ARTIFACT_SEED,
+    }
+
+
+#: Seed of the artifact pastes (positions and examples) and of the sanity check's re-initialisation.
+ARTIFACT_SEED = 0
+SANITY_SEED = 0
+
+
 def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
     """Run ``lightning-sas audit``; returns the exit status.
 
     Returns:
-        0 (nothing crossed), 1 (a shortcut threshold crossed) or 2 (the audit is incomplete:
-        a method failed or has no finite score; the outputs are written all the same).
+        0 (the alert rule did not fire), 1 (it fired: :func:`lightning_sas.verdict.decide`) or 2
+        (the audit is incomplete; the outputs are written all the same).
 
     Raises:
         UsageError: For any usage or input problem.
@@ -841,71 +1175,161 @@ def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
     output = resolve_output(args.output)
     methods = build_methods(inputs.method_names, args.sas_iterations, args.gradcam_layer)
     device = resolve_device(args.device)
-    with _progress(total=len(methods) + 4) as advance:
-        model = _load_model(model_class, args, device)
-        advance("reading probes")
-        with _stage("preparing the probe images"):
-            from lightning_sas.probe_folder import to_probes
+    model = _load_model(model_class, args, device)
+    with _stage("preparing the probe images"):
+        from lightning_sas.probe_folder import to_probes
 
-            probes = to_probes(inputs.folder, inputs.mean, inputs.std, device)
-        check_model_output(model, probes.images, output, args.output)
+        probes = to_probes(inputs.folder, inputs.mean, inputs.std, device)
+    num_classes = check_model_output(model, probes.images, output, args.output)
+    artifacts = None
+    if inputs.artifacts is not None and inputs.artifact_class is not None:
+        if inputs.artifact_class >= num_classes:
+            raise UsageError(
+                f"--artifact-class {args.artifact_class}: class index {inputs.artifact_class} is not a class of "
+                f"the model, which has {num_classes} classes (0..{num_classes - 1})."
+            )
+        with _stage(f"preparing the artifacts of --artifacts {args.artifacts}"):
+            from lightning_sas.probe_folder import to_artifacts
+
+            artifacts = to_artifacts(
+                inputs.artifacts,
+                inputs.mean,
+                inputs.std,
+                target_class=inputs.artifact_class,
+                trials=args.artifact_trials,
+                seed=ARTIFACT_SEED,
+                device=device,
+            )
+    from lightning_sas.cost import audit_passes
+    from lightning_sas.faithfulness import Faithfulness
+
+    faithfulness = None if args.no_faithfulness else Faithfulness(steps=args.faithfulness_steps)
+    passes = audit_passes(
+        methods,
+        len(probes),
+        faithfulness_steps=None if faithfulness is None else faithfulness.steps,
+        intervention_trials=None if artifacts is None else artifacts.trials,
+        sanity_stages=args.sanity_stages if args.sanity else 0,
+    )
+    with _stage("timing one model pass"):
+        line = estimate_line(model, probes.images, passes, output)
+    if line:
+        print(line, file=sys.stderr, flush=True)
+
+    from lightning_sas.progress import reporting
+
+    sanity, sanity_error = None, None
+    with _progress(sum(count for count, _ in passes.values())) as bar, reporting(bar.update):
         with _stage(f"explaining the probes with {', '.join(methods)}"):
-            result = audit_each_method(model, probes, methods, args.target, advance, output)
-        advance("rendering")
-        with _stage("building the report"):
-            from lightning_sas import report
-            from lightning_sas.audit import problems
-            from lightning_sas.audit_logging import audit_scalars, render_audit
+            from lightning_sas.audit import run_audit
 
-            summary = report.build_summary(
-                result,
+            result = run_audit(
+                model,
                 probes,
-                skipped=inputs.folder.skipped,
-                file_hashes=inputs.folder.file_hashes,
-                threshold=args.shortcut_threshold,
-                class_names=inputs.class_names,
-                run=_run_record(args, inputs, model_class, device, command),
+                methods,
+                target=args.target,
+                progress=lambda name: bar.set_description(name, refresh=False),
+                output=output,
+                artifacts=artifacts,
+                faithfulness=faithfulness,
             )
-            if inputs.baseline is not None:
-                summary["baseline"] = report.compare_with_baseline(
-                    summary, inputs.baseline, baseline_path=str(args.baseline), tolerance=args.baseline_tolerance
-                )
-            issues = problems(result, probes.names)
-            display = {"mean": inputs.mean, "std": inputs.std}
-            title = f"{model_class.__name__} {Path(args.checkpoint).name}"
-            pictures = (
-                render_audit(result, probes, **display, class_names=inputs.class_names, title=title)
-                if result.maps
-                else {}
+        explained = {name: method for name, method in methods.items() if name in result.maps}
+        if args.sanity and explained:
+            bar.set_description("sanity check", refresh=False)
+            sanity, sanity_error = _sanity_check(model, probes, result, explained, args.sanity_stages, output, passes)
+    with _stage("building the report"):
+        from lightning_sas import report
+        from lightning_sas.audit import problems
+        from lightning_sas.audit_logging import audit_scalars, render_audit
+        from lightning_sas.verdict import decide
+
+        intervention = result.intervention
+        verdict = decide(result.mean_scores(), inputs.rule, None if intervention is None else intervention.flip_rate)
+        summary = report.build_summary(
+            result,
+            probes,
+            skipped=inputs.folder.skipped,
+            file_hashes=inputs.folder.file_hashes,
+            verdict=verdict,
+            rule=inputs.rule,
+            class_names=inputs.class_names,
+            run=_run_record(args, inputs, model_class, device, command),
+            faithfulness=faithfulness,
+            artifacts=None if inputs.artifacts is None else _artifacts_record(args, inputs.artifacts),
+            sanity=sanity,
+        )
+        if inputs.baseline is not None:
+            summary["baseline"] = report.compare_with_baseline(
+                summary, inputs.baseline, baseline_path=str(args.baseline), tolerance=args.baseline_tolerance
             )
-            html_pictures = report.probe_pictures(result, probes, **display)
-        advance("writing")
-        with _stage(f"writing to --out {args.out}"):
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-                write_tensorboard(out, pictures, audit_scalars(result), _texts(summary, issues))
-                report.write_summary(summary, out / "summary.json")
-                report.write_report(summary, html_pictures, out / "report.html")
-            except OSError as error:
-                raise UsageError(f"--out {args.out}: cannot write ({error.strerror or error}).") from None
-        advance("done")
+        issues = problems(result, probes.names)
+        if sanity_error is not None:
+            summary["errors"]["sanity"] = sanity_error
+            issues.append(f"the sanity check failed ({sanity_error})")
+        scalars = audit_scalars(result)
+        if sanity is not None:
+            for name, values in sanity.similarity.items():
+                scalars[f"audit/{name}/sanity_similarity"] = float(values[-1])
+        display = {"mean": inputs.mean, "std": inputs.std}
+        title = f"{model_class.__name__} {Path(args.checkpoint).name}"
+        pictures = (
+            render_audit(result, probes, **display, class_names=inputs.class_names, title=title) if result.maps else {}
+        )
+        html_pictures = report.probe_pictures(result, probes, **display)
+    with _stage(f"writing to --out {args.out}"):
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            write_tensorboard(out, pictures, scalars, _texts(summary, issues))
+            report.write_summary(summary, out / "summary.json")
+            report.write_report(summary, html_pictures, out / "report.html")
+        except OSError as error:
+            raise UsageError(f"--out {args.out}: cannot write ({error.strerror or error}).") from None
 
     _print_summary(summary, issues, out)
-    unchecked = _unchecked_methods(summary)
-    if summary["errors"] or unchecked:
-        failed = [f"{name} failed ({_one_line(message)})" for name, message in summary["errors"].items()]
-        failed += [f"{name} has no finite score on any probe with a mask" for name in unchecked]
+    incomplete = _incomplete(summary)
+    if incomplete:
         print(
-            f"{PROGRAM}: error: the audit is incomplete: {'; '.join(failed)}; "
+            f"{PROGRAM}: error: the audit is incomplete: {'; '.join(incomplete)}; "
             f"{out / 'summary.json'} and {out / 'report.html'} list it.",
             file=sys.stderr,
         )
         return EXIT_ERROR
-    return EXIT_SHORTCUT if summary["crossed"] else EXIT_OK
+    return EXIT_SHORTCUT if verdict.alert else EXIT_OK
+
+
+def _sanity_check(
+    model: LightningModule,
+    probes: Probes,
+    result: AuditResult,
+    methods: dict[str, AttributionMethod],
+    stages: int,
+    output: OutputSelector,
+    passes: Mapping[str, tuple[int, bool]],
+) -> tuple[SanityResult | None, str | None]:
+    """:func:`~lightning_sas.sanity.cascading_randomization` on the probes with the audit's targets and
+    methods, as ``(result, None)``; a failure gives ``(None, "ErrorType: message")`` (the audit is
+    then incomplete, its other results stand)."""
+    from lightning_sas.progress import accounted
+    from lightning_sas.sanity import cascading_randomization
+
+    try:
+        with accounted(passes.get("sanity", (0, True))[0]):
+            sanity = cascading_randomization(
+                model, probes.images, result.targets, methods, stages=stages, seed=SANITY_SEED, output=output
+            )
+    except Exception as error:  # noqa: BLE001 - the audit's results stand without the sanity check
+        return None, f"{type(error).__name__}: {error}"
+    return sanity, None
+
+
+def _format_number(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def _print_summary(summary: dict[str, Any], issues: Sequence[str], out: Path) -> None:
-    methods = [*summary["methods"], *summary["errors"]]
+    from lightning_sas.report import method_errors, verdict_text
+
+    methods = [*summary["methods"], *method_errors(summary)]
     print(
         f"{PROGRAM}: audited {len(summary['probes'])} probe(s) with {', '.join(methods)} "
         f"in {summary['seconds']:.1f} s ({len(summary['skipped'])} skipped)"
@@ -913,17 +1337,43 @@ def _print_summary(summary: dict[str, Any], issues: Sequence[str], out: Path) ->
     for item in summary["skipped"]:
         print(f"  skipped {item['file']}: {item['reason']}")
     for name, means in summary["methods"].items():
-        share = "–" if means["roi_share"] is None else f"{means['roi_share']:.3f}"
-        mass = "–" if means["roi_mass"] is None else f"{means['roi_mass']:.3f}"
         scored = (
             f", {means['probes_scored']} scored"
             if means.get("probes_scored", means["probes_with_mask"]) != means["probes_with_mask"]
             else ""
         )
+        faithfulness = ""
+        if "deletion_auc" in means:
+            faithfulness = (
+                f"; deletion AUC {_format_number(means['deletion_auc'])}, "
+                f"insertion AUC {_format_number(means['insertion_auc'])}"
+            )
         print(
-            f"  {name}: mean roi_share {share}, roi_mass {mass} "
-            f"({means['probes_with_mask']} probe(s) with a mask{scored})"
+            f"  {name}: mean roi_share {_format_number(means['roi_share'])} "
+            f"(lift {_format_number(means.get('roi_lift'), 2)}x chance), "
+            f"roi_mass {_format_number(means['roi_mass'])} "
+            f"({means['probes_with_mask']} probe(s) with a mask{scored}){faithfulness}"
         )
+    intervention = summary.get("intervention")
+    if intervention:
+        change = intervention["mean_probability_change"]
+        change = "–" if change is None else f"{change:+.3f}"
+        print(
+            f"  intervention: pasting {intervention['folder']} ({len(intervention['files'])} file(s), "
+            f"{intervention['trials']} paste(s) per probe) onto {intervention['eligible_probes']} probe(s) not "
+            f"predicted as {intervention['target_class_name']}: flip rate "
+            f"{_format_number(intervention['flip_rate'])}, mean probability change {change}"
+        )
+    sanity = summary.get("sanity")
+    if sanity:
+        similarities = "; ".join(
+            f"{name} {' → '.join(_format_number(value, 2) for value in values)}"
+            for name, values in sanity["similarity"].items()
+        )
+        print(f"  sanity check ({len(sanity['stages'])} stage(s), similarity to the trained maps): {similarities}")
+        warning = _sanity_warning(summary)
+        if warning:
+            print(f"  warning: {warning}")
     for issue in issues:
         print(f"  problem: {issue}")
     baseline = summary.get("baseline")
@@ -932,8 +1382,124 @@ def _print_summary(summary: dict[str, Any], issues: Sequence[str], out: Path) ->
             f"  against {baseline['file']}: {len(baseline['flagged_probes'])} probe(s) flagged, "
             f"methods with a changed mean: {', '.join(baseline['flagged_methods']) or 'none'}"
         )
-    print(f"{PROGRAM}: {_verdict(summary)}")
+    print(f"{PROGRAM}: {verdict_text(summary)}")
     print(f"report: {out / 'report.html'}")
+
+
+# ----------------------------------------------------------------------------- export-probes
+
+
+def _check_export_out(out: Path) -> None:
+    """``--out`` of export-probes: a folder (or none yet); a previous run's error.log is removed.
+
+    Whether the folder may take the export (new, empty, or a previous export) is
+    :func:`~lightning_sas.export.export_probes`'s decision.
+    """
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder; give a folder for the probes.")
+    log = out / ERROR_LOG
+    if log.is_file():
+        try:
+            log.unlink()
+        except OSError as error:
+            raise UsageError(
+                f"--out {out}: cannot remove the previous {ERROR_LOG} ({error.strerror or error})."
+            ) from None
+
+
+def _parse_indices(text: str | None) -> list[int] | None:
+    """``--indices 3,17,42`` (or with spaces).
+
+    Example:
+        >>> _parse_indices("3, 17 42")
+        [3, 17, 42]
+    """
+    if text is None:
+        return None
+    parts = text.replace(",", " ").split()
+    if not parts or not all(re.fullmatch(r"\d+", part) for part in parts):
+        raise UsageError(f"--indices takes data set indices >= 0, e.g. --indices 3,17,42, got {text!r}.")
+    return [int(part) for part in parts]
+
+
+def run_export_command(args: argparse.Namespace, command: list[str]) -> int:
+    """Run ``lightning-sas export-probes``; returns the exit status (0).
+
+    Raises:
+        UsageError: For any usage or input problem (also a data set that cannot be exported).
+        _Failure: For an unexpected exception (in the data set's code, or a bug).
+    """
+    from lightning_sas.normalization import check_normalization
+
+    spec = args.dataset
+    if not re.fullmatch(SPEC_PATTERN, spec):
+        raise UsageError(f"--dataset must be 'package.module:callable', got {spec!r}.")
+    if args.count is not None and args.indices is not None:
+        raise UsageError("give --count (a seeded, class-balanced selection) or --indices, not both.")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {args.seed}.")
+    indices = _parse_indices(args.indices)
+    try:
+        mean, std = check_normalization(_float_list(args.mean, "--mean"), _float_list(args.std, "--std"), prefix="--")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    class_names = _name_list(args.class_names)
+    out = Path(args.out)
+    _check_export_out(out)
+
+    from lightning_sas.checkpoint import import_object
+
+    with _stage(f"importing --dataset {spec}"):
+        try:
+            factory = import_object(spec)
+        except ModelLoadError as error:
+            raise UsageError(f"--dataset {error}") from None
+    if not callable(factory):
+        raise UsageError(f"--dataset {spec} is a {type(factory).__name__}, not a callable returning a Dataset.")
+    with _stage(f"calling --dataset {spec}"):
+        dataset = factory()
+    with _stage(f"exporting the data set of --dataset {spec} to --out {args.out}"):
+        from lightning_sas.export import ExportError, ExportFolderError, export_probes
+
+        try:
+            export_probes(
+                dataset,
+                out,
+                count=args.count,
+                indices=indices,
+                seed=args.seed,
+                mean=mean,
+                std=std,
+                class_names=class_names,
+            )
+        except ExportFolderError as error:
+            raise UsageError(f"--out {error}") from None
+        except ExportError as error:
+            raise UsageError(f"--dataset {spec}: {error}") from None
+        except OSError as error:
+            raise UsageError(f"--out {args.out}: cannot write ({error.strerror or error}).") from None
+    import json
+
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    entries = manifest["probes"]
+    masked = sum(entry["mask"] is not None for entry in entries)
+    clipped = [entry["file"] for entry in entries if entry["clipped"] > 0.01]
+    if clipped:
+        print(
+            f"{PROGRAM}: warning: over 1% of the pixel values of {len(clipped)} image(s) (e.g. {clipped[0]}) were "
+            "outside [0, 1] after de-normalisation and were clipped; are --mean/--std those of the data set?",
+            file=sys.stderr,
+        )
+    options = f"--probe {out} --labels {out / 'labels.csv'}" + (f" --masks {out / 'masks'}" if masked else "")
+    if mean is not None:
+        options += f" --mean {' '.join(f'{value:g}' for value in mean)}"
+    if std is not None:
+        options += f" --std {' '.join(f'{value:g}' for value in std)}"
+    if class_names is not None:
+        options += f" --class-names {','.join(class_names)}"
+    print(f"{PROGRAM}: exported {len(entries)} probe(s) ({masked} with a mask) to {out}")
+    print(f"audit them with: {PROGRAM} audit {options} --checkpoint ... --model ... --out ...")
+    return EXIT_OK
 
 
 # ----------------------------------------------------------------------------- errors
@@ -988,7 +1554,7 @@ def _report_unexpected(error: Exception, args: argparse.Namespace, command: Sequ
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 shortcut threshold crossed, 2 error).
+    """Run the command line; returns the exit status (0 ok, 1 the alert rule fired, 2 error).
 
     Args:
         argv: Arguments without the program name; ``None`` reads ``sys.argv``.
@@ -1006,15 +1572,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     command = [PROGRAM, *arguments]
+    run = run_export_command if args.command == "export-probes" else run_audit_command
     try:
-        return run_audit_command(args, command)
+        return run(args, command)
     except UsageError as error:
         print(f"{PROGRAM}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"{PROGRAM}: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # a bug or a failure in user code: one line, traceback to a file
+    except Exception as error:  # noqa: BLE001 - a bug or a failure in user code: one line, traceback to a file
         _report_unexpected(error, args, command)
         return EXIT_ERROR
 

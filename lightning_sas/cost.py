@@ -77,7 +77,8 @@ def audit_passes(
     if intervention_trials is not None:
         passes["intervention"] = ((intervention_trials + 1) * num_probes, False)
     if sanity_stages:
-        passes["sanity"] = (sanity_stages * sum(per_method.values()), True)
+        # The trained model's maps once more, then one attribution per randomisation stage.
+        passes["sanity"] = ((sanity_stages + 1) * sum(per_method.values()), True)
     return passes
 
 

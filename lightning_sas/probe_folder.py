@@ -7,7 +7,11 @@ probes with this module, and so can a script:
 * :func:`read_probe_folder`: every image in a folder (file-name order), converted to RGB or grey,
   resized, scaled to [0, 1], with its mask (same file name in the masks folder) and label;
   files that cannot be decoded are skipped and listed (:class:`SkippedFile`);
-* :func:`to_probes`: the folder as normalised tensors on a device.
+* :func:`to_probes`: the folder as normalised tensors on a device;
+* :func:`read_artifact_folder` and :func:`to_artifacts`: a folder of artifact patches with their
+  masks (``lightning-sas audit --artifacts DIR``), as
+  :class:`~lightning_sas.intervention.Artifacts` for the intervention test;
+* :func:`class_index`: a class given by name or index (``--artifact-class``).
 
 Problems with the inputs raise :class:`ProbeFolderError` (a ``ValueError``) with a message that
 names the file; callers add which option or argument it came from.
@@ -32,19 +36,26 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from lightning_sas.intervention import Artifacts
     from lightning_sas.probes import Probes
 
 __all__ = [
+    "ARTIFACT_MASKS_FOLDER",
+    "ARTIFACT_MASK_SUFFIX",
     "IMAGE_EXTENSIONS",
+    "ArtifactFolder",
     "ProbeFolder",
     "ProbeFolderError",
     "SkippedFile",
+    "class_index",
     "decode_image",
     "image_files",
     "prepare_image",
     "prepare_mask",
+    "read_artifact_folder",
     "read_labels",
     "read_probe_folder",
+    "to_artifacts",
     "to_probes",
 ]
 
@@ -52,6 +63,10 @@ __all__ = [
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: First cells of a header row in a labels file.
 _HEADER_NAMES = ("filename", "file", "name", "image")
+#: Sub-folder of an artifact folder that holds the patches' masks (same file names).
+ARTIFACT_MASKS_FOLDER = "masks"
+#: Alternatively, a patch's mask lies beside it with this suffix: ``ruler.png`` + ``ruler_mask.png``.
+ARTIFACT_MASK_SUFFIX = "_mask"
 
 
 class ProbeFolderError(ValueError):
@@ -77,6 +92,7 @@ class ProbeFolder:
         labels: Class index per probe, -1 where unknown.
         file_hashes: SHA-256 of each probe's file bytes.
         skipped: Files that could not be used, with the reason.
+        file_sizes: ``(height, width)`` of each probe's file, before resizing.
     """
 
     names: list[str] = field(default_factory=list)
@@ -85,6 +101,7 @@ class ProbeFolder:
     labels: list[int] = field(default_factory=list)
     file_hashes: list[str] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
+    file_sizes: list[tuple[int, int]] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- labels
@@ -167,6 +184,41 @@ def _label_index(label: str, class_names: Sequence[str] | None, source: str, whe
     raise ProbeFolderError(
         f"{where}: label {label!r} is neither a class index nor one of {source} ({','.join(names)}){suggestion}"
     )
+
+
+def class_index(text: str, class_names: Sequence[str] | None, *, source: str = "the class names") -> int:
+    """A class given as a name from ``class_names`` or as an index (``--artifact-class``).
+
+    Args:
+        text: A class name or a non-negative index.
+        class_names: Class names by index, or ``None``.
+        source: How messages refer to ``class_names`` (the CLI says ``--class-names``).
+
+    Raises:
+        ProbeFolderError: For a negative or out-of-range index, a name without class names to
+            look it up in, or an unknown name (with a "did you mean" suggestion).
+
+    Example:
+        >>> class_index("malignant", ["benign", "malignant"]), class_index("0", None)
+        (1, 0)
+    """
+    names = list(class_names or [])
+    label = text.strip()
+    if label in names:
+        return names.index(label)
+    if re.fullmatch(r"[+-]?\d+", label):
+        index = int(label)
+        if index < 0 or (names and index >= len(names)):
+            allowed = f"0..{len(names) - 1} for the {len(names)} classes of {source}" if names else "an index >= 0"
+            raise ProbeFolderError(f"class index {index} is out of range; use {allowed}.")
+        return index
+    if not names:
+        raise ProbeFolderError(f"{label!r} is not a class index, and {source} are not given to look the name up in.")
+    close = difflib.get_close_matches(label, names, n=1, cutoff=0.6)
+    if not close:
+        close = [name for name in names if name.lower() == label.lower()][:1]
+    suggestion = f"; did you mean {close[0]!r}?" if close else "."
+    raise ProbeFolderError(f"{label!r} is neither a class index nor one of {source} ({','.join(names)}){suggestion}")
 
 
 # ----------------------------------------------------------------------------- images
@@ -393,6 +445,7 @@ def read_probe_folder(
         folder.masks.append(mask)
         folder.labels.append(labels.get(path.name, -1))
         folder.file_hashes.append(hashlib.sha256(data).hexdigest())
+        folder.file_sizes.append((int(pixels.shape[0]), int(pixels.shape[1])))
     if not folder.names:
         reasons = "; ".join(f"{item.file}: {item.reason}" for item in folder.skipped)
         raise ProbeFolderError(f"{probe_dir}: no readable image ({reasons}).")
@@ -427,4 +480,209 @@ def to_probes(
         roi=torch.from_numpy(np.stack(folder.masks)).to(device),
         names=list(folder.names),
         indices=[-1] * len(folder.names),
+    )
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+
+@dataclass
+class ArtifactFolder:
+    """Artifact patches read from disk, before they become tensors (see :func:`read_artifact_folder`).
+
+    Attributes:
+        names: File names of the patches, in order.
+        patches: ``[h, w, C]`` float32 arrays in [0, 1], all of one size.
+        masks: ``[h, w]`` bool arrays: the artifact's pixels in each patch.
+        mask_sources: Where each mask came from: a file name relative to the folder, or
+            ``"alpha"`` (the patch's transparency).
+        file_hashes: SHA-256 of each patch file's bytes.
+        full_size: Whether the patches are whole probe-sized images (resized to the probes' size
+            and pasted where they are) rather than small patches (kept at their size, pasted at
+            seeded random positions).
+    """
+
+    names: list[str] = field(default_factory=list)
+    patches: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    mask_sources: list[str] = field(default_factory=list)
+    file_hashes: list[str] = field(default_factory=list)
+    full_size: bool = False
+
+
+def _artifact_mask_file(directory: Path, image_name: str) -> Path | None:
+    """``DIR/masks/<name>`` (any image extension), else ``DIR/<stem>_mask.<ext>``."""
+    masks = directory / ARTIFACT_MASKS_FOLDER
+    if masks.is_dir():
+        found = _mask_file(masks, image_name)
+        if found is not None:
+            return found
+    stem = Path(image_name).stem
+    for extension in IMAGE_EXTENSIONS:
+        for candidate in (
+            directory / f"{stem}{ARTIFACT_MASK_SUFFIX}{extension}",
+            directory / f"{stem}{ARTIFACT_MASK_SUFFIX}{extension.upper()}",
+        ):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def read_artifact_folder(
+    directory: Path | str,
+    *,
+    size: int | Sequence[int],
+    channels: int,
+    probe_file_sizes: Sequence[Sequence[int]] = (),
+) -> ArtifactFolder:
+    """Read a folder of artifact patches and their masks.
+
+    Layout: every image in ``directory`` (:data:`IMAGE_EXTENSIONS`, file-name order) is a patch,
+    except files named ``<stem>_mask.<ext>``. A patch's mask is ``directory/masks/<its file
+    name>`` (any image extension), else ``directory/<stem>_mask.<ext>``, else the patch's alpha
+    channel (a PNG with transparency: opaque pixels are the artifact). Nonzero mask pixels are
+    the artifact; a mask has its patch's size.
+
+    A patch as large as the probes (``size``) or as a probe file (``probe_file_sizes``) is a
+    whole image with the artifact where it really is: it is resized to ``size`` like the probes
+    (bilinear; its mask with nearest neighbours) and pasted at its place. Any other patch keeps
+    its pixel size and is pasted at seeded random positions; it must fit in ``size``, and
+    patches of different sizes are padded (bottom and right, outside their masks) to the
+    largest. Whole images and small patches cannot be mixed.
+
+    Args:
+        directory: The artifact folder.
+        size: ``N`` or ``(height, width)`` of the probes.
+        channels: 3 (RGB) or 1 (grey), as the probes.
+        probe_file_sizes: ``(height, width)`` of the probe files before resizing
+            (:attr:`ProbeFolder.file_sizes`).
+
+    Returns:
+        The patches and masks, in [0, 1] (not normalised; see :func:`to_artifacts`).
+
+    Raises:
+        ProbeFolderError: If the folder holds no patch, a patch or mask cannot be decoded, a
+            patch has no mask or an empty one, a mask's size differs from its patch's, a small
+            patch is larger than the probes, or whole images and small patches are mixed. The
+            message starts with the folder or the file.
+    """
+    import numpy as np
+
+    directory = Path(directory)
+    height, width = _height_width(size)
+    full_sizes = {(height, width), *((int(h), int(w)) for h, w in probe_file_sizes)}
+    files = [path for path in image_files(directory) if not path.stem.endswith(ARTIFACT_MASK_SUFFIX)]
+    if not files:
+        raise ProbeFolderError(
+            f"{directory}: no artifact patch images ({', '.join(IMAGE_EXTENSIONS)}); put each patch in the folder "
+            f"and its mask in {ARTIFACT_MASKS_FOLDER}/ with the same file name."
+        )
+    folder = ArtifactFolder()
+    kinds: dict[bool, str] = {}
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise ProbeFolderError(f"{path}: cannot be read ({error.strerror or error}).") from None
+        pixels = decode_image(data)
+        if pixels is None:
+            raise ProbeFolderError(f"{path}: not a decodable image (corrupt or unsupported format).")
+        patch_size = (int(pixels.shape[0]), int(pixels.shape[1]))
+        mask_path = _artifact_mask_file(directory, path.name)
+        if mask_path is not None:
+            try:
+                mask_pixels = decode_image(mask_path.read_bytes())
+            except OSError as error:
+                raise ProbeFolderError(f"{mask_path}: cannot be read ({error.strerror or error}).") from None
+            if mask_pixels is None:
+                raise ProbeFolderError(f"{mask_path}: the mask of {path.name} is not a decodable image.")
+            if mask_pixels.shape[:2] != patch_size:
+                raise ProbeFolderError(
+                    f"{mask_path}: the mask is {mask_pixels.shape[0]}x{mask_pixels.shape[1]} pixels but its patch "
+                    f"{path.name} is {patch_size[0]}x{patch_size[1]}; a mask has its patch's size."
+                )
+            source = str(mask_path.relative_to(directory))
+        elif pixels.ndim == 3 and pixels.shape[2] == 4:
+            alpha = pixels[..., 3]
+            mask_pixels = alpha >= (np.iinfo(alpha.dtype).max + 1) // 2 if alpha.dtype.kind == "u" else alpha >= 0.5
+            mask_pixels = mask_pixels.astype(np.uint8)
+            source = "alpha"
+        else:
+            raise ProbeFolderError(
+                f"{path}: the artifact patch has no mask; put it in {directory / ARTIFACT_MASKS_FOLDER / path.name} "
+                f"or {directory / (path.stem + ARTIFACT_MASK_SUFFIX + '.png')}, or give the patch an alpha channel."
+            )
+        full = patch_size in full_sizes
+        kinds.setdefault(full, path.name)
+        if len(kinds) > 1:
+            raise ProbeFolderError(
+                f"{directory}: {kinds[True]} is a whole probe-sized image but {kinds[False]} is a small patch; "
+                "give either whole images (artifact in place) or small patches, not both."
+            )
+        target = (height, width) if full else patch_size
+        if not full and (patch_size[0] > height or patch_size[1] > width):
+            raise ProbeFolderError(
+                f"{path}: the patch is {patch_size[0]}x{patch_size[1]} pixels, larger than the probes' "
+                f"{height}x{width} (--image-size) and not the size of a probe file; crop it to the artifact."
+            )
+        try:
+            patch = prepare_image(pixels, target, channels)
+        except ValueError as error:
+            raise ProbeFolderError(f"{path}: cannot be converted ({error}).") from None
+        mask = prepare_mask(mask_pixels, target)
+        if not mask.any():
+            where = "its alpha channel is fully transparent" if source == "alpha" else f"{source} is empty"
+            raise ProbeFolderError(f"{path}: the artifact mask marks no pixel ({where}).")
+        folder.names.append(path.name)
+        folder.patches.append(patch)
+        folder.masks.append(mask)
+        folder.mask_sources.append(source)
+        folder.file_hashes.append(hashlib.sha256(data).hexdigest())
+    folder.full_size = bool(next(iter(kinds)))
+    # Small patches of several sizes: pad to the largest (outside the masks, so nothing extra is pasted).
+    rows = max(patch.shape[0] for patch in folder.patches)
+    columns = max(patch.shape[1] for patch in folder.patches)
+    for position, (patch, mask) in enumerate(zip(folder.patches, folder.masks, strict=True)):
+        pad = ((0, rows - patch.shape[0]), (0, columns - patch.shape[1]))
+        if any(after for _, after in pad):
+            folder.patches[position] = np.pad(patch, (*pad, (0, 0)))
+            folder.masks[position] = np.pad(mask, pad)
+    return folder
+
+
+def to_artifacts(
+    folder: ArtifactFolder,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    target_class: int,
+    trials: int = 4,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> Artifacts:
+    """The folder's patches as :class:`~lightning_sas.intervention.Artifacts`, normalised like the probes.
+
+    Args:
+        folder: From :func:`read_artifact_folder`.
+        mean: One value per channel, as for :func:`to_probes`.
+        std: One value per channel.
+        target_class: The class the artifact is suspected to push predictions to.
+        trials: Pastes per probe.
+        seed: Seed of the paste positions and patch choices.
+        device: Where the tensors go.
+    """
+    import numpy as np
+    import torch
+
+    from lightning_sas.intervention import Artifacts
+
+    patches = torch.from_numpy(np.stack(folder.patches)).permute(0, 3, 1, 2).contiguous()
+    mean_tensor = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+    std_tensor = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+    return Artifacts(
+        target_class=target_class,
+        patches=((patches - mean_tensor) / std_tensor).to(device),
+        masks=torch.from_numpy(np.stack(folder.masks)).to(device),
+        trials=trials,
+        seed=seed,
     )

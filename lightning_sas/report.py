@@ -1,17 +1,34 @@
 """What a command-line audit leaves behind: ``summary.json`` for machines, ``report.html`` for people.
 
-``summary.json`` (schema version 1) holds the per-method means, the per-probe scores, the probe
+``summary.json`` (schema version 2) holds the per-method means, the per-probe scores, the probe
 manifest with content hashes, the skipped files, the versions and the command line; NaN is
 written as ``null``. A probe's ``sha256`` is :func:`~lightning_sas.probes.content_hash` of the
 tensor the model saw (as in the callback's manifest: it changes with ``--image-size`` and
 ``--mean``/``--std``); ``file_sha256`` is the hash of the file's bytes. With a previous summary
 as baseline, the changes per method and per probe are added under ``"baseline"``.
 
-An audit can be incomplete: ``"errors"`` maps each method that failed to its error (such a
-method has no scores), and ``"nonfinite"`` maps a method to the files whose model output or
-map was NaN/inf; those probes' scores are ``null`` (never a chance-level number) and are left
-out of the method's mean. Each probe also records ``roi_area``, the share of the image its mask
-covers: the chance level of its ``roi_share`` and ``roi_mass``.
+The shortcut decision is ``"verdict"``: what :func:`lightning_sas.verdict.decide` concluded
+from the method means and the intervention's flip rate under the alert rule (``"rule"``),
+shared with the training callback: ``alert``, one ``reasons`` sentence per crossed criterion,
+``crossed`` as ``{"criterion", "method"}`` pairs (``method`` is ``null`` for the flip rate),
+the criteria ``checked``, and per crossed method its ``top_probes``.
+
+Besides ``roi_share``/``roi_mass``, each method has ``roi_lift`` (``roi_share`` over its chance
+level, the ROI's area share) per probe and as a mean; with faithfulness on (``"faithfulness"``
+not ``null``), ``deletion_auc``/``insertion_auc`` per probe and as means (with
+``insertion_minus_deletion``); with artifacts, ``"intervention"`` (flip rate, mean
+probability change, per-probe flips); with the sanity check, ``"sanity"`` (similarity per
+randomisation stage and the flagged methods).
+
+Version 2 replaced version 1's ``threshold``, ``threshold_checked``, ``crossed`` and
+``shortcuts`` by ``verdict``; :func:`load_summary` reads both versions as baselines.
+
+An audit can be incomplete: ``"errors"`` maps each method that failed (and ``faithfulness``
+or ``sanity`` when that part failed) to its error (a failed method has no scores), and
+``"nonfinite"`` maps a method to the files whose model output or map was NaN/inf; those
+probes' scores are ``null`` (never a chance-level number) and are left out of the method's
+mean. Each probe also records ``roi_area``, the share of the image its mask covers: the chance
+level of its ``roi_share`` and ``roi_mass``.
 
 ``report.html`` is one self-contained file: every picture is embedded as a base64 PNG, the CSS
 is inline, and every piece of text that comes from the user (file names, labels, class names,
@@ -29,7 +46,7 @@ import os
 from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,26 +56,39 @@ from lightning_sas.audit import AuditResult
 from lightning_sas.probe_folder import SkippedFile
 from lightning_sas.probes import Probes, class_label
 from lightning_sas.render import overlay, to_display, to_uint8
+from lightning_sas.verdict import AlertRule, Verdict
+
+if TYPE_CHECKING:
+    from lightning_sas.faithfulness import Faithfulness
+    from lightning_sas.sanity import SanityResult
 
 __all__ = [
+    "AUDIT_PARTS",
     "SUMMARY_VERSION",
     "SkippedFile",
     "build_summary",
     "compare_with_baseline",
-    "crossed_methods",
     "json_number",
     "load_summary",
+    "method_errors",
     "probe_pictures",
     "render_report",
     "report_title",
+    "rule_record",
+    "rule_text",
+    "verdict_text",
     "write_report",
     "write_summary",
 ]
 
 #: Version of the ``summary.json`` layout; bumped when a field changes meaning.
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
+#: Summary versions :func:`load_summary` accepts as a baseline.
+READABLE_VERSIONS = (1, 2)
 #: How many probes the shortcut message names per method.
 TOP_PROBES = 3
+#: Names in ``"errors"`` that are parts of the audit rather than methods.
+AUDIT_PARTS = ("faithfulness", "sanity")
 
 
 def json_number(value: float | None) -> float | None:
@@ -69,13 +99,73 @@ def json_number(value: float | None) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def crossed_methods(method_means: Mapping[str, Mapping[str, float | None]], threshold: float) -> list[str]:
-    """Methods whose mean ``roi_share`` is above ``threshold`` (methods without a mean never cross)."""
-    return [
-        name
-        for name, means in method_means.items()
-        if means.get("roi_share") is not None and float(means["roi_share"]) > threshold
-    ]
+def method_errors(summary: Mapping[str, Any]) -> dict[str, str]:
+    """The ``"errors"`` of failed methods (without those of faithfulness or the sanity check)."""
+    return {name: message for name, message in (summary.get("errors") or {}).items() if name not in AUDIT_PARTS}
+
+
+def rule_record(rule: AlertRule) -> dict[str, float | None]:
+    """The alert rule as it goes into ``summary.json``.
+
+    Example:
+        >>> rule_record(AlertRule())
+        {'min_lift': 8.0, 'min_flip_rate': 0.25, 'max_roi_share': None}
+    """
+    return {"min_lift": rule.min_lift, "min_flip_rate": rule.min_flip_rate, "max_roi_share": rule.max_roi_share}
+
+
+def rule_text(rule: Mapping[str, float | None]) -> str:
+    """The alert rule in words.
+
+    Example:
+        >>> rule_text({"min_lift": 8.0, "min_flip_rate": 0.25, "max_roi_share": None})
+        "a method's mean roi_lift above 8, or the artifact's flip rate above 0.25"
+    """
+    parts = []
+    if rule.get("min_lift") is not None:
+        parts.append(f"a method's mean roi_lift above {rule['min_lift']:g}")
+    if rule.get("max_roi_share") is not None:
+        parts.append(f"a method's mean roi_share above {rule['max_roi_share']:g}")
+    if rule.get("min_flip_rate") is not None:
+        parts.append(f"the artifact's flip rate above {rule['min_flip_rate']:g}")
+    if not parts:
+        return "no criterion (every criterion is off)"
+    return ", ".join(parts[:-1]) + (", or " if len(parts) > 1 else "") + parts[-1]
+
+
+def verdict_text(summary: Mapping[str, Any]) -> str:
+    """One line on the verdict for people (the top probes of each crossed method included)."""
+    verdict = summary["verdict"]
+    if not verdict["alert"]:
+        return str(verdict["summary"])
+    reasons = list(verdict["reasons"])
+    for method, top in verdict["top_probes"].items():
+        files = ", ".join(f"{item['file']} {item['roi_share']:.3f}" for item in top if item["roi_share"] is not None)
+        if files:
+            reasons.append(f"{method}'s highest roi_share: {files}")
+    return "SHORTCUT: " + "; ".join(reasons)
+
+
+def _top_probes(verdict: Verdict, probe_entries: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per method that crossed a criterion, the probes with the highest score of that criterion."""
+    top: dict[str, list[dict[str, Any]]] = {}
+    for criterion, method in verdict.crossed:
+        if method is None or method in top or criterion not in ("roi_lift", "roi_share"):
+            continue
+        ranked = sorted(
+            (entry for entry in probe_entries if entry[criterion].get(method) is not None),
+            key=lambda entry: entry[criterion][method],
+            reverse=True,
+        )
+        top[method] = [
+            {"file": entry["file"], "roi_share": entry["roi_share"][method], "roi_lift": entry["roi_lift"][method]}
+            for entry in ranked[:TOP_PROBES]
+        ]
+    return top
+
+
+def _per_probe(values: torch.Tensor | None, position: int) -> float | None:
+    return None if values is None else json_number(values[position])
 
 
 def build_summary(
@@ -84,39 +174,56 @@ def build_summary(
     *,
     skipped: Sequence[SkippedFile],
     file_hashes: Sequence[str],
-    threshold: float,
+    verdict: Verdict,
+    rule: AlertRule,
     class_names: Sequence[str] | None,
     run: Mapping[str, Any],
+    faithfulness: Faithfulness | None = None,
+    artifacts: Mapping[str, Any] | None = None,
+    sanity: SanityResult | None = None,
 ) -> dict[str, Any]:
     """The ``summary.json`` content of one audit (without the baseline comparison).
 
     Args:
-        result: The audit's maps and scores (with its ``errors`` and ``nonfinite`` probes).
+        result: The audit's maps and scores (with its ``errors``, ``nonfinite`` probes,
+            faithfulness curves and intervention).
         probes: The probes that were audited (``names`` are the file names).
         skipped: Files that were not audited, with the reason.
         file_hashes: SHA-256 of each probe's file bytes, in probe order.
-        threshold: The shortcut threshold on the mean ``roi_share``.
+        verdict: What :func:`~lightning_sas.verdict.decide` concluded for this audit.
+        rule: The alert rule it applied.
         class_names: Names of the classes by index, or ``None``.
         run: What identifies the run: ``command``, ``checkpoint``, ``model``, ``model_class``,
             ``device``, ``image_size``, ``mean``, ``std``, ``target``, versions; copied to the
             top level.
+        faithfulness: The faithfulness settings, when faithfulness was measured.
+        artifacts: What describes the artifacts (folder, files, class, trials, seed), when the
+            intervention was measured; completed with its results.
+        sanity: The sanity check's result, when it ran.
 
     Returns:
         A JSON-serialisable dict (NaN already replaced by ``None``).
     """
     has_roi = probes.has_roi.cpu()
     roi_area = probes.roi.flatten(1).float().mean(dim=1).cpu()
+    chance = torch.where(has_roi, roi_area, torch.full_like(roi_area, float("nan")))
+    means = result.mean_scores()
+    faithfulness_means = result.faithfulness_means()
     method_means: dict[str, dict[str, Any]] = {}
     for name in result.maps:
         shares = result.roi_share[name].float().cpu()
-        masses = result.roi_mass[name].float().cpu()
+        scores = means.get(name, {})
         method_means[name] = {
-            # nanmean: probes without a mask and probes with a non-finite map are left out.
-            "roi_share": json_number(shares.nanmean()) if bool(has_roi.any()) else None,
-            "roi_mass": json_number(masses.nanmean()) if bool(has_roi.any()) else None,
+            # Means over the probes with a mask and a finite map (None when there are none).
+            "roi_share": json_number(scores.get("roi_share")),
+            "roi_lift": json_number(scores.get("roi_lift")),
+            "roi_mass": json_number(scores.get("roi_mass")),
             "probes_with_mask": int(has_roi.sum()),
             "probes_scored": int((has_roi & ~torch.isnan(shares)).sum()),
         }
+        if faithfulness is not None:
+            for key in ("deletion_auc", "insertion_auc", "insertion_minus_deletion"):
+                method_means[name][key] = json_number(faithfulness_means.get(name, {}).get(key))
     nonfinite_positions = {name: list(positions) for name, positions in result.nonfinite.items() if positions}
     manifest = probes.manifest()
     for entry in manifest:
@@ -125,43 +232,74 @@ def build_summary(
     predictions = result.predictions.cpu().tolist()
     confidences = result.confidences.float().cpu().tolist()
     targets = result.targets.cpu().tolist()
+    lifts = {name: result.roi_share[name].float().cpu() / chance for name in result.maps}
+    curves = {name: result.faithfulness.get(name) for name in result.maps} if faithfulness is not None else {}
+    deletion = {name: None if c is None else c.deletion_auc.float().cpu() for name, c in curves.items()}
+    insertion = {name: None if c is None else c.insertion_auc.float().cpu() for name, c in curves.items()}
+    intervention = result.intervention
     probe_entries = []
     for position, entry in enumerate(manifest):
         label = int(labels[position])
         confidence = json_number(confidences[position])
         # Non-finite logits have no predicted class: argmax over NaN picks an arbitrary index.
         prediction = int(predictions[position]) if confidence is not None else None
-        probe_entries.append(
-            {
-                "file": entry["name"],
-                "sha256": entry["sha256"],
-                "file_sha256": file_hashes[position],
-                "label": label if label >= 0 else None,
-                "label_name": class_label(label, class_names) if label >= 0 else None,
-                "prediction": prediction,
-                "prediction_name": class_label(prediction, class_names) if prediction is not None else None,
-                "confidence": confidence,
-                "target": int(targets[position]),
-                "has_mask": bool(has_roi[position]),
-                "roi_area": json_number(roi_area[position]) if bool(has_roi[position]) else None,
-                "nonfinite": [name for name, positions in nonfinite_positions.items() if position in positions],
-                "roi_share": {name: json_number(result.roi_share[name][position]) for name in result.maps},
-                "roi_mass": {name: json_number(result.roi_mass[name][position]) for name in result.maps},
+        probe: dict[str, Any] = {
+            "file": entry["name"],
+            "sha256": entry["sha256"],
+            "file_sha256": file_hashes[position],
+            "label": label if label >= 0 else None,
+            "label_name": class_label(label, class_names) if label >= 0 else None,
+            "prediction": prediction,
+            "prediction_name": class_label(prediction, class_names) if prediction is not None else None,
+            "confidence": confidence,
+            "target": int(targets[position]),
+            "has_mask": bool(has_roi[position]),
+            "roi_area": json_number(roi_area[position]) if bool(has_roi[position]) else None,
+            "nonfinite": [name for name, positions in nonfinite_positions.items() if position in positions],
+            "roi_share": {name: json_number(result.roi_share[name][position]) for name in result.maps},
+            "roi_lift": {name: json_number(lifts[name][position]) for name in result.maps},
+            "roi_mass": {name: json_number(result.roi_mass[name][position]) for name in result.maps},
+        }
+        if faithfulness is not None:
+            probe["deletion_auc"] = {name: _per_probe(values, position) for name, values in deletion.items()}
+            probe["insertion_auc"] = {name: _per_probe(values, position) for name, values in insertion.items()}
+        if intervention is not None:
+            flipped = intervention.flipped[position].cpu()
+            eligible = bool(intervention.eligible[position])
+            probe["intervention"] = {
+                "eligible": eligible,
+                # Pastes that moved the prediction to the artifact's class (only counted for eligible probes).
+                "flipped": int(flipped.sum()) if eligible else None,
+                "trials": int(flipped.numel()),
+                "probability_change": json_number(intervention.probability_change[position].float().mean()),
             }
-        )
-    crossed = crossed_methods(method_means, threshold)
-    shortcuts = {}
-    for name in crossed:
-        ranked = sorted(
-            (entry for entry in probe_entries if entry["roi_share"][name] is not None),
-            key=lambda entry: entry["roi_share"][name],
-            reverse=True,
-        )
-        shortcuts[name] = {
-            "roi_share": method_means[name]["roi_share"],
-            "top_probes": [
-                {"file": entry["file"], "roi_share": entry["roi_share"][name]} for entry in ranked[:TOP_PROBES]
-            ],
+        if sanity is not None:
+            probe["sanity_similarity"] = {
+                name: [json_number(value) for value in values[:, position].tolist()]
+                for name, values in sanity.per_probe.items()
+            }
+        probe_entries.append(probe)
+    intervention_record = None
+    if intervention is not None:
+        target_class = int(intervention.target_class)
+        intervention_record = {
+            **dict(artifacts or {}),
+            "target_class": target_class,
+            "target_class_name": class_label(target_class, class_names),
+            "flip_rate": json_number(intervention.flip_rate),
+            "mean_probability_change": json_number(intervention.mean_probability_change),
+            "eligible_probes": int(intervention.eligible.sum()),
+            "probes_flipped": int((intervention.flipped & intervention.eligible[:, None]).any(dim=1).sum()),
+        }
+    sanity_record = None
+    if sanity is not None:
+        sanity_record = {
+            "stages": [list(stage) for stage in sanity.stages],
+            "threshold": float(sanity.threshold),
+            "similarity": {
+                name: [json_number(value) for value in values.tolist()] for name, values in sanity.similarity.items()
+            },
+            "flagged": list(sanity.flagged),
         }
     return {
         "version": SUMMARY_VERSION,
@@ -174,10 +312,20 @@ def build_summary(
         "nonfinite": {
             name: [probes.names[position] for position in positions] for name, positions in nonfinite_positions.items()
         },
-        "threshold": float(threshold),
-        "threshold_checked": bool(has_roi.any()),
-        "crossed": crossed,
-        "shortcuts": shortcuts,
+        "verdict": {
+            "alert": bool(verdict.alert),
+            "summary": verdict.summary(),
+            "reasons": list(verdict.reasons),
+            "crossed": [{"criterion": criterion, "method": method} for criterion, method in verdict.crossed],
+            "checked": list(verdict.checked),
+            "rule": rule_record(rule),
+            "top_probes": _top_probes(verdict, probe_entries),
+        },
+        "faithfulness": (
+            None if faithfulness is None else {"steps": faithfulness.steps, "baseline": _baseline_name(faithfulness)}
+        ),
+        "intervention": intervention_record,
+        "sanity": sanity_record,
         "probes": probe_entries,
         "manifest": manifest,
         "skipped": [{"file": item.file, "reason": item.reason} for item in skipped],
@@ -185,11 +333,17 @@ def build_summary(
     }
 
 
+def _baseline_name(faithfulness: Faithfulness) -> str | float:
+    baseline = faithfulness.baseline
+    return baseline if isinstance(baseline, str | int | float) else "tensor"
+
+
 def load_summary(path: os.PathLike[str] | str) -> dict[str, Any]:
     """Read a previous ``summary.json``.
 
     Raises:
-        ValueError: If the file is not JSON or not a version-1 summary (the message says which).
+        ValueError: If the file is not JSON or not a summary of a readable version (1 or 2; the
+            message says which).
         OSError: If the file cannot be read.
     """
     with open(path, encoding="utf-8") as file:
@@ -197,8 +351,9 @@ def load_summary(path: os.PathLike[str] | str) -> dict[str, Any]:
             summary = json.load(file)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}).") from None
-    if not isinstance(summary, dict) or summary.get("version") != SUMMARY_VERSION:
-        raise ValueError(f"{path} is not a lightning-sas summary.json of version {SUMMARY_VERSION}.")
+    if not isinstance(summary, dict) or summary.get("version") not in READABLE_VERSIONS:
+        versions = " or ".join(map(str, READABLE_VERSIONS))
+        raise ValueError(f"{path} is not a lightning-sas summary.json of version {versions}.")
     if not isinstance(summary.get("methods"), dict) or not isinstance(summary.get("probes"), list):
         raise ValueError(f"{path} lacks the 'methods' or 'probes' of a lightning-sas summary.")
     return summary
@@ -348,33 +503,56 @@ def _format_change(change: float | None) -> str:
 
 
 def _status(summary: Mapping[str, Any]) -> str:
-    threshold = summary["threshold"]
+    """The verdict box at the top: alert, clean, or nothing to check; failures and sanity flags too."""
+    verdict = summary["verdict"]
     errors = summary.get("errors") or {}
     parts = []
     if errors:
-        failed = "; ".join(f"<b>{escape(name)}</b> failed ({escape(message)})" for name, message in errors.items())
+        failed = "; ".join(
+            f"<b>{escape(name)}</b> {'could not be scored' if name in AUDIT_PARTS else 'failed'} ({escape(message)})"
+            for name, message in errors.items()
+        )
         parts.append(f"<p>Audit incomplete: {failed}. Failed methods have no scores.</p>")
-    if not summary["threshold_checked"]:
+    rule = f"The alert rule: {escape(rule_text(verdict['rule']))}."
+    if verdict["alert"]:
+        lines = []
+        for reason in verdict["reasons"]:
+            lines.append(f"<li>{escape(reason)}</li>")
+        for method, top in verdict["top_probes"].items():
+            files = ", ".join(
+                f"{escape(item['file'])} ({_format(item['roi_share'])}, lift {_format(item['roi_lift'], 1)})"
+                for item in top
+            )
+            lines.append(f"<li><b>{escape(method)}</b>: highest roi_share: {files}</li>")
+        parts.append(f"<p>Shortcut alert</p><ul>{''.join(lines)}</ul><p>{rule}</p>")
+        css = "alert"
+    elif not verdict["checked"]:
         parts.append(
-            f"<p>No probe has a mask: there is nothing to check against the shortcut threshold {threshold:g}.</p>"
+            "<p>Nothing to check: no probe has a mask and no artifact was given (--masks, --artifacts).</p>"
+            f"<p>{rule}</p>"
         )
         css = "neutral"
-    elif not summary["crossed"]:
-        parts.append(f"<p>No shortcut threshold crossed: every method's mean roi_share is at most {threshold:g}.</p>")
-        css = "ok"
     else:
-        lines = []
-        for name, shortcut in summary["shortcuts"].items():
-            top = ", ".join(f"{escape(item['file'])} ({item['roi_share']:.3f})" for item in shortcut["top_probes"])
-            lines.append(
-                f"<li><b>{escape(name)}</b>: mean roi_share {shortcut['roi_share']:.3f} &gt; {threshold:g}; "
-                f"highest: {top}</li>"
-            )
-        parts.append(f"Shortcut threshold crossed<ul>{''.join(lines)}</ul>")
-        css = "alert"
+        parts.append(
+            f"<p>No shortcut criterion crossed (checked: {escape(', '.join(verdict['checked']))}).</p><p>{rule}</p>"
+        )
+        css = "ok"
+    sanity = summary.get("sanity")
+    if sanity and sanity["flagged"]:
+        parts.append(f"<p>Sanity check: {escape(_sanity_warning(sanity))}</p>")
     if errors:
         css = "alert"
     return f'<div class="status {css}" id="status">{"".join(parts)}</div>'
+
+
+def _sanity_warning(sanity: Mapping[str, Any]) -> str:
+    flagged = sanity["flagged"]
+    finals = ", ".join(f"{name} {_format(sanity['similarity'][name][-1], 2)}" for name in flagged)
+    return (
+        f"the maps of {', '.join(flagged)} do not depend on the model's weights: with every parameter "
+        f"randomised they keep a rank similarity above {sanity['threshold']:g} to the trained model's maps "
+        f"({finals}); they explain the image, not the model. A warning, not an alert."
+    )
 
 
 def _problems_section(summary: Mapping[str, Any]) -> str:
@@ -384,7 +562,8 @@ def _problems_section(summary: Mapping[str, Any]) -> str:
     if not errors and not nonfinite:
         return ""
     items = [
-        f'<li class="error" data-method="{escape(name)}"><b>{escape(name)}</b> failed and has no maps: '
+        f'<li class="error" data-method="{escape(name)}"><b>{escape(name)}</b> '
+        f"{'could not be scored' if name in AUDIT_PARTS else 'failed and has no maps'}: "
         f"<code>{escape(message)}</code></li>"
         for name, message in errors.items()
     ]
@@ -420,23 +599,43 @@ def _meta_table(summary: Mapping[str, Any]) -> str:
 
 def _summary_table(summary: Mapping[str, Any]) -> str:
     baseline = summary.get("baseline")
-    header = "<th>method</th><th>mean roi_share</th><th>mean roi_mass</th><th>probes with a mask</th><th>status</th>"
+    faithful = summary.get("faithfulness") is not None
+    sanity = summary.get("sanity")
+    crossed = {(item["method"], item["criterion"]) for item in summary["verdict"]["crossed"]}
+    header = (
+        "<th>method</th><th>mean roi_share</th><th>mean roi_lift</th><th>mean roi_mass</th><th>probes with a mask</th>"
+    )
+    if faithful:
+        header += "<th>deletion AUC</th><th>insertion AUC</th><th>insertion − deletion</th>"
+    if sanity:
+        header += "<th>sanity similarity (last stage)</th>"
+    header += "<th>status</th>"
     if baseline:
         header += "<th>roi_share change</th><th>roi_mass change</th>"
     rows = []
     for name, means in summary["methods"].items():
-        crossed = name in summary["crossed"]
-        if crossed:
-            status = "crossed"
+        criteria = [criterion for method, criterion in crossed if method == name]
+        if criteria:
+            status = f"crossed ({', '.join(sorted(criteria))})"
         elif means["roi_share"] is not None:
             status = "ok"
         else:
             status = "no finite score" if means["probes_with_mask"] else "no mask"
         cells = (
             f"<td>{escape(name)}</td><td class='num'>{_format(means['roi_share'])}</td>"
+            f"<td class='num'>{_format(means.get('roi_lift'), 2)}</td>"
             f"<td class='num'>{_format(means['roi_mass'])}</td><td class='num'>{means['probes_with_mask']}</td>"
-            f"<td class='{'crossed' if crossed else ''}'>{status}</td>"
         )
+        if faithful:
+            cells += "".join(
+                f"<td class='num'>{_format(means.get(key))}</td>"
+                for key in ("deletion_auc", "insertion_auc", "insertion_minus_deletion")
+            )
+        if sanity:
+            values = sanity["similarity"].get(name) or [None]
+            flag = " crossed" if name in sanity["flagged"] else ""
+            cells += f"<td class='num{flag}'>{_format(values[-1], 2)}</td>"
+        cells += f"<td class='{'crossed' if criteria else ''}'>{status}</td>"
         row_class = ""
         if baseline:
             changes = baseline["methods"].get(name, {})
@@ -446,11 +645,82 @@ def _summary_table(summary: Mapping[str, Any]) -> str:
             if name in baseline["flagged_methods"]:
                 row_class = " flag"
         rows.append(f'<tr class="method{row_class}" data-method="{escape(name)}">{cells}</tr>')
-    for name in summary.get("errors") or {}:
-        cells = f"<td>{escape(name)}</td><td class='num'>–</td><td class='num'>–</td><td class='num'>–</td>"
+    for name in method_errors(summary):
+        empty = 4 + (3 if faithful else 0) + (1 if sanity else 0)
+        cells = f"<td>{escape(name)}</td>" + "<td class='num'>–</td>" * empty
         cells += "<td class='crossed'>failed</td>" + ("<td></td><td></td>" if baseline else "")
         rows.append(f'<tr class="method failed" data-method="{escape(name)}">{cells}</tr>')
     return f'<table id="summary"><tr>{header}</tr>{"".join(rows)}</table>'
+
+
+def _faithfulness_section(summary: Mapping[str, Any]) -> str:
+    settings = summary.get("faithfulness")
+    if not settings:
+        return ""
+    return (
+        '<h2>Faithfulness</h2><p id="faithfulness">Deletion and insertion curves (Petsiuk et al., 2018) in '
+        f"{settings['steps']} steps towards a {escape(str(settings['baseline']))} baseline: the probability of "
+        "the explained class while each map's top-ranked pixels are removed (deletion) or put back (insertion). "
+        "A faithful map has a low deletion AUC and a high insertion AUC.</p>"
+    )
+
+
+def _intervention_section(summary: Mapping[str, Any]) -> str:
+    record = summary.get("intervention")
+    if not record:
+        return ""
+    flip_rate = record["flip_rate"]
+    change = record["mean_probability_change"]
+    files = record.get("files") or []
+    placement = (
+        "whole images, pasted where the artifact is"
+        if record.get("full_size")
+        else "patches pasted at seeded random positions"
+    )
+    items = [
+        f"<li>artifacts: <code>{escape(str(record.get('folder')))}</code> ({len(files)} file(s): "
+        f"{escape(', '.join(files))}; {placement})</li>",
+        f"<li>suspected class: {escape(str(record['target_class_name']))}; {record.get('trials')} paste(s) per probe, "
+        f"seed {record.get('seed')}</li>",
+        f"<li>probes not already predicted as that class: {record['eligible_probes']}</li>",
+        f'<li id="flip-rate">flip rate: <b>{_format(flip_rate)}</b> (share of their pastes that moved the '
+        f"prediction to {escape(str(record['target_class_name']))}); mean change of its probability: "
+        f"<b>{_format_signed(change)}</b></li>",
+    ]
+    if flip_rate is None:
+        items.append("<li>no probe is eligible: the flip rate could not be measured</li>")
+    return f'<h2>Intervention</h2><ul id="intervention">{"".join(items)}</ul>'
+
+
+def _sanity_section(summary: Mapping[str, Any]) -> str:
+    sanity = summary.get("sanity")
+    if not sanity:
+        return ""
+    methods = list(sanity["similarity"])
+    header = "<th>stage</th><th>modules randomised</th>" + "".join(f"<th>{escape(name)}</th>" for name in methods)
+    rows = []
+    for position, stage in enumerate(sanity["stages"]):
+        shown = ", ".join(name or "(root)" for name in stage[:6]) + (f", … ({len(stage)})" if len(stage) > 6 else "")
+        cells = f"<td class='num'>{position + 1}</td><td><code>{escape(shown)}</code></td>"
+        for name in methods:
+            values = sanity["similarity"][name]
+            value = values[position] if position < len(values) else None
+            flag = " crossed" if name in sanity["flagged"] and position == len(sanity["stages"]) - 1 else ""
+            cells += f"<td class='num{flag}'>{_format(value, 2)}</td>"
+        rows.append(f'<tr class="stage">{cells}</tr>')
+    verdict = (
+        f"<p class='flag'>{escape(_sanity_warning(sanity))}</p>"
+        if sanity["flagged"]
+        else f"<p>No method flagged: every method's maps change once the weights are random "
+        f"(last-stage similarity at most {sanity['threshold']:g}).</p>"
+    )
+    return (
+        "<h2>Sanity check: model-parameter randomisation</h2>"
+        "<p>The parameters of a copy of the model are re-initialised in cumulative stages from the output end "
+        "(Adebayo et al., 2018); each cell is the median over the probes of the Spearman rank correlation "
+        "between the maps of the trained and the randomised model.</p>"
+        f'<table id="sanity"><tr>{header}</tr>{"".join(rows)}</table>{verdict}'
+    )
 
 
 def _baseline_section(summary: Mapping[str, Any]) -> str:
@@ -490,15 +760,24 @@ def _skipped_section(summary: Mapping[str, Any]) -> str:
 def _probe_table(summary: Mapping[str, Any], pictures: Sequence[Mapping[str, np.ndarray]]) -> str:
     methods = list(summary["methods"])
     baseline = summary.get("baseline")
+    faithful = summary.get("faithfulness") is not None
+    intervention = summary.get("intervention")
     changes = {entry["file"]: entry for entry in baseline["probes"]} if baseline else {}
     class_names = summary.get("class_names")
-    top_files = {
-        (name, item["file"]) for name, shortcut in summary["shortcuts"].items() for item in shortcut["top_probes"]
-    }
+    top_files = {(name, item["file"]) for name, top in summary["verdict"]["top_probes"].items() for item in top}
     header = "<th>file</th><th>image</th>"
     header += "".join(f"<th>{escape(name)}</th>" for name in methods)
     header += "<th>true class</th><th>predicted class</th><th>confidence</th><th>ROI area (chance)</th>"
-    header += "".join(f"<th>{escape(name)} roi_share</th><th>{escape(name)} roi_mass</th>" for name in methods)
+    header += "".join(
+        f"<th>{escape(name)} roi_share</th><th>{escape(name)} roi_lift</th><th>{escape(name)} roi_mass</th>"
+        for name in methods
+    )
+    if faithful:
+        header += "".join(
+            f"<th>{escape(name)} deletion AUC</th><th>{escape(name)} insertion AUC</th>" for name in methods
+        )
+    if intervention:
+        header += "<th>artifact flips</th><th>artifact Δp</th>"
     rows = []
     for entry, picture in zip(summary["probes"], pictures, strict=True):
         change = changes.get(entry["file"], {})
@@ -532,14 +811,25 @@ def _probe_table(summary: Mapping[str, Any], pictures: Sequence[Mapping[str, np.
                 title = " title='the model output or the map is not finite (NaN/inf)'"
             share_change = change.get("roi_share", {}).get(name)
             mass_change = change.get("roi_mass", {}).get(name)
+            plain = f"num{' nonfinite' if name in nonfinite else ''}"
             cells += (
                 f"<td class='num {' '.join(marks)}'{title}>{_format(entry['roi_share'][name])}"
                 f"{_format_change(share_change)}</td>"
             )
-            cells += (
-                f"<td class='num{' nonfinite' if name in nonfinite else ''}'{title}>"
-                f"{_format(entry['roi_mass'][name])}{_format_change(mass_change)}</td>"
-            )
+            cells += f"<td class='{plain}'{title}>{_format((entry.get('roi_lift') or {}).get(name), 2)}</td>"
+            cells += f"<td class='{plain}'{title}>{_format(entry['roi_mass'][name])}{_format_change(mass_change)}</td>"
+        if faithful:
+            for name in methods:
+                cells += f"<td class='num'>{_format(entry['deletion_auc'].get(name))}</td>"
+                cells += f"<td class='num'>{_format(entry['insertion_auc'].get(name))}</td>"
+        if intervention:
+            record = entry["intervention"]
+            if record["eligible"]:
+                mark = " crossed" if record["flipped"] else ""
+                cells += f"<td class='num{mark}'>{record['flipped']}/{record['trials']}</td>"
+            else:
+                cells += "<td class='num chance' title='already predicted as the artifact&#39;s class'>–</td>"
+            cells += f"<td class='num'>{_format_signed(record['probability_change'])}</td>"
         row_class = "probe flag" if flagged or change.get("prediction_changed") else "probe"
         if nonfinite:
             row_class += " nonfinite"
@@ -600,10 +890,13 @@ def render_report(summary: Mapping[str, Any], pictures: Sequence[Mapping[str, np
         f"{_problems_section(summary)}"
         f"<h2>Summary</h2>"
         f"<p>{len(summary['probes'])} probes audited ({probes_with_mask} with a mask), "
-        f"{len(summary['skipped'])} skipped; shortcut threshold on the mean roi_share: {summary['threshold']:g}. "
-        "roi_share: share of the map's |mask| highest-ranked pixels inside the mask; roi_mass: share of "
-        f"the map's total mass inside the mask; chance level is the mask's area share{chance}.</p>"
+        f"{len(summary['skipped'])} skipped. roi_share: share of the map's |mask| highest-ranked pixels inside "
+        "the mask; roi_lift: roi_share over its chance level, the mask's area share"
+        f"{chance}; roi_mass: share of the map's total mass inside the mask.</p>"
         f"{_summary_table(summary)}"
+        f"{_faithfulness_section(summary)}"
+        f"{_intervention_section(summary)}"
+        f"{_sanity_section(summary)}"
         f"{_meta_table(summary)}"
         f"{_baseline_section(summary)}"
         f"{_skipped_section(summary)}"

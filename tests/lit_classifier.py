@@ -161,6 +161,90 @@ class NaNClassifier(LitClassifier):
         return torch.where(bright[:, None], torch.full_like(logits, float("nan")), logits)
 
 
+class CornerBlind(LitClassifier):
+    """LitClassifier that never sees the top-left corner where the ruler is (it is zeroed first):
+    pasting the ruler there cannot change a prediction, whatever the weights learnt."""
+
+    def forward(self, images: Tensor) -> Tensor:
+        keep = torch.ones_like(images)
+        keep[..., :RULER_SIDE, :RULER_SIDE] = 0.0
+        return super().forward(images * keep)
+
+
+class WeightBlind(LitClassifier):
+    """Grad-CAM's maps of this model do not depend on its weights.
+
+    Its logits are ``(brightness, -brightness)`` of a parameter-free layer (so every probe is
+    predicted as class 0 for images in [0, 1]); the inherited parameters are never used.
+    Grad-CAM explains that layer (the only spatial one), so its map is the image's brightness
+    whatever the weights: the sanity check must flag it.
+    """
+
+    def __init__(
+        self, num_classes: int = 2, channels: int = 3, width: int = 8, lr: float = 0.01, extra: object = None
+    ) -> None:
+        super().__init__(num_classes=num_classes, channels=channels, width=width, lr=lr, extra=extra)
+        self.brightness = nn.ReLU()
+
+    def forward(self, images: Tensor) -> Tensor:
+        score = self.brightness(images).mean(dim=(1, 2, 3))
+        return torch.stack([score, -score], dim=1)
+
+
+# ----------------------------------------------------------------------------- data sets for export-probes
+
+#: Normalisation of :class:`RulerDataset`'s images.
+DATASET_MEAN = (0.5, 0.4, 0.3)
+DATASET_STD = (0.25, 0.2, 0.3)
+
+
+class RulerDataset(torch.utils.data.Dataset):
+    """Normalised ruler images as ``(image, label, roi)`` items; the ruler images (class 1) carry its mask.
+
+    Args:
+        count: Number of items.
+        seed: Seed of the images.
+        grey: One channel instead of three.
+    """
+
+    def __init__(self, count: int = 10, seed: int = 3, grey: bool = False) -> None:
+        images, self.labels = ruler_images(count, seed=seed)
+        if grey:
+            images = images.mean(dim=1, keepdim=True)
+            mean, std = torch.tensor(DATASET_MEAN[:1]), torch.tensor(DATASET_STD[:1])
+        else:
+            mean, std = torch.tensor(DATASET_MEAN), torch.tensor(DATASET_STD)
+        self.images = (images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, Tensor]:
+        label = int(self.labels[index])
+        roi = ruler_mask() if label == 1 else torch.zeros(IMAGE_SIZE, IMAGE_SIZE, dtype=torch.bool)
+        return self.images[index], label, roi
+
+
+def ruler_dataset() -> RulerDataset:
+    """An ``--dataset`` callable for ``lightning-sas export-probes``."""
+    return RulerDataset()
+
+
+def not_a_dataset() -> int:
+    """An ``--dataset`` callable that returns no data set."""
+    return 42
+
+
+def dataset_of_strings() -> list[str]:
+    """An ``--dataset`` callable whose items are not images."""
+    return ["not", "an", "image"]
+
+
+def dataset_raises() -> RulerDataset:
+    """An ``--dataset`` callable with a bug: it raises."""
+    raise RuntimeError("cannot reach the data server (a bug in the --dataset callable)")
+
+
 # ----------------------------------------------------------------------------- fixtures' helpers
 
 

@@ -74,6 +74,18 @@ def _reject_constant(name: str) -> float:
     raise AssertionError(f"summary.json holds {name}, which is not JSON")
 
 
+def assert_only_estimate(stderr: str) -> None:
+    """A clean audit's stderr: the one line estimating its time, nothing else (no bar: not a terminal)."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lightning-sas: estimated audit time "), stderr
+    assert "model passes" in lines[0]
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without the estimate line."""
+    return [line for line in stderr.strip().splitlines() if not line.startswith("lightning-sas: estimated ")]
+
+
 @contextmanager
 def single_thread() -> Iterator[None]:
     """Tiny models on a shared machine run fastest (and reproducibly) on one thread."""
@@ -200,7 +212,9 @@ def cli_runs(
 ) -> dict[str, Audit]:
     """Two audits side by side (most of their time is importing torch and Lightning).
 
-    ``nightly``: the installed console script, threshold 1.0 (a mean roi_share cannot be above it).
+    ``nightly``: the installed console script, ``--shortcut-threshold 1.0`` (a mean roi_share cannot
+    be above it; the default lift criterion cannot fire either: the ruler covers 14% of the image,
+    so the lift is at most 7.1).
     ``refused``: ``python -m lightning_sas`` on the checkpoint that needs unpickling.
     """
     root = tmp_path_factory.mktemp("audits")
@@ -294,23 +308,50 @@ def test_help_explains_every_option_with_an_example(capsys: pytest.CaptureFixtur
         assert action.option_strings[0] in text
         assert "e.g." in (action.help or ""), f"{action.option_strings[0]} has no example"
     assert "lightning-sas audit" in text and "exit status" in text
+    for needle in ("--artifacts", "--artifact-class", "--min-lift", "--min-flip-rate", "--no-faithfulness", "--sanity"):
+        assert needle in text
+    assert "artifacts folder" in text and "masks/<name>.png" in text and "export-probes" in text
+
+    assert main(["export-probes", "--help"]) == 0
+    text = capsys.readouterr().out
+    for action in commands.choices["export-probes"]._actions:
+        if action.option_strings == ["-h", "--help"]:
+            continue
+        assert action.option_strings[0] in text
+        assert "e.g." in (action.help or ""), f"{action.option_strings[0]} has no example"
+    assert "manifest.json" in text and "exit status" in text
 
 
 def test_nightly_audit_exits_0_and_writes_summary(first_audit: Audit, probe_set: ProbeSet) -> None:
     assert first_audit.process.returncode == 0, first_audit.process.stderr
-    assert "no shortcut threshold crossed" in first_audit.process.stdout
+    assert "no shortcut criterion crossed" in first_audit.process.stdout
+    assert_only_estimate(first_audit.process.stderr)
     summary = first_audit.summary
-    assert summary["version"] == 1
+    assert summary["version"] == 2
     for key, kind in {
         "created": str, "lightning_sas": str, "torch": str, "command": list, "checkpoint": str, "model": str,
-        "methods": dict, "threshold": float, "crossed": list, "probes": list, "skipped": list,
+        "methods": dict, "verdict": dict, "faithfulness": dict, "probes": list, "skipped": list,
     }.items():  # fmt: skip
         assert isinstance(summary[key], kind), key
+    for old_key in ("threshold", "threshold_checked", "crossed", "shortcuts"):
+        assert old_key not in summary
     assert summary["torch"] == torch.__version__
     assert summary["model"] == MODEL
     assert summary["command"][:2] == ["lightning-sas", "audit"] and "--shortcut-threshold" in summary["command"]
-    assert summary["threshold"] == 1.0 and summary["crossed"] == [] and summary["baseline"] is None
+    verdict = summary["verdict"]
+    assert verdict["alert"] is False and verdict["crossed"] == [] and verdict["reasons"] == []
+    assert verdict["rule"] == {"min_lift": 8.0, "min_flip_rate": 0.25, "max_roi_share": 1.0}
+    assert verdict["checked"] == ["roi_lift", "roi_share"]  # no artifacts: no flip rate
+    assert summary["baseline"] is None and summary["intervention"] is None and summary["sanity"] is None
     assert set(summary["methods"]) == set(METHODS)
+    # Faithfulness is on by default: finite AUCs per method and per probe.
+    assert summary["faithfulness"] == {"steps": 20, "baseline": "blur"}
+    for means in summary["methods"].values():
+        for key in ("deletion_auc", "insertion_auc"):
+            assert 0.0 <= means[key] <= 1.0, key
+        assert means["insertion_minus_deletion"] == pytest.approx(
+            means["insertion_auc"] - means["deletion_auc"], abs=1e-6
+        )
 
     probes = summary["probes"]
     assert [entry["file"] for entry in probes] == probe_set.names
@@ -328,10 +369,24 @@ def test_nightly_audit_exits_0_and_writes_summary(first_audit: Audit, probe_set:
             for score in ("roi_share", "roi_mass"):
                 value = entry[score][method]
                 assert (value is not None and 0.0 <= value <= 1.0) if has_mask else value is None
+            lift = entry["roi_lift"][method]
+            if has_mask:
+                assert lift == pytest.approx(entry["roi_share"][method] / entry["roi_area"], rel=1e-5)
+            else:
+                assert lift is None
+            assert math.isfinite(entry["deletion_auc"][method]) and math.isfinite(entry["insertion_auc"][method])
     for method, means in summary["methods"].items():
         shares = [entry["roi_share"][method] for entry in probes if entry["has_mask"]]
+        lifts = [entry["roi_lift"][method] for entry in probes if entry["has_mask"]]
+        deletions = [entry["deletion_auc"][method] for entry in probes]
         assert means["roi_share"] == pytest.approx(sum(shares) / len(shares), abs=1e-6)
+        assert means["roi_lift"] == pytest.approx(sum(lifts) / len(lifts), rel=1e-5)
+        assert means["deletion_auc"] == pytest.approx(sum(deletions) / len(deletions), abs=1e-6)
         assert means["probes_with_mask"] == len(probe_set.with_mask)
+        assert f"{method}: mean roi_share {means['roi_share']:.3f} (lift {means['roi_lift']:.2f}x chance)" in (
+            first_audit.process.stdout
+        )
+        assert f"deletion AUC {means['deletion_auc']:.3f}" in first_audit.process.stdout
     assert [item["name"] for item in summary["manifest"]] == probe_set.names
     assert [item["sha256"] for item in summary["manifest"]] == [entry["sha256"] for entry in probes]
     # The model learnt the ruler: it calls every ruler probe malignant.
@@ -353,9 +408,15 @@ def test_report_is_self_contained_and_escaped(first_audit: Audit, probe_set: Pro
         row["attrs"]["data-method"]: row for row in report.tables["summary"] if "data-method" in row["attrs"]
     }
     assert set(summary_rows) == set(METHODS)
+    header = [cell["text"] for cell in report.tables["summary"][0]["cells"]]
+    assert header[:4] == ["method", "mean roi_share", "mean roi_lift", "mean roi_mass"]
     for method, row in summary_rows.items():
-        assert row["cells"][1]["text"] == f"{summary['methods'][method]['roi_share']:.3f}"
-        assert row["cells"][2]["text"] == f"{summary['methods'][method]['roi_mass']:.3f}"
+        means = summary["methods"][method]
+        assert row["cells"][1]["text"] == f"{means['roi_share']:.3f}"
+        assert row["cells"][2]["text"] == f"{means['roi_lift']:.2f}"
+        assert row["cells"][3]["text"] == f"{means['roi_mass']:.3f}"
+        for key, title in (("deletion_auc", "deletion AUC"), ("insertion_auc", "insertion AUC")):
+            assert row["cells"][header.index(title)]["text"] == f"{means[key]:.3f}"
 
     rows = probe_rows(report)
     assert sorted(rows) == probe_set.names
@@ -378,7 +439,15 @@ def test_report_is_self_contained_and_escaped(first_audit: Audit, probe_set: Pro
 
     skipped = [row["cells"] for row in report.tables["skipped"] if row["attrs"].get("class") == "skipped"]
     assert [cells[0]["text"] for cells in skipped] == [CORRUPT_NAME]
-    assert "no shortcut threshold crossed" in report.status_text.lower()
+    assert "no shortcut criterion crossed" in report.status_text.lower()
+    assert "roi_lift above 8" in report.status_text and "roi_share above 1" in report.status_text
+    assert 'id="faithfulness"' in raw and 'id="intervention"' not in raw and 'id="sanity"' not in raw
+    probe_header = [cell["text"] for cell in report.tables["probes"][0]["cells"]]
+    for entry in summary["probes"]:
+        texts = [cell["text"] for cell in rows[entry["file"]]["cells"]]
+        for method in METHODS:
+            assert texts[probe_header.index(f"{method} deletion AUC")] == f"{entry['deletion_auc'][method]:.3f}"
+            assert texts[probe_header.index(f"{method} insertion AUC")] == f"{entry['insertion_auc'][method]:.3f}"
     assert "http://" not in raw and "https://" not in raw and 'src="data:image/png' in raw
 
 
@@ -398,6 +467,10 @@ def test_tensorboard_events_use_the_callback_tags(first_audit: Audit, probe_set:
             assert event.step == 0
             assert event.value == pytest.approx(summary["methods"][method][score], abs=1e-6)
     assert "audit/seconds" in tags["scalars"]
+    for method in METHODS:
+        for score in ("roi_lift", "deletion_auc", "insertion_auc"):
+            (event,) = events.Scalars(f"audit/{method}/{score}")
+            assert event.value == pytest.approx(summary["methods"][method][score], rel=1e-5)
     # The callback's text tags: the probe manifest; no alert when nothing crossed.
     assert "audit/manifest/text_summary" in tags["tensors"]
     assert "audit/alert/text_summary" not in tags["tensors"]
@@ -426,15 +499,20 @@ def test_crossed_threshold_exits_1_and_compares_with_baseline(
     out = tmp_path / "tonight"
     process = run_cli(
         *audit_arguments(
-            checkpoints.plain, probe_set, out, "--shortcut-threshold", str(threshold), "--baseline", str(baseline)
+            checkpoints.plain, probe_set, out, "--shortcut-threshold", str(threshold), "--baseline", str(baseline),
+            "--no-faithfulness",
         )
-    )
+    )  # fmt: skip
     assert process.returncode == 1, process.stderr
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"), parse_constant=_reject_constant)
-    assert summary["crossed"] == expected_crossed
+    verdict = summary["verdict"]
+    assert verdict["alert"] is True
+    assert verdict["crossed"] == [{"criterion": "roi_share", "method": method} for method in expected_crossed]
+    assert verdict["rule"]["max_roi_share"] == threshold
+    assert summary["faithfulness"] is None
     for method in expected_crossed:
-        assert f"{method} mean roi_share" in process.stdout
-        top = summary["shortcuts"][method]["top_probes"]
+        assert f"{method} puts" in process.stdout and f"> {threshold:g})" in process.stdout
+        top = verdict["top_probes"][method]
         ranked = sorted(
             (entry for entry in summary["probes"] if entry["has_mask"]),
             key=lambda entry: entry["roi_share"][method],
@@ -461,10 +539,10 @@ def test_crossed_threshold_exits_1_and_compares_with_baseline(
     assert expected_crossed[0] in alert.tensor_proto.string_val[0].decode()
 
     report = parse_report(out / "report.html")
-    assert "Shortcut threshold crossed" in report.status_text
+    assert "Shortcut alert" in report.status_text
     for method in expected_crossed:
         assert method in report.status_text
-        assert summary["shortcuts"][method]["top_probes"][0]["file"] in report.status_text
+        assert verdict["top_probes"][method][0]["file"] in report.status_text
     rows = probe_rows(report)
     assert "flag" in rows[changed]["attrs"]["class"].split()
     assert f"({expected_change:+.3f})" in "".join(cell["text"] for cell in rows[changed]["cells"])
@@ -494,16 +572,23 @@ def test_trusted_checkpoint_without_masks_has_nothing_to_check(
         "audit", "--checkpoint", str(checkpoints.needs_unpickling), "--trust-checkpoint", "--model", MODEL,
         "--probe", str(probe_set.images), "--labels", str(probe_set.labels), "--class-names", ",".join(CLASS_NAMES),
         "--methods", "gradcam", "--target", "label", *FAST, "--shortcut-threshold", "0", "--out", str(out),
+        "--no-faithfulness",
     ]  # fmt: skip
     assert main(arguments) == 0
     assert "nothing to check" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"), parse_constant=_reject_constant)
-    assert summary["threshold_checked"] is False and summary["crossed"] == []
+    assert summary["verdict"]["checked"] == [] and summary["verdict"]["crossed"] == []
+    # --no-faithfulness: no AUCs anywhere.
     assert summary["methods"] == {
-        "gradcam": {"roi_share": None, "roi_mass": None, "probes_with_mask": 0, "probes_scored": 0}
+        "gradcam": {"roi_share": None, "roi_lift": None, "roi_mass": None, "probes_with_mask": 0, "probes_scored": 0}
     }
+    assert summary["faithfulness"] is None
+    assert all("deletion_auc" not in entry and "insertion_auc" not in entry for entry in summary["probes"])
     assert [entry["target"] for entry in summary["probes"]] == [entry["label"] for entry in summary["probes"]]
-    assert "nothing to check" in parse_report(out / "report.html").status_text
+    report = parse_report(out / "report.html")
+    assert "nothing to check" in report.status_text.lower()
+    raw = (out / "report.html").read_text(encoding="utf-8")
+    assert "AUC" not in raw and 'id="faithfulness"' not in raw
 
 
 @pytest.mark.parametrize(

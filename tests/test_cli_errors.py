@@ -304,7 +304,9 @@ def test_help_imports_no_heavy_library_and_documents_exit_status() -> None:
         "from lightning_sas.cli import main\n"
         "text = io.StringIO()\n"
         "with contextlib.redirect_stdout(text):\n"
-        "    status = main(['audit', '--help'])\n"
+        "    status = main(['audit', '--help']) + main(['export-probes', '--help'])\n"
+        "    status += main(['audit', '--checkpoint', 'x.ckpt', '--model', 'a:B', '--probe', '.', '--out', 'o',\n"
+        "                    '--artifact-class', 'ruler'])\n"
         "heavy = sorted(name for name in ('torch', 'lightning', 'cv2', 'numpy') if name in sys.modules)\n"
         "print(status, heavy)\n"
         "print(text.getvalue())\n"
@@ -312,6 +314,11 @@ def test_help_imports_no_heavy_library_and_documents_exit_status() -> None:
     process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert process.returncode == 0, process.stderr
     first, _, text = process.stdout.partition("\n")
-    assert first == "0 []"
+    assert first == "2 []"  # both --help exit 0; the usage error exits 2, all before any heavy import
+    assert process.stderr.strip().splitlines() == [
+        "lightning-sas: error: --artifact-class ruler needs --artifacts DIR, the artifact examples to paste."
+    ]
     for needle in ("exit status", "--output", "--overwrite", "error.log", "module:function", "HxW"):
+        assert needle in text, needle
+    for needle in ("--artifacts", "masks/<name>.png", "--min-lift", "--sanity", "--dataset", "manifest.json"):
         assert needle in text, needle

@@ -1,0 +1,113 @@
+"""Does the nightly audit flag the demo's biased checkpoint and pass the clean one, on fresh probes?
+
+Trains the ruler-bias demo's biased and clean models once (demo settings unless told
+otherwise), then for each of ``--seeds`` fresh probe sets (16 validation images the models
+never saw, rulers on both classes, masks, labels, and ruler examples for the intervention,
+written with :mod:`lightning_sas.export`) runs ``lightning-sas audit`` on both checkpoints and
+records the exit code (1 = shortcut found, 0 = none) with the scores behind it.
+
+    python benchmarks/nightly_study.py --seeds 5 --out benchmarks/results/nightly_study.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples" / "ruler_bias"))
+
+import train  # noqa: E402
+from data import CLASS_NAMES, MEAN, STD, make_splits  # noqa: E402
+
+from lightning_sas.cli import main as cli_main  # noqa: E402
+from lightning_sas.export import export_artifacts, export_probes  # noqa: E402
+
+
+def export_fresh(out: Path, seed: int, image_size: int, count: int) -> Path:
+    fresh = make_splits(n_train=200, n_val=200, n_counterfactual=1, image_size=image_size, seed=seed)
+    export_probes(fresh["val"], out, count=count, seed=seed, mean=MEAN, std=STD, class_names=CLASS_NAMES)
+    with_ruler = fresh["train"].has_ruler.nonzero().flatten()[:16]
+    images, masks = fresh["train"].normalised_images()[with_ruler], fresh["train"].ruler_masks[with_ruler] > 0
+    export_artifacts(images, masks, out / "artifacts", mean=MEAN, std=STD)
+    return out
+
+
+def audit(checkpoint: str, probes: Path, out: Path, image_size: int, sas_iterations: int) -> dict:
+    arguments = [
+        "audit", "--checkpoint", checkpoint, "--model", "model:LesionClassifier",
+        "--probe", str(probes), "--masks", str(probes / "masks"), "--labels", str(probes / "labels.csv"),
+        "--artifacts", str(probes / "artifacts"), "--artifact-class", "malignant",
+        "--class-names", ",".join(CLASS_NAMES), "--image-size", str(image_size),
+        "--mean", *map(str, MEAN), "--std", *map(str, STD), "--sas-iterations", str(sas_iterations),
+        "--device", "cpu", "--overwrite", "--out", str(out),
+    ]  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = cli_main(arguments)
+    summary = json.loads((out / "summary.json").read_text())
+    return {"exit": code, "summary": summary}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "nightly_study.json")
+    parser.add_argument("--work", type=Path, default=Path("outputs/nightly_study"))
+    parser.add_argument("--probes", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="32 px, 3 epochs (a smoke run)")
+    args = parser.parse_args()
+    image_size, sas_iterations = 64, 30
+    settings = ["--quiet", "--out", str(args.work / "runs")]
+    if args.quick:
+        image_size, sas_iterations = 32, 10
+        settings += ["--image-size", "32", "--train-size", "800", "--val-size", "200", "--epochs", "3",
+                     "--sas-iterations", "10", "--width", "8"]  # fmt: skip
+    started = time.perf_counter()
+    runs = {"biased": train.run(settings), "clean": train.run([*settings, "--clean"])}
+    rows = []
+    for seed in range(1, args.seeds + 1):
+        probes = export_fresh(args.work / f"probes_{seed}", 1000 + seed, image_size, args.probes)
+        for name, run in runs.items():
+            result = audit(run["checkpoint"], probes, args.work / f"audit_{name}_{seed}", image_size, sas_iterations)
+            summary = result["summary"]
+            methods = summary["methods"]
+            rows.append(
+                {
+                    "seed": seed,
+                    "run": name,
+                    "exit": result["exit"],
+                    "sas_roi_share": methods["sas"]["roi_share"],
+                    "sas_roi_lift": methods["sas"].get("roi_lift"),
+                    "gradcam_roi_lift": methods["gradcam"].get("roi_lift"),
+                    "flip_rate": (summary.get("intervention") or {}).get("flip_rate"),
+                    "reasons": summary["verdict"]["reasons"],
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    record = {
+        "settings": {"image_size": image_size, "sas_iterations": sas_iterations, "probes": args.probes},
+        "runs": {name: {k: run[k] for k in ("val_acc", "counterfactual_acc")} for name, run in runs.items()},
+        "audits": rows,
+        "seconds": time.perf_counter() - started,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1))
+    flagged = sum(row["exit"] == 1 for row in rows if row["run"] == "biased")
+    passed = sum(row["exit"] == 0 for row in rows if row["run"] == "clean")
+    print(f"biased flagged on {flagged}/{args.seeds} fresh probe sets; clean passed on {passed}/{args.seeds}")
+    print("| seed | run | exit | SaS roi_share | SaS lift | Grad-CAM lift | flip rate |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['seed']} | {row['run']} | {row['exit']} | {row['sas_roi_share']:.2f} | {row['sas_roi_lift']:.1f} "
+            f"| {row['gradcam_roi_lift']:.1f} | {row['flip_rate']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
