@@ -76,3 +76,107 @@ class SmallCNN(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.features(images))
+
+
+class SingleLogit(SmallCNN):
+    """A binary classifier with one logit ``z`` per image: ``[B]`` (``squeeze=True``) or ``[B, 1]``."""
+
+    def __init__(self, squeeze: bool = False, channels: int = 8) -> None:
+        super().__init__(num_classes=1, channels=channels)
+        self.squeeze = squeeze
+
+    def forward(self, images: Tensor) -> Tensor:
+        z = super().forward(images)
+        return z[:, 0] if self.squeeze else z
+
+
+class TwoLogitsFrom(SmallCNN):
+    """The two-class model ``(-scale·z, scale·z)`` with a single-logit model's weights (same layer names)."""
+
+    def __init__(self, binary: SmallCNN, scale: float) -> None:
+        super().__init__(num_classes=1, channels=binary.features[0].out_channels)
+        self.load_state_dict(binary.state_dict())
+        self.train(binary.training)
+        self.scale = scale
+
+    def forward(self, images: Tensor) -> Tensor:
+        z = super().forward(images)
+        return torch.cat([-self.scale * z, self.scale * z], dim=1)
+
+
+class TupleAndDictOutputs(SmallCNN):
+    """Returns ``(logits, features)``, ``{"logits": ..., "features": ...}`` or ``[features, logits]``."""
+
+    def __init__(self, kind: str, num_classes: int = 4) -> None:
+        super().__init__(num_classes=num_classes)
+        self.kind = kind
+
+    def forward(self, images: Tensor):  # type: ignore[override]
+        features = self.features(images)
+        logits = self.head(features)
+        if self.kind == "tuple":
+            return logits, features
+        if self.kind == "dict":
+            return {"features": features, "logits": logits}
+        return [features, logits]
+
+
+class RecordsDtypes(SmallCNN):
+    """A SmallCNN that records the dtype of every Conv2d and Linear output it computes."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__(num_classes=num_classes)
+        self.seen: list[torch.dtype] = []
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                module.register_forward_hook(lambda module, inputs, output: self.seen.append(output.dtype))
+
+
+class NaNForBrightImages(SmallCNN):
+    """NaN logits for every image whose mean exceeds ``threshold`` (its composites included).
+
+    ``how="multiply"``: the logits are multiplied by NaN, so the gradient is NaN too.
+    ``how="masked"``: the logits are replaced by NaN with ``torch.where`` (as ``masked_fill``
+    or an all-masked softmax do), so the gradient of the NaN rows is zero, not NaN.
+    """
+
+    def __init__(self, how: str, threshold: float = 5.0, num_classes: int = 4) -> None:
+        super().__init__(num_classes=num_classes)
+        self.how = how
+        self.threshold = threshold
+
+    def forward(self, images: Tensor) -> Tensor:
+        logits = super().forward(images)
+        bad = images.mean(dim=(1, 2, 3)) > self.threshold
+        if self.how == "multiply":
+            return logits * torch.where(bad, float("nan"), 1.0)[:, None]
+        return torch.where(bad[:, None], float("nan"), logits)
+
+
+class CollectiveInForward(SmallCNN):
+    """A forward with a collective (like SyncBatchNorm's): every rank must make the same forward calls.
+
+    The logits are multiplied by ``all_reduce(1) / world_size``, i.e. by exactly 1 when the ranks'
+    collectives pair up; without a process group (a single-process reference) or with
+    ``collective=False`` there is no collective. Each forward's batch size is recorded in
+    ``batch_sizes``; with ``oom_above`` a larger batch raises ``torch.OutOfMemoryError``.
+    """
+
+    def __init__(self, num_classes: int = 4, oom_above: int | None = None, collective: bool = True) -> None:
+        super().__init__(num_classes=num_classes)
+        self.batch_sizes: list[int] = []
+        self.oom_above = oom_above
+        self.collective = collective
+
+    def forward(self, images: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        self.batch_sizes.append(images.shape[0])
+        if self.oom_above is not None and images.shape[0] > self.oom_above:
+            raise torch.OutOfMemoryError(f"batch of {images.shape[0]} does not fit")
+        logits = super().forward(images)
+        if not (self.collective and dist.is_available() and dist.is_initialized()):
+            return logits
+        ones = torch.ones(1)
+        dist.all_reduce(ones)
+        return logits * (ones / dist.get_world_size())

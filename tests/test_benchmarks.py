@@ -14,11 +14,12 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 if str(REPOSITORY) not in sys.path:  # `benchmarks` lives next to `tests`, outside the package
     sys.path.insert(0, str(REPOSITORY))
 
-from benchmarks import sas_speed  # noqa: E402
-from benchmarks.naive_sas import NaiveSaS  # noqa: E402
-from lightning_sas.methods import SaS  # noqa: E402
-from lightning_sas.metrics import spearman  # noqa: E402
-from models import SmallCNN  # noqa: E402
+from models import SmallCNN
+
+from benchmarks import sas_speed
+from benchmarks.naive_sas import NaiveSaS
+from lightning_sas.methods import SaS
+from lightning_sas.metrics import spearman
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +45,9 @@ def test_naive_and_batched_sas_agree_in_rank_order() -> None:
     naive_sas = NaiveSaS(iterations=10, seed=5)
     naive = naive_sas.attribute(model, images, targets)
     assert naive.shape == batched.shape == (2, 48, 48)
-    assert spearman(naive, batched).min().item() > 0.95
+    # README: "The two agree in rank order (Spearman ≥ 0.99999 between their maps)"; benchmarks/README:
+    # "Spearman ≈ 1.0 after 10 iterations on a small CNN at 48 px" (1 - 1.2e-7 measured here).
+    assert spearman(naive, batched).min().item() >= 0.99999
     assert naive_sas.forwards == 2 * (2 + 10 * 2 * 19)  # reference forwards + one per insertion/deletion
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
     assert model.training

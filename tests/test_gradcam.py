@@ -7,21 +7,23 @@ import copy
 import pytest
 import torch
 import torchvision
+from models import SingleLogit, SmallCNN
 from pytorch_grad_cam import GradCAM as PeerGradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, ClassifierOutputTarget
 from torch import nn
 
 from lightning_sas.methods import GradCAM
 from lightning_sas.methods.base import minmax_normalize
 from lightning_sas.methods.layers import find_target_layer
-from models import SmallCNN
 
 
-def peer_maps(model: nn.Module, layer_name: str, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def peer_maps(
+    model: nn.Module, layer_name: str, images: torch.Tensor, targets: torch.Tensor, target=ClassifierOutputTarget
+) -> torch.Tensor:
     peer_model = copy.deepcopy(model).eval()  # the peer writes into .grad and leaves eval mode on
     layer = dict(peer_model.named_modules())[layer_name]
     with PeerGradCAM(model=peer_model, target_layers=[layer]) as cam:
-        maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+        maps = cam(input_tensor=images, targets=[target(int(t)) for t in targets])
     # Same min-max normalisation as ours (the peer divides by max + 1e-7 before resizing).
     return minmax_normalize(torch.from_numpy(maps))
 
@@ -46,6 +48,20 @@ def test_matches_pytorch_grad_cam(make_model, layer_name: str, size: int) -> Non
     # Targets matter: explaining other classes gives other maps.
     other = GradCAM(layer_name).attribute(model, images, (targets + 1) % 10)
     assert (other - ours).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("squeeze", [False, True], ids=["logit_B1", "logit_B"])
+def test_single_logit_model_matches_pytorch_grad_cam_binary_target(squeeze: bool) -> None:
+    """Class 1 of a single-logit model explains z and class 0 explains -z, as the peer's
+    BinaryClassifierOutputTarget does (our class logits are (-z/2, z/2): the same map)."""
+    torch.manual_seed(3)
+    model = SingleLogit(squeeze=squeeze).eval()
+    images = torch.randn(6, 3, 32, 32)
+    targets = torch.tensor([1, 0, 1, 0, 0, 1])
+    ours = GradCAM("features.6").attribute(model, images, targets)
+    theirs = peer_maps(model, "features.6", images, targets, BinaryClassifierOutputTarget)
+    assert (ours - theirs).abs().max().item() < 1e-5
+    assert (GradCAM("features.6").attribute(model, images, 1 - targets) - ours).abs().max().item() > 1e-2
 
 
 def test_batched_equals_single_image_calls() -> None:

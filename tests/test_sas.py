@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-
 from conftest import requires_cuda
+from models import RecordsDtypes, RectangleModel, SmallCNN, box_mask
+
 from lightning_sas.methods import GradCAM, SaS
 from lightning_sas.methods.gaussian import scaled_kernel_size
 from lightning_sas.methods.sas import schedule_thresholds
 from lightning_sas.metrics import roi_mass, roi_share, spearman
-from models import RectangleModel, SmallCNN, box_mask
 
 
 def off_centre_box(size: int) -> tuple[int, int, int, int]:
@@ -19,10 +19,17 @@ def off_centre_box(size: int) -> tuple[int, int, int, int]:
     return (size * 3 // 16, size * 8 // 16, size * 9 // 16, size * 15 // 16)
 
 
+# README "Ground truth" table (benchmarks/ground_truth.py): SaS roi_share 0.967 at 32 px and 0.996 at
+# 64 px (min over images), Grad-CAM roi_mass 1.000. The bounds allow one pixel of |R| less for SaS
+# (|R| = 120 pixels at 32 px, 480 at 64 px).
+SAS_ROI_SHARE_AT_LEAST = {32: 0.958, 64: 0.993}
+
+
 @pytest.mark.parametrize("size", [32, 64])
 @pytest.mark.parametrize("logit_scale", [0.01, 100.0])
 def test_ground_truth_rectangle(size: int, logit_scale: float) -> None:
-    """The score depends only on a known rectangle: both methods must find it at default settings."""
+    """The score depends only on a known rectangle: both methods must find it at default settings,
+    as well as the README says they do."""
     box = off_centre_box(size)
     model = RectangleModel(size, box, logit_scale)
     images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(size))
@@ -33,8 +40,9 @@ def test_ground_truth_rectangle(size: int, logit_scale: float) -> None:
     sas_maps = SaS().attribute(model, images, targets)
     gradcam_maps = GradCAM("features").attribute(model, images, targets)
 
-    assert roi_share(sas_maps, roi).min().item() >= 0.8, f"chance level is {area_share:.2f}"
-    assert roi_mass(gradcam_maps, roi).min().item() >= 0.8
+    assert roi_share(sas_maps, roi).min().item() >= SAS_ROI_SHARE_AT_LEAST[size], f"chance level is {area_share:.2f}"
+    # Outside the rectangle the gated features are exactly zero: all of Grad-CAM's mass is inside.
+    assert roi_mass(gradcam_maps, roi).min().item() >= 1 - 1e-6
 
 
 def test_scale_free_objective_gives_the_same_map_for_any_logit_scale() -> None:
@@ -44,7 +52,9 @@ def test_scale_free_objective_gives_the_same_map_for_any_logit_scale() -> None:
     targets = torch.ones(2, dtype=torch.long)
     small = SaS(iterations=20).attribute(RectangleModel(size, box, 0.01), images, targets)
     large = SaS(iterations=20).attribute(RectangleModel(size, box, 100.0), images, targets)
-    assert spearman(small, large).min().item() > 0.99
+    # The objective is invariant to the logit scale, so the maps are the same up to float rounding.
+    torch.testing.assert_close(small, large, atol=1e-4, rtol=0)
+    assert spearman(small, large).min().item() >= 0.99999
 
 
 def test_batched_equals_single_image_calls() -> None:
@@ -54,7 +64,9 @@ def test_batched_equals_single_image_calls() -> None:
     method = SaS(iterations=5, seed=7)
     batched = method.attribute(model, images, targets)
     singles = torch.cat([method.attribute(model, images[i : i + 1], targets[i : i + 1]) for i in range(4)])
-    assert spearman(batched, singles).min().item() >= 0.999
+    # Same initial noise for every image, elementwise Adam: equal up to float rounding (1e-5 measured).
+    torch.testing.assert_close(batched, singles, atol=1e-4, rtol=0)
+    assert spearman(batched, singles).min().item() >= 0.99999
 
 
 def test_chunked_equals_one_forward() -> None:
@@ -63,7 +75,7 @@ def test_chunked_equals_one_forward() -> None:
     targets = torch.tensor([1, 2])
     whole = SaS(iterations=5, max_batch=1000).attribute(model, images, targets)
     chunked = SaS(iterations=5, max_batch=7).attribute(model, images, targets)  # 76 items, uneven chunks
-    assert spearman(whole, chunked).min().item() >= 0.999
+    torch.testing.assert_close(whole, chunked, atol=1e-5, rtol=0)
 
 
 def test_forwards_per_iteration_and_chunk_sizes() -> None:
@@ -109,16 +121,19 @@ def test_kernel_sizes_scale_with_the_image() -> None:
 
 
 def test_options_run_and_keep_the_contract() -> None:
-    model = SmallCNN(num_classes=4)
+    model = RecordsDtypes(num_classes=4)
     images, targets = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
-    for method in (
-        SaS(iterations=3, score="prob"),
-        SaS(iterations=3, mask_scale=0.5),
-        SaS(iterations=3, autocast_dtype=torch.bfloat16),
+    for method, dtype in (
+        (SaS(iterations=3, score="prob"), torch.float32),
+        (SaS(iterations=3, mask_scale=0.5), torch.float32),
+        (SaS(iterations=3, autocast_dtype=torch.bfloat16), torch.bfloat16),
     ):
+        model.seen.clear()
         maps = method.attribute(model, images, targets)
         assert maps.shape == (2, 32, 32) and maps.dtype == torch.float32
         assert maps.min().item() == 0.0 and maps.max().item() == 1.0
+        # autocast_dtype really runs the model's convolutions and linears in that dtype.
+        assert model.seen and set(model.seen) == {dtype}, method
 
 
 def test_resnet18_runs() -> None:
