@@ -25,6 +25,7 @@ from lightning_sas.model_state import attribution_mode
 from lightning_sas.outputs import ClassifierOutput, OutputSelector
 from lightning_sas.probes import Probes
 from lightning_sas.progress import accounted
+from lightning_sas.sanity import SanityResult, cascading_randomization
 
 Target = Literal["pred", "label"]
 
@@ -49,6 +50,7 @@ class AuditResult:
         chance: ``[N]`` each probe's ROI area share ``|R| / HW`` (NaN without an ROI).
         intervention: What pasting the artifact did (when artifacts were given).
         faithfulness: Per method, the deletion and insertion curves of its maps (when asked).
+        sanity: The model-parameter randomisation check (when asked).
     """
 
     maps: dict[str, Tensor]
@@ -64,6 +66,7 @@ class AuditResult:
     chance: Tensor | None = None
     intervention: InterventionResult | None = None
     faithfulness: dict[str, FaithfulnessCurves] = field(default_factory=dict)
+    sanity: SanityResult | None = None
 
     def faithfulness_means(self) -> dict[str, dict[str, float]]:
         """Per method: mean ``deletion_auc``, ``insertion_auc`` and their difference
@@ -171,6 +174,8 @@ def explain(
     output: OutputSelector = None,
     artifacts: Artifacts | None = None,
     faithfulness: Faithfulness | None = None,
+    sanity_stages: int = 0,
+    sanity_seed: int = 0,
 ) -> AuditResult:
     """Explain ``probes`` with each method (scores left empty: see :func:`score`).
 
@@ -182,7 +187,9 @@ def explain(
     ``warm_start_iterations`` steps (their own ``iterations`` when ``None``); their final
     state is returned in ``masks``. With ``artifacts``, the intervention is measured too;
     with ``faithfulness``, the deletion / insertion curves of every method's maps (all methods
-    in shared chunked forwards; a failure there is reported under ``errors["faithfulness"]``).
+    in shared chunked forwards; a failure there is reported under ``errors["faithfulness"]``);
+    with ``sanity_stages``, the cascading model-parameter randomisation check of the methods
+    that succeeded (``errors["sanity"]`` on failure).
 
     Raises:
         ValueError: If ``target="label"`` and a probe has no label, or the model's output is
@@ -232,6 +239,18 @@ def explain(
     if artifacts is not None:
         with accounted((artifacts.trials + 1) * len(probes)):
             intervention = intervene(adapter, probes.images, artifacts)
+    sanity = None
+    explained = {name: method for name, method in methods.items() if name in maps}
+    if sanity_stages and explained:
+        if progress is not None:
+            progress("sanity check")
+        try:
+            with accounted((sanity_stages + 1) * sum(method_passes(m) for m in explained.values()) * len(probes)):
+                sanity = cascading_randomization(
+                    adapter, probes.images, targets, explained, stages=sanity_stages, seed=sanity_seed
+                )
+        except Exception as error:  # noqa: BLE001 - the audit's results stand without the sanity check
+            errors["sanity"] = f"{type(error).__name__}: {error}"
     return AuditResult(
         maps=maps,
         predictions=predictions,
@@ -245,6 +264,7 @@ def explain(
         nonfinite={name: nonfinite_positions(method_maps) for name, method_maps in maps.items()},
         intervention=intervention,
         faithfulness=curves,
+        sanity=sanity,
     )
 
 
@@ -278,6 +298,8 @@ def run_audit(
     output: OutputSelector = None,
     artifacts: Artifacts | None = None,
     faithfulness: Faithfulness | None = None,
+    sanity_stages: int = 0,
+    sanity_seed: int = 0,
 ) -> AuditResult:
     """Explain ``probes`` with each method and score the maps against the probes' ROIs.
 
@@ -290,6 +312,8 @@ def run_audit(
         output: Where the logits are in the model's output (see :mod:`lightning_sas.outputs`).
         artifacts: Examples of a suspected artifact: measure the intervention too.
         faithfulness: Deletion / insertion settings: score every method's maps too.
+        sanity_stages: Run the cascading randomisation sanity check with this many stages
+            (0: not at all); ``sanity_seed`` seeds its re-initialisation.
 
     Returns:
         The :class:`AuditResult` (failed methods in ``errors``, non-finite probes in ``nonfinite``).
@@ -299,18 +323,25 @@ def run_audit(
             not class logits.
     """
     explained = explain(
-        model, probes, methods, target, progress, output=output, artifacts=artifacts, faithfulness=faithfulness
+        model,
+        probes,
+        methods,
+        target,
+        progress,
+        output=output,
+        artifacts=artifacts,
+        faithfulness=faithfulness,
+        sanity_stages=sanity_stages,
+        sanity_seed=sanity_seed,
     )
     return score(explained, probes.roi)
 
 
 def problems(result: AuditResult, names: Sequence[str]) -> list[str]:
     """One sentence per failed method and per method with non-finite probes (for warnings and reports)."""
+    parts = {"faithfulness": "faithfulness could not be scored", "sanity": "the sanity check failed"}
     lines = [
-        f"faithfulness could not be scored ({error})"
-        if method == "faithfulness"
-        else f"{method} failed and has no maps ({error})"
-        for method, error in result.errors.items()
+        f"{parts.get(method, f'{method} failed and has no maps')} ({error})" for method, error in result.errors.items()
     ]
     for method, positions in result.nonfinite.items():
         if not positions:

@@ -85,6 +85,9 @@ def audit_scalars(result: AuditResult, previous_maps: Mapping[str, torch.Tensor]
     for method, means in result.faithfulness_means().items():
         for name, value in means.items():
             scalars[f"audit/{method}/{name}"] = value
+    if result.sanity is not None:
+        for method, values in result.sanity.similarity.items():
+            scalars[f"audit/{method}/sanity_similarity"] = float(values[-1])
     if result.intervention is not None:
         scalars["audit/intervention/flip_rate"] = result.intervention.flip_rate
         scalars["audit/intervention/probability_change"] = result.intervention.mean_probability_change

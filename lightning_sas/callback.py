@@ -46,6 +46,7 @@ from lightning_sas.outputs import OutputSelector, check_output_selector
 from lightning_sas.probes import Probes, dataset_labels, probes_from_dataset, stratified_indices
 from lightning_sas.probes import item_keys as checked_item_keys
 from lightning_sas.progress import reporting
+from lightning_sas.sanity import DEFAULT_STAGES, SanityResult
 from lightning_sas.verdict import AlertRule, decide
 
 #: Label scans for stratified probe selection read at most this many validation items.
@@ -131,6 +132,12 @@ class SASAuditCallback(Callback):
             more than this share of the training time between two audits. ``None``: no check.
         progress_bar: Show a progress bar (in model passes) during each audit; ``None``
             follows the Trainer (shown when it has a progress bar).
+        sanity: Run the model-parameter randomisation sanity check once per fit, at the first
+            audit (:mod:`lightning_sas.sanity`): ``True`` (4 stages), a number of stages, or
+            ``False``. It costs about ``stages + 1`` audits' worth of method passes, once. A
+            method whose maps do not depend on the weights is flagged (warning, text
+            ``audit/sanity``, scalar ``audit/<method>/sanity_similarity``; kept in
+            :attr:`sanity`).
         warm_start_iterations: If set, methods that can warm-start (SaS) start each audit after
             the first from the previous audit's state for the same probe and run this many
             iterations instead of their own (see the README for the measured trade-off).
@@ -177,6 +184,7 @@ class SASAuditCallback(Callback):
         faithfulness: Faithfulness | bool = True,
         cost_warning_share: float | None = 0.5,
         progress_bar: bool | None = None,
+        sanity: bool | int = True,
     ) -> None:
         if isinstance(probe, bool) or not isinstance(probe, int | Sequence | Dataset):
             raise ValueError(f"`probe` must be an int, a list of indices or a Dataset, got {type(probe).__name__}.")
@@ -236,6 +244,14 @@ class SASAuditCallback(Callback):
         self.cost_warning_share = cost_warning_share
         self.progress_bar = progress_bar
         self.cost: AuditCost | None = None
+        if isinstance(sanity, bool):
+            sanity = DEFAULT_STAGES if sanity else 0
+        if not isinstance(sanity, int) or sanity < 0:
+            raise ValueError(f"`sanity` must be True, False or a number of stages >= 1, got {sanity!r}.")
+        self.sanity_stages = sanity
+        #: The sanity check's outcome (plain data), once it ran: stages, per-stage similarity
+        #: per method, flagged methods, threshold, epoch.
+        self.sanity: dict[str, Any] | None = None
         self.class_names = None if class_names is None else list(class_names)
         self.warm_start_iterations = warm_start_iterations
         self.output = check_output_selector(output)
@@ -471,8 +487,47 @@ class SASAuditCallback(Callback):
         if reported:
             rank_zero_warn(f"SASAuditCallback: the audit at epoch {epoch} is incomplete: " + "; ".join(reported) + ".")
         self._check_shortcut(trainer, result, epoch)
+        if result.sanity is not None:
+            self._record_sanity(trainer, result.sanity, epoch)
         with self._failures_reported(f"at epoch {epoch} ran but could not be written"):
             self._publish(trainer, result, scalars, epoch, reported)
+
+    def _record_sanity(self, trainer: pl.Trainer, sanity: SanityResult, epoch: int) -> None:
+        """Keep the sanity check's outcome, warn about flagged methods, and say it in TensorBoard."""
+        similarity = {name: [float(value) for value in values] for name, values in sanity.similarity.items()}
+        self.sanity = {
+            "epoch": epoch,
+            "stages": [len(stage) for stage in sanity.stages],
+            "similarity": similarity,
+            "flagged": sanity.flagged,
+            "threshold": sanity.threshold,
+        }
+        rows = [
+            f"| {name} | " + " | ".join(f"{value:.2f}" for value in values) + " |"
+            for name, values in similarity.items()
+        ]
+        header = "| method | " + " | ".join(f"stage {i + 1}" for i in range(len(sanity.stages))) + " |"
+        text = "\n".join(
+            [
+                "Spearman correlation of each method's maps with the trained model's maps after re-initialising "
+                f"the parameters from the output end (cumulative stages; flagged above {sanity.threshold:g} at the "
+                "last stage, where every parameter is random):",
+                "",
+                header,
+                "|---|" + "---|" * len(sanity.stages),
+                *rows,
+            ]
+        )
+        if sanity.flagged:
+            message = (
+                f"SASAuditCallback: sanity check: the maps of {', '.join(sanity.flagged)} do not depend on the model's "
+                f"weights (similarity to the trained maps above {sanity.threshold:g} with every parameter random): "
+                "they explain the image, not the model; do not trust their shortcut scores."
+            )
+            rank_zero_warn(message)
+            text = f"**{message}**\n\n{text}"
+        with self._failures_reported(f"at epoch {epoch} could not write its sanity check"):
+            self._write_text(trainer, "audit/sanity", text)
 
     @contextmanager
     def _progress(self, trainer: pl.Trainer, epoch: int) -> Iterator[None]:
@@ -520,6 +575,8 @@ class SASAuditCallback(Callback):
                     output=self.output,
                     artifacts=self.artifacts,
                     faithfulness=self.faithfulness,
+                    sanity_stages=self.sanity_stages if self.sanity is None else 0,
+                    sanity_seed=self.seed,
                 )
         except Exception as error:  # noqa: BLE001 - ranks must agree before raising
             failure = error
@@ -552,6 +609,9 @@ class SASAuditCallback(Callback):
             if name in local.maps:
                 gathered[f"deletion_{name}"] = pl_module.all_gather(curves.deletion)
                 gathered[f"insertion_{name}"] = pl_module.all_gather(curves.insertion)
+        if local.sanity is not None:
+            for name, per_probe in local.sanity.per_probe.items():  # [stages, per_rank] -> gathered by probe
+                gathered[f"sanity_{name}"] = pl_module.all_gather(per_probe.t().contiguous().to(device))
         if local.intervention is not None:
             for part in ("eligible", "flipped", "probability_change"):
                 gathered[f"intervention_{part}"] = pl_module.all_gather(getattr(local.intervention, part).to(device))
@@ -584,6 +644,14 @@ class SASAuditCallback(Callback):
                 if f"deletion_{name}" in gathered
             },
         )
+        if local.sanity is not None:
+            per_probe = {name: reassemble(gathered[f"sanity_{name}"]).t() for name in local.sanity.per_probe}
+            result.sanity = SanityResult(
+                stages=local.sanity.stages,
+                similarity={name: values.nanmedian(dim=1).values for name, values in per_probe.items()},
+                per_probe=per_probe,
+                threshold=local.sanity.threshold,
+            )
         if local.intervention is not None:
             result.intervention = InterventionResult(
                 eligible=reassemble(gathered["intervention_eligible"]),
@@ -690,6 +758,7 @@ class SASAuditCallback(Callback):
         return {
             "manifest": self.manifest,
             "alerts": self.alerts,
+            "sanity": self.sanity,
             "audited_epochs": self.audited_epochs,
             "probe_changes": self.probe_changes,
             "history": self.history,
@@ -701,6 +770,7 @@ class SASAuditCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._loaded_manifest = list(state_dict.get("manifest", [])) or None
         self.alerts = list(state_dict.get("alerts", []))
+        self.sanity = state_dict.get("sanity")
         self.audited_epochs = list(state_dict.get("audited_epochs", []))
         self.probe_changes = list(state_dict.get("probe_changes", []))
         self.history = list(state_dict.get("history", []))

@@ -81,11 +81,8 @@ if TYPE_CHECKING:
     import torch
     from lightning.pytorch import LightningModule
 
-    from lightning_sas.audit import AuditResult
     from lightning_sas.methods import AttributionMethod
     from lightning_sas.outputs import OutputSelector
-    from lightning_sas.probes import Probes
-    from lightning_sas.sanity import SanityResult
 
 PROGRAM = "lightning-sas"
 EXIT_OK = 0
@@ -1216,27 +1213,23 @@ def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
     if line:
         print(line, file=sys.stderr, flush=True)
 
+    from lightning_sas.audit import run_audit
     from lightning_sas.progress import reporting
 
-    sanity, sanity_error = None, None
-    with _progress(sum(count for count, _ in passes.values())) as bar, reporting(bar.update):
-        with _stage(f"explaining the probes with {', '.join(methods)}"):
-            from lightning_sas.audit import run_audit
-
-            result = run_audit(
-                model,
-                probes,
-                methods,
-                target=args.target,
-                progress=lambda name: bar.set_description(name, refresh=False),
-                output=output,
-                artifacts=artifacts,
-                faithfulness=faithfulness,
-            )
-        explained = {name: method for name, method in methods.items() if name in result.maps}
-        if args.sanity and explained:
-            bar.set_description("sanity check", refresh=False)
-            sanity, sanity_error = _sanity_check(model, probes, result, explained, args.sanity_stages, output, passes)
+    explaining = _stage(f"explaining the probes with {', '.join(methods)}")
+    with _progress(sum(count for count, _ in passes.values())) as bar, reporting(bar.update), explaining:
+        result = run_audit(
+            model,
+            probes,
+            methods,
+            target=args.target,
+            progress=lambda name: bar.set_description(name, refresh=False),
+            output=output,
+            artifacts=artifacts,
+            faithfulness=faithfulness,
+            sanity_stages=args.sanity_stages if args.sanity else 0,
+            sanity_seed=SANITY_SEED,
+        )
     with _stage("building the report"):
         from lightning_sas import report
         from lightning_sas.audit import problems
@@ -1256,20 +1249,14 @@ def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
             run=_run_record(args, inputs, model_class, device, command),
             faithfulness=faithfulness,
             artifacts=None if inputs.artifacts is None else _artifacts_record(args, inputs.artifacts),
-            sanity=sanity,
+            sanity=result.sanity,
         )
         if inputs.baseline is not None:
             summary["baseline"] = report.compare_with_baseline(
                 summary, inputs.baseline, baseline_path=str(args.baseline), tolerance=args.baseline_tolerance
             )
         issues = problems(result, probes.names)
-        if sanity_error is not None:
-            summary["errors"]["sanity"] = sanity_error
-            issues.append(f"the sanity check failed ({sanity_error})")
         scalars = audit_scalars(result)
-        if sanity is not None:
-            for name, values in sanity.similarity.items():
-                scalars[f"audit/{name}/sanity_similarity"] = float(values[-1])
         display = {"mean": inputs.mean, "std": inputs.std}
         title = f"{model_class.__name__} {Path(args.checkpoint).name}"
         pictures = (
@@ -1295,31 +1282,6 @@ def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
         )
         return EXIT_ERROR
     return EXIT_SHORTCUT if verdict.alert else EXIT_OK
-
-
-def _sanity_check(
-    model: LightningModule,
-    probes: Probes,
-    result: AuditResult,
-    methods: dict[str, AttributionMethod],
-    stages: int,
-    output: OutputSelector,
-    passes: Mapping[str, tuple[int, bool]],
-) -> tuple[SanityResult | None, str | None]:
-    """:func:`~lightning_sas.sanity.cascading_randomization` on the probes with the audit's targets and
-    methods, as ``(result, None)``; a failure gives ``(None, "ErrorType: message")`` (the audit is
-    then incomplete, its other results stand)."""
-    from lightning_sas.progress import accounted
-    from lightning_sas.sanity import cascading_randomization
-
-    try:
-        with accounted(passes.get("sanity", (0, True))[0]):
-            sanity = cascading_randomization(
-                model, probes.images, result.targets, methods, stages=stages, seed=SANITY_SEED, output=output
-            )
-    except Exception as error:  # noqa: BLE001 - the audit's results stand without the sanity check
-        return None, f"{type(error).__name__}: {error}"
-    return sanity, None
 
 
 def _format_number(value: float | None, digits: int = 3) -> str:

@@ -8,6 +8,12 @@ number of forwards (SaS's chunk size, its out-of-memory retries) are agreed acro
 Agreement happens only inside :func:`all_ranks_together`, which the callback enters when every
 rank runs the audit: a method called on one rank alone (rank-zero code, the CLI) must never
 wait for the others.
+
+Limitation: an out-of-memory error is agreed on *after* an attempt. For a model whose forward
+has collectives, a rank that runs out of memory part-way through an attempt stops making
+forward calls while the others go on, so their collectives go unpaired (gloo aborts with a
+"collective mismatch"; NCCL may hang until its timeout). Give such models an explicit
+``max_batch`` that fits; models without collectives in forward retry safely.
 """
 
 from __future__ import annotations

@@ -101,8 +101,9 @@ def class_logits(raw: object, output: OutputSelector = None, batch: int | None =
         >>> class_logits({"logits": torch.zeros(1, 3), "features": torch.ones(1, 8)}, "logits").shape
         torch.Size([1, 3])
     """
-    logits = select_output(raw, output)
+    selected = select_output(raw, output)
     expected = "B" if batch is None else str(batch)
+    logits = selected
     if isinstance(logits, Tensor) and logits.is_floating_point():
         if logits.dim() == 2 and logits.shape[1] == 1:
             logits = logits[:, 0]
@@ -113,13 +114,19 @@ def class_logits(raw: object, output: OutputSelector = None, batch: int | None =
             return logits
     hint = (
         " Pass `output=` (an index, a key, or a callable returning the logits) to select them."
-        if output is None and not isinstance(logits, Tensor)
+        if output is None and not isinstance(selected, Tensor)
         else ""
     )
-    selected = "" if output is None else f" (after `output`={output!r})"
+    dtype = (
+        f" of dtype {selected.dtype} (logits must be floating point)"
+        if isinstance(selected, Tensor) and not selected.is_floating_point()
+        else ""
+    )
+    after = "" if output is None else f" (after `output`={output!r})"
     raise ValueError(
         f"`model` must return class logits [{expected}, num_classes], a single logit [{expected}] or "
-        f"[{expected}, 1] (binary), or a tuple/list/dict holding them; got {describe_output(logits)}{selected}.{hint}"
+        f"[{expected}, 1] (binary), or a tuple/list/dict holding them; got {describe_output(selected)}{dtype}"
+        f"{after}.{hint}"
     )
 
 

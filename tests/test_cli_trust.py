@@ -388,9 +388,9 @@ def test_a_failing_part_makes_the_audit_incomplete(
 
         monkeypatch.setattr(Faithfulness, "__call__", broken)
     else:
-        import lightning_sas.sanity
+        import lightning_sas.audit
 
-        monkeypatch.setattr(lightning_sas.sanity, "cascading_randomization", broken)
+        monkeypatch.setattr(lightning_sas.audit, "cascading_randomization", broken)
     out = tmp_path / part
     assert main(arguments(setup, out, "--sanity", "--sanity-stages", "1", "--faithfulness-steps", "3")) == 2
     captured = capsys.readouterr()

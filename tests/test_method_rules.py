@@ -491,14 +491,7 @@ def test_ddp_wrapped_dict_model_with_a_selector(method: AttributionMethod, singl
     "how",
     [
         "multiply",
-        pytest.param(
-            "masked",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="package bug: NaN logits with a zero gradient (torch.where / masked_fill) give a "
-                "finite map instead of an all-NaN one; the methods never check the logits' finiteness",
-            ),
-        ),
+        "masked",  # NaN through torch.where: a zero gradient, which must not become a finite map
     ],
 )
 def test_nan_logits_for_one_image(method: AttributionMethod, how: str) -> None:

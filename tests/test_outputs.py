@@ -192,17 +192,11 @@ def test_classifier_output_refuses_bad_arguments() -> None:
         ClassifierOutput(TwoHeads(), output=2.0)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="package bug: the error names the squeezed [3] shape, not the [3, 1] the model returned"
-)
 def test_wrong_batch_of_single_logits_names_the_shape_returned() -> None:
     with pytest.raises(ValueError, match=r"got a tensor of shape \[3, 1\]\.$"):
         class_logits(torch.zeros(3, 1), batch=2)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="package bug: integer or bool outputs are refused for their shape, and the dtype is never named"
-)
 def test_integer_output_is_refused_for_its_dtype() -> None:
     with pytest.raises(ValueError, match=r"torch\.int64"):
         class_logits(torch.zeros(2, 3, dtype=torch.long), batch=2)

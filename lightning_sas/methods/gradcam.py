@@ -42,8 +42,7 @@ class GradCAM(AttributionMethod):
     def __init__(self, target_layer: str | nn.Module | None = None) -> None:
         if target_layer is not None and not isinstance(target_layer, str | nn.Module):
             raise TypeError(
-                "`target_layer` must be None, a module name or an nn.Module, "
-                f"got {type(target_layer).__name__}."
+                f"`target_layer` must be None, a module name or an nn.Module, got {type(target_layer).__name__}."
             )
         self.target_layer = target_layer
         # Automatic location costs a forward; remember the answer per model and input size
@@ -93,4 +92,7 @@ class GradCAM(AttributionMethod):
         weights = gradients.float().mean(dim=(2, 3), keepdim=True)
         cams = F.relu((weights * activations.float()).sum(dim=1, keepdim=True))
         cams = F.interpolate(cams, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return minmax_normalize(cams[:, 0])
+        # A NaN logit can have a zero gradient (torch.where, masked_fill): its image gets an
+        # all-NaN map, never a blank one that would look like an answer.
+        finite = torch.isfinite(logits.detach()).all(dim=1)
+        return torch.where(finite[:, None, None], minmax_normalize(cams[:, 0]), float("nan"))

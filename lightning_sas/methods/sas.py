@@ -301,12 +301,17 @@ class SaS(AttributionMethod):
         score_range = score_range.clamp_min(1e-6 * reference.view(2, batch).abs().amax(dim=0) + 1e-12)
 
         schedule = self._schedule(batch, interior, score_range)
+        # Counts, per image, the scores that were not finite (kept on the device: no sync). A NaN
+        # score can have a zero gradient (torch.where, masked_fill), which would leave a finite
+        # map that looks like an answer; such an image gets an all-NaN map instead.
+        nonfinite = (~torch.isfinite(reference.view(2, batch)).all(dim=0)).float()
         mask = self._optimise_mask(
-            model, baseline, images - baseline, targets, schedule, chunk, mask, iterations or self.iterations
+            model, baseline, images - baseline, targets, schedule, chunk, mask, iterations or self.iterations, nonfinite
         )
         with torch.no_grad():
             importance = self._importance(mask, self.kernel_sizes(height, width)[0], (height, width))
-        return minmax_normalize(importance[:, 0]), mask
+            maps = minmax_normalize(importance[:, 0])
+        return torch.where(nonfinite[:, None, None] > 0, float("nan"), maps), mask
 
     def _optimise_mask(
         self,
@@ -318,8 +323,12 @@ class SaS(AttributionMethod):
         chunk: int,
         mask: Tensor,
         iterations: int,
+        nonfinite: Tensor,
     ) -> Tensor:
-        """The optimisation loop from ``mask``: runs entirely on the device, never waiting for the host."""
+        """The optimisation loop from ``mask``: runs entirely on the device, never waiting for the host.
+
+        ``nonfinite`` ``[B]`` is increased in place for every non-finite score of an image.
+        """
         _, _, height, width = baseline.shape
         fractions = torch.arange(1, self.num_masks, device=baseline.device, dtype=torch.float32) / self.num_masks
         smoothing, _ = self.kernel_sizes(height, width)
@@ -333,7 +342,7 @@ class SaS(AttributionMethod):
             thresholds = schedule_thresholds(importance.detach().flatten(1), fractions, thresholds)
             schedule_masks = torch.sigmoid(importance - thresholds[..., None, None])  # [B, K-1, H, W]
             mask_grad = self._schedule_gradient(
-                model, schedule_masks.detach(), baseline, difference, targets, schedule, chunk
+                model, schedule_masks.detach(), baseline, difference, targets, schedule, chunk, nonfinite
             )
             surrogate = (schedule_masks * mask_grad).sum() + self.tv_weight * tv_per_pixel(mask).sum()
             (grad,) = torch.autograd.grad(surrogate, mask)
@@ -357,8 +366,10 @@ class SaS(AttributionMethod):
         targets: Tensor,
         schedule: _Schedule,
         chunk: int,
+        nonfinite: Tensor,
     ) -> Tensor:
-        """d(loss)/d(masks) for all items, forwarded in chunks of ``chunk`` images."""
+        """d(loss)/d(masks) for all items, forwarded in chunks of ``chunk`` images (non-finite
+        scores counted per image into ``nonfinite``)."""
         masks = schedule_masks.requires_grad_(True)
         total = schedule.image.shape[0]
         gradient = None
@@ -373,6 +384,7 @@ class SaS(AttributionMethod):
                 dtype=baseline.dtype, memory_format=torch.channels_last
             )
             scores = self._target_scores(self._forward(model, composites), targets[image])
+            nonfinite.index_add_(0, image, (~torch.isfinite(scores.detach())).float())
             (chunk_grad,) = torch.autograd.grad((schedule.weight[items] * scores).sum(), masks)
             gradient = chunk_grad if gradient is None else gradient.add_(chunk_grad)
         return gradient
