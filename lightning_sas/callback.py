@@ -129,7 +129,8 @@ class SASAuditCallback(Callback):
         cost_warning_share: Before the first training step the callback times one model pass
             on the probes, estimates an audit's time from the methods' pass counts (logged as
             text ``audit/cost`` and kept in :attr:`cost`), and warns when one audit would take
-            more than this share of the training time between two audits. ``None``: no check.
+            more than this share of the training time between two audits. ``None``: no estimate
+            and no check (``math.inf``: estimate, never warn).
         progress_bar: Show a progress bar (in model passes) during each audit; ``None``
             follows the Trainer (shown when it has a progress bar).
         sanity: Run the model-parameter randomisation sanity check once per fit, at the first
@@ -411,7 +412,7 @@ class SASAuditCallback(Callback):
 
     def _estimate_cost(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Say what an audit will cost before the first one is paid for, and warn if it is a lot."""
-        if self.probes is None:
+        if self.probes is None or self.cost_warning_share is None:
             return
         images = trainer.precision_plugin.convert_input(self.probes.images[:TIMED_PROBES].to(pl_module.device))
         per_rank = math.ceil(len(self.probes) / trainer.world_size)
@@ -425,7 +426,7 @@ class SASAuditCallback(Callback):
             epoch_seconds = batches * batch_size * self.cost.seconds_per_pass[0]
             between = epoch_seconds * self.every_n_epochs
             message += f" Training between two audits: ≈ {between:,.0f} s (estimated the same way)."
-            if self.cost_warning_share is not None and self.cost.seconds > self.cost_warning_share * between:
+            if self.cost.seconds > self.cost_warning_share * between:
                 rank_zero_warn(
                     f"{message} That is more than {self.cost_warning_share:.0%} of the training time. To audit for "
                     "less: fewer probes (`probe=`), fewer SaS iterations (`methods=(SaS(iterations=30), 'gradcam')`), "

@@ -333,7 +333,10 @@ trainer:
 def test_warm_start_seeds_later_audits_with_fewer_iterations(tmp_path: Path) -> None:
     sas = SaS(iterations=6, num_masks=3)
     forwards: list[int] = []
-    callback = SASAuditCallback(probe=2, methods=[sas], warm_start_iterations=2)
+    # Only SaS's own forwards are counted: no sanity check, faithfulness or cost timing.
+    callback = SASAuditCallback(
+        probe=2, methods=[sas], warm_start_iterations=2, sanity=False, faithfulness=False, cost_warning_share=None
+    )
     L.seed_everything(0, verbose=False)
     model = LitClassifier()
     model.net.register_forward_pre_hook(lambda module, args: forwards.append(args[0].shape[0]))
