@@ -1,7 +1,8 @@
 """Write an audit where a reviewer looks: TensorBoard (or PNG files), scalars, raw maps.
 
 The tag names are fixed (the dashboard, the CLI and the tests rely on them):
-``audit/<method>/grid``, ``audit/probe_<NN>``, ``audit/<method>/roi_share``,
+``audit/grid/<method>`` (sorted before the per-probe panels, so TensorBoard shows the
+method grids together first), ``audit/probe_<NN>``, ``audit/<method>/roi_share``,
 ``audit/<method>/roi_mass``, ``audit/<method>/agreement``, ``audit/seconds``.
 
 Every writer tries every logger: one logger that fails does not keep the others from getting
@@ -46,7 +47,7 @@ def render_audit(
     overlays = {name: overlay(display, maps.to(display.device)) for name, maps in result.maps.items()}
     labels = [probe_label(result, probes, i, class_names) for i in range(len(probes))]
     pictures = {
-        f"audit/{name}/grid": method_grid(display, method_overlays, labels, title=f"{name} {title}".strip())
+        f"audit/grid/{name}": method_grid(display, method_overlays, labels, title=f"{name} {title}".strip())
         for name, method_overlays in overlays.items()
     }
     for position in range(len(probes)):

@@ -59,7 +59,7 @@ class SASAuditCallback(Callback):
     At the end of every N-th training epoch (after validation), the callback explains a fixed
     probe set of validation images on the module's device and in its precision, and logs:
 
-    - ``audit/<method>/grid``: per method, a row per probe: image | heatmap overlay, labelled
+    - ``audit/grid/<method>``: per method, a row per probe: image | heatmap overlay, labelled
       with the true class, the predicted class and the confidence;
     - ``audit/probe_<NN>``: per probe, image | one overlay per method (TensorBoard's step
       slider walks one probe through the epochs);

@@ -59,13 +59,15 @@ def test_logs_grids_panels_scalars_and_raw_maps(tmp_path: Path) -> None:
     expected_steps = [steps_per_epoch, 2 * steps_per_epoch]
 
     images = events.Tags()["images"]
-    assert {"audit/sas/grid", "audit/gradcam/grid"} <= set(images)
+    assert {"audit/grid/sas", "audit/grid/gradcam"} <= set(images)
+    # TensorBoard sorts tags: the method grids come together, before the per-probe panels.
+    assert sorted(images)[:2] == ["audit/grid/gradcam", "audit/grid/sas"]
     assert {f"audit/probe_{i:02d}" for i in range(4)} <= set(images)
-    for tag in ("audit/sas/grid", "audit/probe_00"):
+    for tag in ("audit/grid/sas", "audit/probe_00"):
         logged = events.Images(tag)
         assert [event.step for event in logged] == expected_steps
         assert len({(event.width, event.height) for event in logged}) == 1  # same size every audit
-    grid, panel = events.Images("audit/sas/grid")[0], events.Images("audit/probe_00")[0]
+    grid, panel = events.Images("audit/grid/sas")[0], events.Images("audit/probe_00")[0]
     assert grid.height > 2 * grid.width  # four rows of image | overlay
     assert panel.width > panel.height  # image | one overlay per method
 
@@ -115,13 +117,13 @@ def test_schedule_every_n_epochs_final_audit_and_other_stages(tmp_path: Path) ->
     # Epoch 1 by the schedule, epoch 2 because fit ended without auditing it; none in sanity check.
     assert callback.audited_epochs == [1, 2]
     events = read_events(trainer.logger.log_dir)
-    assert [event.step for event in events.Images("audit/gradcam/grid")] == [6, 9]
+    assert [event.step for event in events.Images("audit/grid/gradcam")] == [6, 9]
     _, val = loaders(corner_dataset())
     trainer.validate(model, val, verbose=False)
     trainer.test(model, val, verbose=False)
     trainer.predict(model, val)
     assert callback.audited_epochs == [1, 2]
-    assert len(read_events(trainer.logger.log_dir).Images("audit/gradcam/grid")) == 2
+    assert len(read_events(trainer.logger.log_dir).Images("audit/grid/gradcam")) == 2
 
 
 def snapshot_training_state(trainer: L.Trainer, model: LitClassifier) -> dict:
@@ -169,7 +171,7 @@ def test_failing_audit_warns_and_training_continues(tmp_path: Path) -> None:
     assert trainer.current_epoch == 2 and callback.audited_epochs == [0, 1]
     assert all("audit/gradcam/roi_share" in entry and "audit/broken/roi_share" not in entry for entry in callback.history)
     events = read_events(trainer.logger.log_dir)
-    assert "audit/gradcam/grid" in events.Tags()["images"]
+    assert "audit/grid/gradcam" in events.Tags()["images"]
     problems_text = [event.tensor_proto.string_val[0].decode() for event in events.Tensors("audit/problems/text_summary")]
     assert len(problems_text) == 2 and "broken failed" in problems_text[0]
     for name, value in reference["weights"].items():
@@ -239,7 +241,7 @@ def test_other_loggers_get_scalars_and_png_files(tmp_path: Path) -> None:
     callback = SASAuditCallback(probe=2, methods=["gradcam"])
     trainer, _ = fit(tmp_path, callback, max_epochs=1, logger=CSVLogger(tmp_path, name="csv"))
     log_dir = Path(trainer.logger.log_dir)
-    assert (log_dir / "audits" / "images" / "audit" / "gradcam" / "grid" / "step=3.png").is_file()
+    assert (log_dir / "audits" / "images" / "audit" / "grid" / "gradcam" / "step=3.png").is_file()
     assert (log_dir / "audits" / "images" / "audit" / "probe_01" / "step=3.png").is_file()
     metrics = (log_dir / "metrics.csv").read_text()
     assert "audit/gradcam/roi_share" in metrics and "audit/seconds" in metrics
@@ -368,7 +370,7 @@ def test_failure_while_writing_the_audit_does_not_stop_training(tmp_path: Path) 
     assert trainer.current_epoch == 2 and callback.audited_epochs == [0, 1]
     # The failing scalars did not keep the pictures and raw maps from being written.
     log_dir = Path(trainer.logger.log_dir)
-    assert (log_dir / "audits" / "images" / "audit" / "gradcam" / "grid" / "step=6.png").is_file()
+    assert (log_dir / "audits" / "images" / "audit" / "grid" / "gradcam" / "step=6.png").is_file()
     assert (log_dir / "audits" / "epoch=1.npz").is_file()
 
 

@@ -46,7 +46,7 @@ def texts(trainer: L.Trainer, tag: str) -> list[str]:
 def test_one_value_mean_and_std_for_rgb_probes(tmp_path: Path) -> None:
     callback = SASAuditCallback(probe=2, methods=["gradcam"], mean=(0.5,), std=(0.25,), on_error="raise")
     trainer, _ = fit(tmp_path, callback, max_epochs=1)
-    assert {"audit/gradcam/grid", "audit/probe_00", "audit/probe_01"} <= image_tags(trainer)
+    assert {"audit/grid/gradcam", "audit/probe_00", "audit/probe_01"} <= image_tags(trainer)
     assert "audit/gradcam/roi_share" in scalar_tags(trainer)
 
 
@@ -121,7 +121,7 @@ def test_single_logit_binary_classifier(tmp_path: Path, shape: str) -> None:
 def test_structured_outputs_with_an_output_selector(tmp_path: Path, module, output) -> None:
     callback = SASAuditCallback(probe=2, methods=cheap(), output=output, on_error="raise")
     trainer = fit_module(tmp_path, module, callback)
-    assert {"audit/sas/grid", "audit/gradcam/grid"} <= image_tags(trainer)
+    assert {"audit/grid/sas", "audit/grid/gradcam"} <= image_tags(trainer)
 
 
 def test_output_that_is_not_logits_fails_clearly_at_the_first_audit(tmp_path: Path) -> None:
@@ -249,7 +249,7 @@ def test_grayscale_non_square_images_end_to_end(tmp_path: Path) -> None:
     trainer.fit(module, *loaders(dataset))
     raw = np.load(Path(trainer.logger.log_dir) / "audits" / "epoch=0.npz")
     assert raw["maps_sas"].shape == (2, 12, 20) and raw["maps_gradcam"].shape == (2, 12, 20)
-    assert {"audit/sas/grid", "audit/probe_01"} <= image_tags(trainer)
+    assert {"audit/grid/sas", "audit/probe_01"} <= image_tags(trainer)
 
 
 def test_target_label_explains_the_true_class(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def test_mlflow_on_a_database_store_beside_tensorboard(tmp_path: Path) -> None:
 
     # TensorBoard got everything: pictures, scalars, the manifest.
     events = read_events(tensorboard.log_dir)
-    assert {"audit/gradcam/grid", "audit/probe_00"} <= set(events.Tags()["images"])
+    assert {"audit/grid/gradcam", "audit/probe_00"} <= set(events.Tags()["images"])
     assert [event.step for event in events.Scalars("audit/gradcam/roi_share")] == [3, 6]
     assert "audit/manifest/text_summary" in events.Tags()["tensors"]
 

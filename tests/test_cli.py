@@ -455,7 +455,7 @@ def test_tensorboard_events_use_the_callback_tags(first_audit: Audit, probe_set:
     events = EventAccumulator(str(first_audit.out), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
     events.Reload()
     tags = events.Tags()
-    expected_images = {f"audit/{method}/grid" for method in METHODS}
+    expected_images = {f"audit/grid/{method}" for method in METHODS}
     expected_images |= {f"audit/probe_{position:02d}" for position in range(len(probe_set.names))}
     assert set(tags["images"]) == expected_images
     for tag in expected_images:

@@ -94,7 +94,7 @@ class AuditTable(Callback):
 
 
 def export_last_grids(log_dir: str | Path) -> list[Path]:
-    """Write the last audit's ``audit/<method>/grid`` images as PNG files next to the event files.
+    """Write the last audit's ``audit/grid/<method>`` images as PNG files next to the event files.
 
     Read back with TensorBoard's own event reader, so the files are exactly what the dashboard shows.
     """
@@ -104,8 +104,8 @@ def export_last_grids(log_dir: str | Path) -> list[Path]:
     events.Reload()
     written = []
     for tag in events.Tags()["images"]:
-        if tag.endswith("/grid"):
-            method = tag.split("/")[1]
+        if tag.startswith("audit/grid/"):
+            method = tag.split("/")[2]
             path = Path(log_dir) / f"last_{method}_grid.png"
             path.write_bytes(events.Images(tag)[-1].encoded_image_string)
             written.append(path)
