@@ -65,3 +65,32 @@ def test_demo_writes_the_audit_and_a_checkpoint(runs: dict[str, dict]) -> None:
         assert Path(summary["checkpoint"]).is_file()
         assert len(summary["rows"]) == 3
         assert sorted(Path(path).name for path in summary["grids"]) == ["last_gradcam_grid.png", "last_sas_grid.png"]
+
+
+def test_nightly_audit_flags_the_biased_checkpoint_on_a_fresh_probe_set(
+    runs: dict[str, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The CLI, on probes neither model saw, decides as the behaviour says (the shared alert rule)."""
+    from lightning_sas.cli import main
+
+    monkeypatch.syspath_prepend(str(TRAIN_SCRIPT.parent))
+    data = importlib.import_module("data")
+    from lightning_sas.export import export_artifacts, export_probes
+
+    fresh = data.make_splits(n_train=200, n_val=200, n_counterfactual=1, image_size=32, seed=4242)
+    probes = export_probes(fresh["val"], tmp_path / "probes", count=16, seed=4242, mean=data.MEAN, std=data.STD)
+    with_ruler = fresh["train"].has_ruler.nonzero().flatten()[:16]
+    export_artifacts(
+        fresh["train"].normalised_images()[with_ruler], fresh["train"].ruler_masks[with_ruler] > 0,
+        probes / "artifacts", mean=data.MEAN, std=data.STD,
+    )  # fmt: skip
+    codes = {}
+    for name, summary in runs.items():
+        codes[name] = main([
+            "audit", "--checkpoint", summary["checkpoint"], "--model", "model:LesionClassifier",
+            "--probe", str(probes), "--masks", str(probes / "masks"), "--labels", str(probes / "labels.csv"),
+            "--artifacts", str(probes / "artifacts"), "--artifact-class", "1", "--image-size", "32",
+            "--mean", *map(str, data.MEAN), "--std", *map(str, data.STD), "--sas-iterations", "10",
+            "--no-faithfulness", "--device", "cpu", "--out", str(tmp_path / name),
+        ])  # fmt: skip
+    assert codes == {"biased": 1, "clean": 0}, capsys.readouterr()
