@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# Quantus (a peer the tests compare against) without its opencv-python requirement: that
+	# package would replace opencv-python-headless's cv2 and needs libGL, which servers lack.
+	$(PY) -m pip install --quiet --no-deps "quantus==0.6.0"
 	touch $(STAMP)
 
 install: $(STAMP)
