@@ -43,14 +43,14 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "ruler_bias"))
 
-from data import MEAN, STD, generate  # noqa: E402
-from model import LesionClassifier  # noqa: E402
+from data import MEAN, STD, generate
+from model import LesionClassifier
 
-from lightning_sas.audit import run_audit  # noqa: E402
-from lightning_sas.intervention import Artifacts, intervene  # noqa: E402
-from lightning_sas.methods import GradCAM, SaS  # noqa: E402
-from lightning_sas.metrics import roi_share  # noqa: E402
-from lightning_sas.probes import Probes, stratified_indices  # noqa: E402
+from lightning_sas.audit import run_audit
+from lightning_sas.intervention import Artifacts, intervene
+from lightning_sas.methods import GradCAM, SaS
+from lightning_sas.metrics import roi_share
+from lightning_sas.probes import Probes, stratified_indices
 
 KINDS = ("ruler", "patch")
 #: Counterfactual accuracy drop from which a run counts as "uses the shortcut".
@@ -61,7 +61,9 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return (images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
-def patch_split(count: int, size: int, side: int, rate_malignant: float, rate_benign: float, seed: int, colour: torch.Tensor):
+def patch_split(
+    count: int, size: int, side: int, rate_malignant: float, rate_benign: float, seed: int, colour: torch.Tensor
+):
     """Lesions without rulers, with a coloured square in a random corner at the given rates."""
     images, labels, _ = generate(count, image_size=size, p_ruler_malignant=0.0, p_ruler_benign=0.0, seed=seed)
     rng = np.random.default_rng(seed + 7)
@@ -91,7 +93,11 @@ def make_data(kind: str, biased: bool, seed: int, size: int, n_train: int, n_val
     for (split, count), split_seed in zip(counts.items(), seeds, strict=True):
         if kind == "ruler":
             images, labels, masks = generate(
-                count, image_size=size, p_ruler_malignant=rates[split][0], p_ruler_benign=rates[split][1], seed=int(split_seed)
+                count,
+                image_size=size,
+                p_ruler_malignant=rates[split][0],
+                p_ruler_benign=rates[split][1],
+                seed=int(split_seed),
             )
         else:
             images, labels, masks = patch_split(count, size, side, *rates[split], int(split_seed), colour)
@@ -142,7 +148,9 @@ def one_run(kind: str, biased: bool, seed: int, args: argparse.Namespace) -> dic
     has = val_masks.flatten(1).any(dim=1)
     strata = (val_labels * 2 + has.long()).tolist()
     chosen = sorted(stratified_indices(strata, args.probes, seed))
-    probes = Probes(val_images[chosen], val_labels[chosen], val_masks[chosen] > 0, [f"val[{i}]" for i in chosen], chosen)
+    probes = Probes(
+        val_images[chosen], val_labels[chosen], val_masks[chosen] > 0, [f"val[{i}]" for i in chosen], chosen
+    )
     methods = {"sas": SaS(iterations=args.sas_iterations), "gradcam": GradCAM()}
     result = run_audit(model, probes, methods)
     with_roi = probes.has_roi
@@ -160,7 +168,9 @@ def one_run(kind: str, biased: bool, seed: int, args: argparse.Namespace) -> dic
         }
     # Artifacts: full-size examples cut from training images with the artifact (any class).
     source = torch.nonzero(train_masks.flatten(1).any(dim=1)).flatten()[:32]
-    artifacts = Artifacts(target_class=1, patches=train_images[source], masks=train_masks[source] > 0, trials=4, seed=seed)
+    artifacts = Artifacts(
+        target_class=1, patches=train_images[source], masks=train_masks[source] > 0, trials=4, seed=seed
+    )
     effect = intervene(model, probes.images, artifacts)
     return {
         "kind": kind,
@@ -201,8 +211,8 @@ def candidate_rules() -> dict[str, callable]:
     for flip in (0.1, 0.25, 0.5):
         rules[f"flip_rate > {flip}"] = lambda run, flip=flip: run["flip_rate"] > flip
     for lift in (4, 8, 10):
-        rules[f"lift > {lift} or flip_rate > 0.25"] = (
-            lambda run, lift=lift: best(run, "lift") > lift or run["flip_rate"] > 0.25
+        rules[f"lift > {lift} or flip_rate > 0.25"] = lambda run, lift=lift: (
+            best(run, "lift") > lift or run["flip_rate"] > 0.25
         )
     return rules
 
@@ -214,9 +224,14 @@ def analyse(runs: list[dict]) -> str:
     clean = [run for run in runs if not run["biased"]]
     lines.append(
         f"{len(runs)} runs: {sum(r['biased'] for r in runs)} biased ({len(uses)} use the shortcut: counterfactual drop "
-        f">= {USES_SHORTCUT_DROP}), {len(clean)} clean. Recall on runs that use the shortcut; false alarms on clean runs.\n"
+        f">= {USES_SHORTCUT_DROP}), {len(clean)} clean. "
+        "Recall on runs that use the shortcut; false alarms on clean runs.\n"
     )
-    header = "| rule | " + " | ".join(f"{kind}: recall | {kind}: false alarms" for kind in kinds) + " | all: recall | all: false alarms |"
+    header = (
+        "| rule | "
+        + " | ".join(f"{kind}: recall | {kind}: false alarms" for kind in kinds)
+        + " | all: recall | all: false alarms |"
+    )
     lines += [header, "|" + "---|" * (1 + 2 * len(kinds) + 2)]
     for name, rule in candidate_rules().items():
         cells = []
@@ -228,13 +243,17 @@ def analyse(runs: list[dict]) -> str:
             cells += [f"{hit}/{len(positives)}", f"{false}/{len(negatives)}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("\nPer run (kind, biased, drop, best lift, SaS/Grad-CAM roi_share, flip rate):\n")
-    lines.append("| kind | biased | drop | ROI area | SaS roi_share | SaS lift | Grad-CAM roi_share | Grad-CAM lift | flip rate |")
+    lines.append(
+        "| kind | biased | drop | ROI area | SaS roi_share | SaS lift "
+        "| Grad-CAM roi_share | Grad-CAM lift | flip rate |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|---|")
     for run in sorted(runs, key=lambda r: (r["kind"], not r["biased"], -r["drop"])):
         sas, cam = run["methods"]["sas"], run["methods"]["gradcam"]
         lines.append(
             f"| {run['kind']} | {'yes' if run['biased'] else 'no'} | {run['drop']:.2f} | {run['roi_area']:.3f} | "
-            f"{sas['roi_share']:.2f} | {sas['lift']:.1f} | {cam['roi_share']:.2f} | {cam['lift']:.1f} | {run['flip_rate']:.2f} |"
+            f"{sas['roi_share']:.2f} | {sas['lift']:.1f} | {cam['roi_share']:.2f} | {cam['lift']:.1f} "
+            f"| {run['flip_rate']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -17,11 +17,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from models import RectangleModel, box_mask  # noqa: E402
-from test_sas import off_centre_box  # noqa: E402
+from models import RectangleModel, box_mask
+from test_sas import off_centre_box
 
-from lightning_sas.methods import GradCAM, SaS  # noqa: E402
-from lightning_sas.metrics import roi_mass, roi_share  # noqa: E402
+from lightning_sas.methods import GradCAM, SaS
+from lightning_sas.metrics import roi_mass, roi_share
 
 
 def main() -> None:

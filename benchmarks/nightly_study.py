@@ -22,11 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "ruler_bias"))
 
-import train  # noqa: E402
-from data import CLASS_NAMES, MEAN, STD, make_splits  # noqa: E402
+import train
+from data import CLASS_NAMES, MEAN, STD, make_splits
 
-from lightning_sas.cli import main as cli_main  # noqa: E402
-from lightning_sas.export import export_artifacts, export_probes  # noqa: E402
+from lightning_sas.cli import main as cli_main
+from lightning_sas.export import export_artifacts, export_probes
 
 
 def export_fresh(out: Path, seed: int, image_size: int, count: int) -> Path:

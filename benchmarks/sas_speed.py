@@ -32,9 +32,9 @@ from torch.utils.flop_counter import FlopCounterMode
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.naive_sas import NaiveSaS  # noqa: E402
-from lightning_sas.methods import SaS  # noqa: E402
-from lightning_sas.metrics import spearman  # noqa: E402
+from benchmarks.naive_sas import NaiveSaS
+from lightning_sas.methods import SaS
+from lightning_sas.metrics import spearman
 
 NUM_CLASSES = 10
 #: Dense bf16 tensor-core peak in TFLOP/s, matched against ``torch.cuda.get_device_name()``

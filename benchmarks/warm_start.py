@@ -31,13 +31,13 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "ruler_bias"))
 
-from data import make_splits  # noqa: E402
-from model import LesionClassifier  # noqa: E402
+from data import make_splits
+from model import LesionClassifier
 
-from lightning_sas.audit import predict  # noqa: E402
-from lightning_sas.methods import SaS  # noqa: E402
-from lightning_sas.metrics import roi_share, spearman  # noqa: E402
-from lightning_sas.probes import probes_from_dataset, stratified_indices  # noqa: E402
+from lightning_sas.audit import predict
+from lightning_sas.methods import SaS
+from lightning_sas.metrics import roi_share, spearman
+from lightning_sas.probes import probes_from_dataset, stratified_indices
 
 
 def train_epoch(model: LesionClassifier, loader: DataLoader, optimizer: torch.optim.Optimizer) -> None:
@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     train_epoch(model, loader, optimizer)
     targets, _, _ = predict(model, probes.images)
 
-    def measure(name: str, method: SaS, initial_mask: torch.Tensor | None, iterations: int) -> tuple[dict, torch.Tensor]:
+    def measure(
+        name: str, method: SaS, initial_mask: torch.Tensor | None, iterations: int
+    ) -> tuple[dict, torch.Tensor]:
         started = time.perf_counter()
         maps, _ = method.attribute_from(model, probes.images, targets, initial_mask, iterations)
         seconds = time.perf_counter() - started
@@ -91,7 +93,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         candidates.append(measure("warm", SaS(), previous_masks, iterations))
     for row, maps in candidates:
         row["spearman_vs_cold"] = round(float(spearman(maps, reference).mean()), 4)
-        row["roi_share"] = round(float(roi_share(maps[with_roi], probes.roi[with_roi]).mean()), 3) if with_roi.any() else None
+        row["roi_share"] = (
+            round(float(roi_share(maps[with_roi], probes.roi[with_roi]).mean()), 3) if with_roi.any() else None
+        )
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:

@@ -48,11 +48,11 @@ try:
 except ModuleNotFoundError:  # running from a plain checkout: use the repository's copy
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import lightning as L  # noqa: E402
+import lightning as L
 
-from lightning_sas.methods import GradCAM, SaS  # noqa: E402
-from lightning_sas.metrics import roi_mass, roi_share  # noqa: E402
-from lightning_sas.render import comparison_grid, overlay, save_png, to_display  # noqa: E402
+from lightning_sas.methods import GradCAM, SaS
+from lightning_sas.metrics import roi_mass, roi_share
+from lightning_sas.render import comparison_grid, overlay, save_png, to_display
 
 __all__ = [
     "CLASS_NAMES",
@@ -319,7 +319,7 @@ def _quiet_lightning() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
             yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 
@@ -547,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> QuickstartResult:
     row_labels = [
         f"val #{int(index)}  true: {CLASS_NAMES[int(label)]}  pred: {CLASS_NAMES[int(prediction)]} "
         f"({float(probabilities[row, prediction]):.2f})"
-        for row, (index, label, prediction) in enumerate(zip(probe_indices, labels, predictions))
+        for row, (index, label, prediction) in enumerate(zip(probe_indices, labels, predictions, strict=True))
     ]
     title = f"Validation accuracy {val_accuracy:.1%}  ·  dashed box: class region  ·  red: important"
     picture = render_figure(images, results, val_data.region, row_labels, title)

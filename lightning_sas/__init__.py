@@ -13,7 +13,11 @@ if TYPE_CHECKING:
     from lightning_sas.methods import GradCAM, SaS
 
 # Imported on first use (PEP 562), so `lightning-sas --help` does not pay for torch and Lightning.
-_LAZY = {"SASAuditCallback": "lightning_sas.callback", "SaS": "lightning_sas.methods", "GradCAM": "lightning_sas.methods"}
+_LAZY = {
+    "SASAuditCallback": "lightning_sas.callback",
+    "SaS": "lightning_sas.methods",
+    "GradCAM": "lightning_sas.methods",
+}
 
 
 def __getattr__(name: str) -> Any:

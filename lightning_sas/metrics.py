@@ -59,9 +59,7 @@ def rank_average(values: Tensor) -> Tensor:
     """
     require_tensor("rank_average", "values", values)
     if values.is_complex():
-        raise TypeError(
-            f"rank_average: `values` must have a real or bool dtype, got {values.dtype}"
-        )
+        raise TypeError(f"rank_average: `values` must have a real or bool dtype, got {values.dtype}")
     if values.dim() == 0 or values.shape[-1] == 0:
         raise ValueError(
             "rank_average: `values` must have at least one dimension with a non-empty "
@@ -111,18 +109,11 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     require_tensor("spearman", "a", a)
     require_tensor("spearman", "b", b)
     if a.dim() < 2:
-        raise ValueError(
-            f"spearman: `a` must have shape [B, ...] with at least 2 dimensions, "
-            f"got {shape_of(a)}"
-        )
+        raise ValueError(f"spearman: `a` must have shape [B, ...] with at least 2 dimensions, got {shape_of(a)}")
     if b.shape != a.shape:
-        raise ValueError(
-            f"spearman: `b` must have the same shape as `a` {shape_of(a)}, got {shape_of(b)}"
-        )
+        raise ValueError(f"spearman: `b` must have the same shape as `a` {shape_of(a)}, got {shape_of(b)}")
     if a[0].numel() == 0:
-        raise ValueError(
-            f"spearman: `a` must have at least one element per row, got shape {shape_of(a)}"
-        )
+        raise ValueError(f"spearman: `a` must have at least one element per row, got shape {shape_of(a)}")
     batch = a.shape[0]
     ranks_a = rank_average(a.reshape(batch, -1))
     ranks_b = rank_average(b.reshape(batch, -1)).to(ranks_a.dtype)
@@ -145,23 +136,13 @@ def _check_maps_and_roi(function: str, maps: Tensor, roi: Tensor) -> Tensor:
     require_tensor(function, "maps", maps)
     require_tensor(function, "roi", roi)
     if not maps.is_floating_point():
-        raise TypeError(
-            f"{function}: `maps` must have a floating-point dtype, got {maps.dtype}"
-        )
+        raise TypeError(f"{function}: `maps` must have a floating-point dtype, got {maps.dtype}")
     if maps.dim() != 3:
-        raise ValueError(
-            f"{function}: `maps` must have shape [B, H, W], got {shape_of(maps)}"
-        )
+        raise ValueError(f"{function}: `maps` must have shape [B, H, W], got {shape_of(maps)}")
     if roi.shape != maps.shape:
-        raise ValueError(
-            f"{function}: `roi` must have the same shape as `maps` {shape_of(maps)}, "
-            f"got {shape_of(roi)}"
-        )
+        raise ValueError(f"{function}: `roi` must have the same shape as `maps` {shape_of(maps)}, got {shape_of(roi)}")
     if roi.device != maps.device:
-        raise ValueError(
-            f"{function}: `roi` must be on the same device as `maps` ({maps.device}), "
-            f"got {roi.device}"
-        )
+        raise ValueError(f"{function}: `roi` must be on the same device as `maps` ({maps.device}), got {roi.device}")
     if roi.dtype == torch.bool:
         return roi
     if roi.is_complex():
@@ -169,10 +150,7 @@ def _check_maps_and_roi(function: str, maps: Tensor, roi: Tensor) -> Tensor:
     # A soft mask (e.g. 0.3) would otherwise be silently read as "inside"; this check
     # reads one flag back from the device, which a bool mask avoids.
     if bool(((roi != 0) & (roi != 1)).any()):
-        raise ValueError(
-            f"{function}: `roi` must be bool or contain only 0 and 1, got {roi.dtype} "
-            "with other values"
-        )
+        raise ValueError(f"{function}: `roi` must be bool or contain only 0 and 1, got {roi.dtype} with other values")
     return roi != 0
 
 

@@ -56,9 +56,7 @@ _LABEL_FONT_SIZE = 8
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
-def _channel_constants(
-    function: str, name: str, values: Sequence[float], channels: int, like: Tensor
-) -> Tensor:
+def _channel_constants(function: str, name: str, values: Sequence[float], channels: int, like: Tensor) -> Tensor:
     """``values`` read by the project's one rule (:func:`per_channel`), as ``[1, C, 1, 1]``.
 
     The result is a float32 tensor on ``like``'s device.
@@ -109,15 +107,10 @@ def to_display(
     """
     require_tensor("to_display", "images", images)
     if images.dim() != 4:
-        raise ValueError(
-            f"to_display: `images` must have shape [B, C, H, W], got {shape_of(images)}"
-        )
+        raise ValueError(f"to_display: `images` must have shape [B, C, H, W], got {shape_of(images)}")
     channels = images.shape[1]
     if channels not in (1, 3):
-        raise ValueError(
-            "to_display: `images` must have 1 or 3 channels [B, 1 or 3, H, W], "
-            f"got {shape_of(images)}"
-        )
+        raise ValueError(f"to_display: `images` must have 1 or 3 channels [B, 1 or 3, H, W], got {shape_of(images)}")
     try:
         mean, std = check_normalization(mean, std)
     except ValueError as error:
@@ -147,9 +140,7 @@ def _colormap_table(cmap: str, device: torch.device) -> Tensor:
     try:
         colormap = matplotlib.colormaps[cmap]
     except KeyError:
-        raise ValueError(
-            f"overlay: `cmap` must be the name of a matplotlib colormap, got {cmap!r}"
-        ) from None
+        raise ValueError(f"overlay: `cmap` must be the name of a matplotlib colormap, got {cmap!r}") from None
     # For 256-colour maps (all of matplotlib's continuous ones) this samples exactly
     # matplotlib's own lookup table, entry by entry.
     table = colormap(np.linspace(0.0, 1.0, _LUT_SIZE))[:, :3]
@@ -201,21 +192,17 @@ def overlay(
     require_tensor("overlay", "display", display)
     require_tensor("overlay", "maps", maps)
     if display.dim() != 4 or display.shape[1] != 3:
-        raise ValueError(
-            f"overlay: `display` must have shape [B, 3, H, W], got {shape_of(display)}"
-        )
+        raise ValueError(f"overlay: `display` must have shape [B, 3, H, W], got {shape_of(display)}")
     if maps.dim() != 3:
         raise ValueError(f"overlay: `maps` must have shape [B, H, W], got {shape_of(maps)}")
     expected = [display.shape[0], display.shape[2], display.shape[3]]
     if shape_of(maps) != expected:
         raise ValueError(
-            f"overlay: `maps` must match `display`'s batch and image size {expected}, "
-            f"got {shape_of(maps)}"
+            f"overlay: `maps` must match `display`'s batch and image size {expected}, got {shape_of(maps)}"
         )
     if maps.device != display.device:
         raise ValueError(
-            f"overlay: `maps` must be on the same device as `display` ({display.device}), "
-            f"got {maps.device}"
+            f"overlay: `maps` must be on the same device as `display` ({display.device}), got {maps.device}"
         )
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"overlay: `alpha` must be in [0, 1], got {alpha}")
@@ -265,9 +252,7 @@ def to_uint8(images: Tensor) -> np.ndarray:
     """
     require_tensor("to_uint8", "images", images)
     if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(
-            f"to_uint8: `images` must have shape [N, 3, H, W], got {shape_of(images)}"
-        )
+        raise ValueError(f"to_uint8: `images` must have shape [N, 3, H, W], got {shape_of(images)}")
     quantised = (images.detach().to(torch.float32).clamp(0.0, 1.0) * 255).round()
     return quantised.to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
@@ -347,9 +332,7 @@ def _render_grid(
             bottom = top - panel_height
             for column, picture in enumerate(row_cells):
                 left = _MARGIN + column * (panel_width + _COLUMN_GAP)
-                axes = figure.add_axes(
-                    (left / width, bottom / height, panel_width / width, panel_height / height)
-                )
+                axes = figure.add_axes((left / width, bottom / height, panel_width / width, panel_height / height))
                 axes.imshow(picture, interpolation="nearest", aspect="auto")
                 axes.set_axis_off()
             top = bottom - _ROW_GAP
@@ -405,10 +388,7 @@ def method_grid(
     require_tensor("method_grid", "display", display)
     require_tensor("method_grid", "overlays", overlays)
     if display.dim() != 4 or display.shape[1] != 3 or display.shape[0] == 0:
-        raise ValueError(
-            "method_grid: `display` must have shape [B, 3, H, W] with B >= 1, "
-            f"got {shape_of(display)}"
-        )
+        raise ValueError(f"method_grid: `display` must have shape [B, 3, H, W] with B >= 1, got {shape_of(display)}")
     if overlays.shape != display.shape:
         raise ValueError(
             f"method_grid: `overlays` must have the same shape as `display` "
@@ -417,8 +397,7 @@ def method_grid(
     labels = [str(label) for label in row_labels]
     if len(labels) != display.shape[0]:
         raise ValueError(
-            f"method_grid: `row_labels` must have one label per image ({display.shape[0]}), "
-            f"got {len(labels)}"
+            f"method_grid: `row_labels` must have one label per image ({display.shape[0]}), got {len(labels)}"
         )
     # One transfer for both halves of the grid.
     both = to_uint8(torch.cat([display, overlays.to(display.device)], dim=0))
@@ -471,9 +450,7 @@ def probe_panel(
     """
     require_tensor("probe_panel", "display_one", display_one)
     if display_one.dim() != 3 or display_one.shape[0] != 3:
-        raise ValueError(
-            f"probe_panel: `display_one` must have shape [3, H, W], got {shape_of(display_one)}"
-        )
+        raise ValueError(f"probe_panel: `display_one` must have shape [3, H, W], got {shape_of(display_one)}")
     names = [str(name) for name in overlays]
     for name, picture in overlays.items():
         require_tensor("probe_panel", f"overlays[{name!r}]", picture)
@@ -482,9 +459,7 @@ def probe_panel(
                 f"probe_panel: `overlays[{name!r}]` must have the same shape as "
                 f"`display_one` {shape_of(display_one)}, got {shape_of(picture)}"
             )
-    stacked = torch.stack(
-        [display_one] + [picture.to(display_one.device) for picture in overlays.values()]
-    )
+    stacked = torch.stack([display_one] + [picture.to(display_one.device) for picture in overlays.values()])
     pictures = to_uint8(stacked)
     return _render_grid(
         [list(pictures)],
@@ -542,13 +517,11 @@ def comparison_grid(
     require_tensor("comparison_grid", "display", display)
     if display.dim() != 4 or display.shape[1] != 3 or display.shape[0] == 0:
         raise ValueError(
-            "comparison_grid: `display` must have shape [B, 3, H, W] with B >= 1, "
-            f"got {shape_of(display)}"
+            f"comparison_grid: `display` must have shape [B, 3, H, W] with B >= 1, got {shape_of(display)}"
         )
     if len(overlays) == 0:
         raise ValueError(
-            "comparison_grid: `overlays` must map at least one method name to its "
-            "overlays, got an empty mapping"
+            "comparison_grid: `overlays` must map at least one method name to its overlays, got an empty mapping"
         )
     names = [str(name) for name in overlays]
     for name, pictures in overlays.items():
@@ -561,13 +534,12 @@ def comparison_grid(
     labels = [str(label) for label in row_labels]
     if len(labels) != display.shape[0]:
         raise ValueError(
-            f"comparison_grid: `row_labels` must have one label per image "
-            f"({display.shape[0]}), got {len(labels)}"
+            f"comparison_grid: `row_labels` must have one label per image ({display.shape[0]}), got {len(labels)}"
         )
     # One transfer for all columns: [column 0 images, column 1 images, ...].
-    columns = to_uint8(
-        torch.cat([display, *(pictures.to(display.device) for pictures in overlays.values())])
-    ).reshape(1 + len(names), display.shape[0], *display.shape[2:], 3)
+    columns = to_uint8(torch.cat([display, *(pictures.to(display.device) for pictures in overlays.values())])).reshape(
+        1 + len(names), display.shape[0], *display.shape[2:], 3
+    )
     cells = [list(columns[:, row]) for row in range(display.shape[0])]
     return _render_grid(
         cells,
@@ -599,16 +571,10 @@ def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> None:
         ...     save_png(np.zeros((4, 4, 3), dtype=np.uint8), Path(folder) / "a" / "b.png")
     """
     if not isinstance(array, np.ndarray) or array.dtype != np.uint8:
-        description = (
-            f"numpy array of {array.dtype}"
-            if isinstance(array, np.ndarray)
-            else type(array).__name__
-        )
+        description = f"numpy array of {array.dtype}" if isinstance(array, np.ndarray) else type(array).__name__
         raise TypeError(f"save_png: `array` must be a numpy uint8 array, got {description}")
     if array.ndim != 3 or array.shape[-1] != 3:
-        raise ValueError(
-            f"save_png: `array` must have shape [H, W, 3], got {list(array.shape)}"
-        )
+        raise ValueError(f"save_png: `array` must have shape [H, W, 3], got {list(array.shape)}")
     destination = Path(path)
     destination.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(array)).save(destination, format="PNG")

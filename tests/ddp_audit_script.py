@@ -14,8 +14,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from lightning_sas import GradCAM, SASAuditCallback, SaS  # noqa: E402
-from lit_models import LitClassifier, corner_dataset, loaders  # noqa: E402
+from lit_models import LitClassifier, corner_dataset, loaders
+
+from lightning_sas import GradCAM, SaS, SASAuditCallback
 
 
 class CollectiveForward(LitClassifier):

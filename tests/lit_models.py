@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from models import SmallCNN
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-
-from models import SmallCNN
 
 
 class LitClassifier(L.LightningModule):

@@ -40,7 +40,9 @@ class RectangleModel(nn.Module):
                 self.conv.weight[2 * channel, channel] = laplacian
                 self.conv.weight[2 * channel + 1, channel] = -laplacian
         top, bottom, left, right = box
-        self.features = nn.Sequential(self.conv, nn.ReLU(), RectangleGate(size, (top + 1, bottom - 1, left + 1, right - 1)))
+        self.features = nn.Sequential(
+            self.conv, nn.ReLU(), RectangleGate(size, (top + 1, bottom - 1, left + 1, right - 1))
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.logit_scale = logit_scale
         self.offset = 0.05
@@ -72,7 +74,9 @@ class SmallCNN(nn.Module):
             nn.BatchNorm2d(2 * channels),
             nn.ReLU(),
         )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(2 * channels, num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(2 * channels, num_classes)
+        )
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.features(images))

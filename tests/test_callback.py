@@ -12,11 +12,11 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lit_models import LitClassifier, corner_dataset, loaders
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_sas import GradCAM, SASAuditCallback, SaS
-from lit_models import LitClassifier, corner_dataset, loaders
+from lightning_sas import GradCAM, SaS, SASAuditCallback
 
 
 def cheap_methods() -> list:
@@ -42,7 +42,9 @@ def read_events(log_dir: str | Path) -> EventAccumulator:
     return events
 
 
-def fit(tmp_path: Path, callback: SASAuditCallback | None, max_epochs: int = 2, **kwargs) -> tuple[L.Trainer, LitClassifier]:
+def fit(
+    tmp_path: Path, callback: SASAuditCallback | None, max_epochs: int = 2, **kwargs
+) -> tuple[L.Trainer, LitClassifier]:
     L.seed_everything(0, verbose=False)
     model = LitClassifier()
     train, val = loaders(corner_dataset())
@@ -165,14 +167,21 @@ class BrokenMethod:
 def test_failing_audit_warns_and_training_continues(tmp_path: Path) -> None:
     reference = snapshot_training_state(*fit(tmp_path / "ref", None, max_epochs=2))
     callback = SASAuditCallback(probe=2, methods=[BrokenMethod(), "gradcam"])
-    with pytest.warns(UserWarning, match=r"audit at epoch 0 is incomplete: broken failed and has no maps \(RuntimeError: attribution exploded\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"audit at epoch 0 is incomplete: broken failed and has no maps \(RuntimeError: attribution exploded\)",
+    ):
         trainer, model = fit(tmp_path / "broken", callback, max_epochs=2)
     # The failing method loses only its own results: Grad-CAM's are kept and logged.
     assert trainer.current_epoch == 2 and callback.audited_epochs == [0, 1]
-    assert all("audit/gradcam/roi_share" in entry and "audit/broken/roi_share" not in entry for entry in callback.history)
+    assert all(
+        "audit/gradcam/roi_share" in entry and "audit/broken/roi_share" not in entry for entry in callback.history
+    )
     events = read_events(trainer.logger.log_dir)
     assert "audit/grid/gradcam" in events.Tags()["images"]
-    problems_text = [event.tensor_proto.string_val[0].decode() for event in events.Tensors("audit/problems/text_summary")]
+    problems_text = [
+        event.tensor_proto.string_val[0].decode() for event in events.Tensors("audit/problems/text_summary")
+    ]
     assert len(problems_text) == 2 and "broken failed" in problems_text[0]
     for name, value in reference["weights"].items():
         assert torch.equal(model.state_dict()[name], value), name
@@ -221,7 +230,11 @@ def test_bad_configuration_fails_at_construction(kwargs: dict, message: str) -> 
         ({"probe": [3, 99]}, True, r"`probe` indices \[99\] are out of range"),
         ({"probe": 4}, False, "needs validation data"),
         ({"probe": 4, "mean": [0.5, 0.5, 0.5]}, "grey", r"`mean` must have 1 value for the 1-channel images, got 3"),
-        ({"probe": 4, "std": [0.5, 0.5]}, True, r"`std` must have 1 value \(for every channel\) or 3 \(one per channel\)"),
+        (
+            {"probe": 4, "std": [0.5, 0.5]},
+            True,
+            r"`std` must have 1 value \(for every channel\) or 3 \(one per channel\)",
+        ),
     ],
 )
 def test_bad_configuration_fails_before_the_first_training_step(tmp_path: Path, callback_kwargs, val, message) -> None:
@@ -260,8 +273,11 @@ def test_resume_uses_the_same_probes_and_reports_changed_ones(tmp_path: Path) ->
     first = SASAuditCallback(probe=4, methods=["gradcam"], seed=1)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = L.Trainer(
-        max_epochs=1, logger=TensorBoardLogger(tmp_path, name="tb"), callbacks=[first, checkpoint],
-        enable_progress_bar=False, enable_model_summary=False,
+        max_epochs=1,
+        logger=TensorBoardLogger(tmp_path, name="tb"),
+        callbacks=[first, checkpoint],
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(LitClassifier(), train, val)
     last = tmp_path / "ckpt" / "last.ckpt"
@@ -295,7 +311,11 @@ def test_shortcut_alert_warns_logs_text_and_can_stop_training(tmp_path: Path) ->
     callback = SASAuditCallback(probe=2, methods=["gradcam"], shortcut_threshold=0.5, stop_on_shortcut=True)
     L.seed_everything(0, verbose=False)
     trainer = make_trainer(tmp_path, [callback], max_epochs=5)
-    with pytest.warns(UserWarning, match=r"^Shortcut alert at epoch 0: gradcam puts 1.00 of its top-ranked pixels on the ROI \(roi_share 1.00 > 0.5\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"^Shortcut alert at epoch 0: gradcam puts 1.00 of its top-ranked pixels on the ROI "
+        r"\(roi_share 1.00 > 0.5\)",
+    ):
         trainer.fit(LitClassifier(), *loaders(everywhere))
     assert trainer.current_epoch == 1  # stopped cleanly after the first audited epoch
     assert callback.alerts[0]["crossed"] == [{"criterion": "roi_share", "method": "gradcam"}]
@@ -364,7 +384,8 @@ class FailingAuditLogger(CSVLogger):
 def test_failure_while_writing_the_audit_does_not_stop_training(tmp_path: Path) -> None:
     callback = SASAuditCallback(probe=2, methods=["gradcam"])
     with pytest.warns(
-        UserWarning, match=r"audit at epoch 1 ran but could not be written \(scalars: FailingAuditLogger: OSError: No space left"
+        UserWarning,
+        match=r"audit at epoch 1 ran but could not be written \(scalars: FailingAuditLogger: OSError: No space left",
     ):
         trainer, _ = fit(tmp_path, callback, max_epochs=2, logger=FailingAuditLogger(tmp_path, name="csv"))
     assert trainer.current_epoch == 2 and callback.audited_epochs == [0, 1]

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from lit_models import LitClassifier, corner_dataset
+from test_callback import read_events
 
 from lightning_sas import GradCAM, SaS
 from lightning_sas.metrics import spearman
-from lit_models import LitClassifier, corner_dataset
-from test_callback import read_events
 
 
 def test_ddp_shards_probes_and_rank_zero_writes(tmp_path: Path) -> None:
@@ -63,7 +63,10 @@ def test_ddp_ranks_make_the_same_forward_calls_with_fewer_probes_than_ranks(tmp_
     environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     run = subprocess.run(
         [sys.executable, str(script), str(tmp_path), "collective"],
-        env=environment, capture_output=True, text=True, timeout=240,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads((tmp_path / "rank0_audited.json").read_text()) == [0]

@@ -15,12 +15,12 @@ import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
+from lit_models import LitClassifier, corner_dataset, loaders
+from test_callback import fit, make_trainer, read_events, snapshot_training_state
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from lightning_sas import GradCAM, SASAuditCallback, SaS
-from lit_models import LitClassifier, corner_dataset, loaders
-from test_callback import fit, make_trainer, read_events, snapshot_training_state
+from lightning_sas import GradCAM, SaS, SASAuditCallback
 
 
 def cheap() -> list:
@@ -117,7 +117,9 @@ def test_single_logit_binary_classifier(tmp_path: Path, shape: str) -> None:
     assert np.isfinite(raw["maps_sas"]).all() and np.isfinite(raw["maps_gradcam"]).all()
 
 
-@pytest.mark.parametrize(("module", "output"), [(DictLit(), "logits"), (TupleLit(), 1), (TupleLit(), lambda out: out[1])])
+@pytest.mark.parametrize(
+    ("module", "output"), [(DictLit(), "logits"), (TupleLit(), 1), (TupleLit(), lambda out: out[1])]
+)
 def test_structured_outputs_with_an_output_selector(tmp_path: Path, module, output) -> None:
     callback = SASAuditCallback(probe=2, methods=cheap(), output=output, on_error="raise")
     trainer = fit_module(tmp_path, module, callback)
@@ -129,7 +131,9 @@ def test_output_that_is_not_logits_fails_clearly_at_the_first_audit(tmp_path: Pa
     with pytest.raises(ValueError, match=r"got a dict \{'logits': a tensor of shape \[\d+, 2\].*Pass `output=`"):
         fit_module(tmp_path, DictLit(), callback)
     warned = SASAuditCallback(probe=2, methods=cheap())
-    with pytest.warns(UserWarning, match=r"audit at epoch 0 failed and was skipped \(ValueError: `model` must return class logits"):
+    with pytest.warns(
+        UserWarning, match=r"audit at epoch 0 failed and was skipped \(ValueError: `model` must return class logits"
+    ):
         trainer = fit_module(tmp_path / "warn", DictLit(), warned)
     assert trainer.current_epoch == 1
 
@@ -176,7 +180,9 @@ def test_mapping_items(tmp_path: Path, keys: dict, item_keys) -> None:
 def test_mapping_item_without_the_image_key_names_the_keys(tmp_path: Path) -> None:
     callback = SASAuditCallback(probe=MappingDataset({"image": "px", "label": "y", "roi": "r"}), methods=["gradcam"])
     trainer = make_trainer(tmp_path, [callback], max_epochs=1, limit_val_batches=0)
-    with pytest.raises(TypeError, match=r"without the image key 'image' \(its keys: \['id', 'px', 'r', 'y'\]\); set `item_keys`"):
+    with pytest.raises(
+        TypeError, match=r"without the image key 'image' \(its keys: \['id', 'px', 'r', 'y'\]\); set `item_keys`"
+    ):
         trainer.fit(LitClassifier(), DataLoader(corner_dataset(), batch_size=16))
 
 
@@ -188,7 +194,9 @@ class Stream(IterableDataset):
 def test_iterable_validation_data_is_refused_before_training(tmp_path: Path) -> None:
     model = LitClassifier()
     trainer = make_trainer(tmp_path, [SASAuditCallback(probe=2, methods=["gradcam"])], max_epochs=1)
-    with pytest.raises(MisconfigurationException, match=r"validation data is a Stream \(an IterableDataset.*Pass `probe=<a Dataset>`"):
+    with pytest.raises(
+        MisconfigurationException, match=r"validation data is a Stream \(an IterableDataset.*Pass `probe=<a Dataset>`"
+    ):
         trainer.fit(model, DataLoader(corner_dataset(), batch_size=16), DataLoader(Stream(), batch_size=16))
     assert model.training_steps == 0
 
@@ -218,7 +226,10 @@ def test_non_finite_outputs_are_nan_scores_with_a_warning_never_chance(tmp_path:
     trainer = make_trainer(tmp_path, [callback], max_epochs=1)
     dataset = corner_dataset()
     module = NanForCornerLit()
-    with pytest.warns(UserWarning, match=r"sas: the model's output or the map is not finite \(NaN/inf\) for 2 probe\(s\): val\[\d+\], val\[\d+\]"):
+    with pytest.warns(
+        UserWarning,
+        match=r"sas: the model's output or the map is not finite \(NaN/inf\) for 2 probe\(s\): val\[\d+\], val\[\d+\]",
+    ):
         trainer.fit(module, *loaders(dataset))
     raw = np.load(Path(trainer.logger.log_dir) / "audits" / "epoch=0.npz")
     nan_rows = [bool(np.isnan(m).all()) for m in raw["maps_gradcam"]]
@@ -269,7 +280,11 @@ def test_several_validation_loaders_take_probes_from_the_first(tmp_path: Path) -
             pass
 
     trainer = make_trainer(tmp_path, [callback], max_epochs=1)
-    trainer.fit(TwoLoaders(), DataLoader(first, batch_size=16), [DataLoader(first, batch_size=16), DataLoader(second, batch_size=16)])
+    trainer.fit(
+        TwoLoaders(),
+        DataLoader(first, batch_size=16),
+        [DataLoader(first, batch_size=16), DataLoader(second, batch_size=16)],
+    )
     expected = torch.stack([first[entry["index"]][0] for entry in callback.manifest])
     assert torch.equal(callback.probes.images, expected)
 
@@ -310,8 +325,11 @@ def test_resume_with_other_settings_keeps_the_probe_set_and_history(tmp_path: Pa
     first = SASAuditCallback(probe=3, methods=["gradcam"], every_n_epochs=1)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = L.Trainer(
-        max_epochs=1, logger=TensorBoardLogger(tmp_path, name="tb"), callbacks=[first, checkpoint],
-        enable_progress_bar=False, enable_model_summary=False,
+        max_epochs=1,
+        logger=TensorBoardLogger(tmp_path, name="tb"),
+        callbacks=[first, checkpoint],
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(LitClassifier(), train, val)
     resumed = SASAuditCallback(probe=3, methods=cheap(), every_n_epochs=2, seed=7)

@@ -8,10 +8,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 from lightning.pytorch.loggers import TensorBoardLogger
-
-from lightning_sas import SASAuditCallback
 from lit_models import LitClassifier, corner_dataset, loaders
 from test_callback import make_trainer, read_events
+
+from lightning_sas import SASAuditCallback
 
 mlflow = pytest.importorskip("mlflow")
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from lit_models import corner_dataset
+from test_callback import fit, read_events
 
 from lightning_sas import SASAuditCallback
 from lightning_sas.faithfulness import Faithfulness
 from lightning_sas.intervention import Artifacts
 from lightning_sas.sanity import ImageEdges
-from lit_models import corner_dataset
-from test_callback import fit, read_events
 
 
 def texts(trainer, tag: str) -> list[str]:
@@ -30,7 +30,9 @@ def test_faithfulness_scores_are_logged_every_audit(tmp_path: Path) -> None:
         assert len(values) == 2 and all(math.isfinite(value) for value in values), name
     deletion = events.Scalars("audit/gradcam/deletion_auc")[-1].value
     insertion = events.Scalars("audit/gradcam/insertion_auc")[-1].value
-    assert events.Scalars("audit/gradcam/insertion_minus_deletion")[-1].value == pytest.approx(insertion - deletion, abs=1e-6)
+    assert events.Scalars("audit/gradcam/insertion_minus_deletion")[-1].value == pytest.approx(
+        insertion - deletion, abs=1e-6
+    )
     off = SASAuditCallback(probe=2, methods=["gradcam"], faithfulness=False, sanity=False)
     trainer, _ = fit(tmp_path / "off", off, max_epochs=1)
     assert not any("auc" in tag for tag in read_events(trainer.logger.log_dir).Tags()["scalars"])

@@ -32,6 +32,7 @@ from test_cli import _reject_constant, assert_only_estimate, error_lines, parse_
 from lightning_sas import cli
 from lightning_sas.cli import main
 from lightning_sas.export import export_artifacts
+from lightning_sas.sanity import DEFAULT_THRESHOLD
 
 CLASS_NAMES = "clean,ruler"
 
@@ -149,7 +150,7 @@ def test_artifact_the_model_uses_exits_1_with_the_flip_rate(
     for values in sanity["similarity"].values():
         assert len(values) == 2 and all(value is None or -1.0 <= value <= 1.0 for value in values)
     assert any(value is not None for values in sanity["similarity"].values() for value in values)
-    assert set(sanity["flagged"]) <= {"sas", "gradcam"} and sanity["threshold"] == 0.5
+    assert set(sanity["flagged"]) <= {"sas", "gradcam"} and sanity["threshold"] == DEFAULT_THRESHOLD
     for entry in summary["probes"]:
         assert {name: len(values) for name, values in entry["sanity_similarity"].items()} == {"sas": 2, "gradcam": 2}
     assert "sanity check (2 stage(s)" in captured.out

@@ -6,21 +6,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from models import SmallCNN
+from test_callback import fit, read_events
 
-from lightning_sas import GradCAM, SASAuditCallback, SaS
+from lightning_sas import GradCAM, SaS, SASAuditCallback
 from lightning_sas.audit import explain
 from lightning_sas.cost import audit_passes, estimate_audit
 from lightning_sas.faithfulness import Faithfulness
 from lightning_sas.intervention import Artifacts
 from lightning_sas.probes import Probes
 from lightning_sas.progress import reporting
-from models import SmallCNN
-from test_callback import fit, read_events
 
 
 def probes(count: int = 3) -> Probes:
     images = torch.randn(count, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    return Probes(images, torch.zeros(count, dtype=torch.long), torch.zeros(count, 16, 16, dtype=torch.bool), ["a", "b", "c"][:count])
+    return Probes(
+        images,
+        torch.zeros(count, dtype=torch.long),
+        torch.zeros(count, 16, 16, dtype=torch.bool),
+        ["a", "b", "c"][:count],
+    )
 
 
 def test_progress_reports_exactly_the_counted_passes() -> None:
@@ -28,9 +33,16 @@ def test_progress_reports_exactly_the_counted_passes() -> None:
     artifacts = Artifacts(target_class=1, patches=torch.ones(1, 3, 4, 4), masks=torch.ones(1, 4, 4), trials=2)
     reported: list[int] = []
     with reporting(reported.append):
-        explain(SmallCNN(num_classes=2).eval(), probes(), methods, faithfulness=Faithfulness(steps=4), artifacts=artifacts)
+        explain(
+            SmallCNN(num_classes=2).eval(), probes(), methods, faithfulness=Faithfulness(steps=4), artifacts=artifacts
+        )
     expected = audit_passes(methods, 3, faithfulness_steps=4, intervention_trials=2)
-    assert expected == {"sas": (54, True), "gradcam": (3, True), "faithfulness": (42, False), "intervention": (9, False)}
+    assert expected == {
+        "sas": (54, True),
+        "gradcam": (3, True),
+        "faithfulness": (42, False),
+        "intervention": (9, False),
+    }
     assert sum(reported) == sum(count for count, _ in expected.values())
     assert reported[:3] == [18, 18, 18]  # SaS reports each iteration as it finishes
 
@@ -40,14 +52,17 @@ def test_estimate_scales_the_measured_pass_time() -> None:
     passes = audit_passes({"sas": SaS(iterations=10)}, 4, faithfulness_steps=20)
     cost = estimate_audit(model, probes().images, passes)
     with_grad, forward_only = cost.seconds_per_pass
-    assert 0 < forward_only and 0 < with_grad
+    assert forward_only > 0 and with_grad > 0
     assert cost.seconds == pytest.approx(passes["sas"][0] * with_grad + passes["faithfulness"][0] * forward_only)
     assert model.training and "sas 1,520 passes" in cost.describe()
 
 
 def test_callback_logs_the_estimate_and_warns_when_an_audit_costs_more_than_training(tmp_path: Path) -> None:
     expensive = SASAuditCallback(probe=4, methods=[SaS(iterations=40, num_masks=8)], cost_warning_share=0.5)
-    with pytest.warns(UserWarning, match=r"each audit of 4 probes will take ≈ .* more than 50% of the training time.*SaS\(iterations=30\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"each audit of 4 probes will take ≈ .* more than 50% of the training time.*SaS\(iterations=30\)",
+    ):
         trainer, _ = fit(tmp_path / "expensive", expensive, max_epochs=1)
     assert expensive.cost is not None and expensive.cost.passes["sas"] == (4 * 40 * 2 * 7, True)
     text = read_events(trainer.logger.log_dir).Tensors("audit/cost/text_summary")

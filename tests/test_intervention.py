@@ -95,9 +95,18 @@ def test_works_inside_inference_mode_with_a_binary_single_logit_model() -> None:
     [
         ({"target_class": -1, "paste": lambda images, generator: images}, "`target_class` must be a class index >= 0"),
         ({"target_class": 1}, "Give either `patches` \\(with `masks`\\) or `paste`"),
-        ({"target_class": 1, "patches": torch.ones(1, 3, 4, 4), "masks": torch.ones(1, 5, 5)}, "`masks` must have shape \\[N, h, w\\] = \\[1, 4, 4\\]"),
-        ({"target_class": 1, "patches": torch.ones(1, 3, 4, 4), "masks": torch.zeros(1, 4, 4)}, "must mark at least one pixel"),
-        ({"target_class": 1, "paste": lambda images, generator: images, "trials": 0}, "`trials` must be an integer >= 1, got 0"),
+        (
+            {"target_class": 1, "patches": torch.ones(1, 3, 4, 4), "masks": torch.ones(1, 5, 5)},
+            "`masks` must have shape \\[N, h, w\\] = \\[1, 4, 4\\]",
+        ),
+        (
+            {"target_class": 1, "patches": torch.ones(1, 3, 4, 4), "masks": torch.zeros(1, 4, 4)},
+            "must mark at least one pixel",
+        ),
+        (
+            {"target_class": 1, "paste": lambda images, generator: images, "trials": 0},
+            "`trials` must be an integer >= 1, got 0",
+        ),
     ],
 )
 def test_bad_artifacts_are_refused_with_clear_messages(kwargs: dict, message: str) -> None:

@@ -82,9 +82,7 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
 
 
 def hook_count(model: nn.Module) -> int:
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()
-    )
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 
 
 def test_no_side_effects(method: AttributionMethod) -> None:
@@ -220,12 +218,37 @@ def test_compiled_model_default_backend() -> None:
 @pytest.mark.parametrize(
     ("images", "targets", "error", "message"),
     [
-        (torch.randn(3, 16, 16), torch.tensor([0, 1, 2]), ValueError, r"`images` must be 4-D .*got shape \[3, 16, 16\]"),
-        (torch.zeros(2, 3, 16, 16, dtype=torch.uint8), torch.tensor([0, 1]), TypeError, "`images` must be a floating-point tensor.*torch.uint8"),
+        (
+            torch.randn(3, 16, 16),
+            torch.tensor([0, 1, 2]),
+            ValueError,
+            r"`images` must be 4-D .*got shape \[3, 16, 16\]",
+        ),
+        (
+            torch.zeros(2, 3, 16, 16, dtype=torch.uint8),
+            torch.tensor([0, 1]),
+            TypeError,
+            "`images` must be a floating-point tensor.*torch.uint8",
+        ),
         ([[0.0]], torch.tensor([0]), TypeError, "`images` must be a floating-point tensor.*list"),
-        (torch.randn(2, 3, 16, 16), torch.tensor([0, 1, 2]), ValueError, r"`targets` must have shape \[2\].*got shape \[3\]"),
-        (torch.randn(2, 3, 16, 16), torch.tensor([0.0, 1.0]), TypeError, "`targets` must be an integer tensor.*torch.float32"),
-        (torch.randn(2, 3, 16, 16), torch.tensor([0, 4]), ValueError, r"`targets` must be class indices in \[0, 4\).*\[4\]"),
+        (
+            torch.randn(2, 3, 16, 16),
+            torch.tensor([0, 1, 2]),
+            ValueError,
+            r"`targets` must have shape \[2\].*got shape \[3\]",
+        ),
+        (
+            torch.randn(2, 3, 16, 16),
+            torch.tensor([0.0, 1.0]),
+            TypeError,
+            "`targets` must be an integer tensor.*torch.float32",
+        ),
+        (
+            torch.randn(2, 3, 16, 16),
+            torch.tensor([0, 4]),
+            ValueError,
+            r"`targets` must be class indices in \[0, 4\).*\[4\]",
+        ),
         (torch.randn(2, 3, 16, 16), torch.tensor([-1, 0]), ValueError, r"class indices in \[0, 4\).*\[-1\]"),
     ],
 )

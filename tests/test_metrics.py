@@ -62,9 +62,8 @@ def test_rank_average_rejects_scalar_and_empty() -> None:
 
 
 def _scipy_spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.array(
-        [stats.spearmanr(row_a.ravel(), row_b.ravel()).statistic for row_a, row_b in zip(a, b)]
-    )
+    rows = zip(a, b, strict=True)
+    return np.array([stats.spearmanr(row_a.ravel(), row_b.ravel()).statistic for row_a, row_b in rows])
 
 
 @pytest.mark.parametrize("with_ties", [False, True])
@@ -376,6 +375,6 @@ def test_metrics_run_on_cuda_deterministically_and_match_cpu() -> None:
         roi_share(maps, roi),
         roi_mass(maps, roi),
     ]
-    for on_cuda, on_cpu in zip(cuda_results, cpu_results):
+    for on_cuda, on_cpu in zip(cuda_results, cpu_results, strict=True):
         assert on_cuda.is_cuda
         torch.testing.assert_close(on_cuda.cpu(), on_cpu, atol=1e-6, rtol=1e-6)

@@ -62,8 +62,16 @@ def test_single_logit_keeps_the_gradient() -> None:
         (None, None, r"got a NoneType\. Pass `output=`"),
     ],
     ids=[
-        "4d", "wrong_batch", "class_vector_for_one_image", "wrong_binary_batch", "no_classes",
-        "scalar", "integer", "bool", "str", "none",
+        "4d",
+        "wrong_batch",
+        "class_vector_for_one_image",
+        "wrong_binary_batch",
+        "no_classes",
+        "scalar",
+        "integer",
+        "bool",
+        "str",
+        "none",
     ],  # fmt: skip
 )
 def test_not_class_logits(raw, batch, message: str) -> None:
@@ -118,8 +126,13 @@ def test_select_output() -> None:
         ),
     ],
     ids=[
-        "index_too_large", "negative_index_too_large", "index_on_tensor", "index_on_dict",
-        "missing_key", "key_on_list", "key_on_tensor",
+        "index_too_large",
+        "negative_index_too_large",
+        "index_on_tensor",
+        "index_on_dict",
+        "missing_key",
+        "key_on_list",
+        "key_on_tensor",
     ],  # fmt: skip
 )
 def test_bad_selector(raw, output, message: str) -> None:

@@ -147,9 +147,7 @@ def test_overlay_alpha_zero_returns_the_image() -> None:
 @pytest.mark.parametrize("cmap", ["jet", "viridis", "gray"])
 def test_overlay_alpha_one_returns_matplotlib_colours(cmap: str) -> None:
     # Include both ends and values right at / next to bin edges.
-    values = torch.tensor(
-        [0.0, 1.0, 0.5, 0.25, 0.1, 0.3333, 0.77, 0.99, 1 / 256, 255 / 256, 0.999999]
-    )
+    values = torch.tensor([0.0, 1.0, 0.5, 0.25, 0.1, 0.3333, 0.77, 0.99, 1 / 256, 255 / 256, 0.999999])
     maps = values.view(1, 1, -1)
     display = torch.rand(1, 3, 1, values.numel(), generator=_generator(3))
     colours = overlay(display, maps, cmap=cmap, alpha=1.0)[0, :, 0, :].T.numpy()
@@ -163,12 +161,8 @@ def test_overlay_blends_linearly_and_clips_map_values() -> None:
     full = overlay(display, maps, alpha=1.0)
     torch.testing.assert_close(overlay(display, maps, alpha=0.3), 0.7 * display + 0.3 * full)
     # Out-of-range map values take the end colours.
-    torch.testing.assert_close(
-        overlay(display, maps * 0 - 5, alpha=1.0), overlay(display, maps * 0, alpha=1.0)
-    )
-    torch.testing.assert_close(
-        overlay(display, maps * 0 + 5, alpha=1.0), overlay(display, maps * 0 + 1, alpha=1.0)
-    )
+    torch.testing.assert_close(overlay(display, maps * 0 - 5, alpha=1.0), overlay(display, maps * 0, alpha=1.0))
+    torch.testing.assert_close(overlay(display, maps * 0 + 5, alpha=1.0), overlay(display, maps * 0 + 1, alpha=1.0))
 
 
 def _grey(images: torch.Tensor) -> torch.Tensor:
@@ -257,9 +251,7 @@ def _grid_inputs(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_method_grid_is_uint8_rgb_of_stable_size() -> None:
     display, overlays = _grid_inputs(2, seed=6)
-    first = method_grid(
-        display, overlays, ["true: melanoma  pred: melanoma (0.93)", "b"], title="SaS"
-    )
+    first = method_grid(display, overlays, ["true: melanoma  pred: melanoma (0.93)", "b"], title="SaS")
     other_display, other_overlays = _grid_inputs(2, seed=7)
     second = method_grid(
         other_display,
@@ -383,8 +375,9 @@ def test_comparison_grid_has_a_column_per_method_and_a_row_per_image() -> None:
     assert fewer_rows.shape[0] < two_methods.shape[0] and fewer_rows.shape[1] == two_methods.shape[1]
     assert longer_text.shape == two_methods.shape  # size fixed by the shapes, not the text
     # With one method and no title it is the same picture as method_grid's plus column titles.
-    assert comparison_grid(display, {"SaS": overlays}, ["a", "b", "c"]).shape[1] == (
-        method_grid(display, overlays, ["a", "b", "c"]).shape[1]
+    assert (
+        comparison_grid(display, {"SaS": overlays}, ["a", "b", "c"]).shape[1]
+        == (method_grid(display, overlays, ["a", "b", "c"]).shape[1])
     )
 
 

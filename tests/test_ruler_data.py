@@ -90,7 +90,7 @@ def test_same_seed_is_bit_identical_and_seeds_differ():
     np.random.seed(2)
     second = data.generate(24, seed=3)
     other = data.generate(24, seed=4)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
     assert not torch.equal(first[0], other[0])
     assert not torch.equal(first[1], other[1]) or not torch.equal(first[2], other[2])
@@ -130,9 +130,7 @@ def test_masks_are_exactly_the_ruler_pixels():
     images, labels, masks = data.generate(300, seed=11)
     # Same seed without rulers: the random stream does not depend on the ruler rates, so
     # this is the same scene with the rulers left out.
-    clean_images, clean_labels, clean_masks = data.generate(
-        300, seed=11, p_ruler_malignant=0.0, p_ruler_benign=0.0
-    )
+    clean_images, clean_labels, clean_masks = data.generate(300, seed=11, p_ruler_malignant=0.0, p_ruler_benign=0.0)
     assert torch.equal(labels, clean_labels)
     assert clean_masks.sum() == 0
     ruler = masks.bool().unsqueeze(1).expand_as(images)
@@ -208,8 +206,13 @@ def test_splits_swap_and_clean_rates():
     assert not torch.equal(splits["train"].images, splits["val"].images)
 
     clean = data.make_splits(
-        n_train=200, n_val=200, n_counterfactual=200, p_ruler_malignant=0.8,
-        p_ruler_benign=0.2, clean=True, seed=5,
+        n_train=200,
+        n_val=200,
+        n_counterfactual=200,
+        p_ruler_malignant=0.8,
+        p_ruler_benign=0.2,
+        clean=True,
+        seed=5,
     )
     for name, split in clean.items():
         rates = _ruler_rates(split.labels, split.ruler_masks)
@@ -217,9 +220,7 @@ def test_splits_swap_and_clean_rates():
 
 
 def test_dataset_items_are_normalised(default_batch):
-    dataset = data.RulerBiasDataset(
-        default_batch.images, default_batch.labels, default_batch.ruler_masks
-    )
+    dataset = data.RulerBiasDataset(default_batch.images, default_batch.labels, default_batch.ruler_masks)
     assert len(dataset) == 2000
     image, label, roi = dataset[3]
     assert image.shape == (3, 64, 64) and image.dtype == torch.float32
@@ -234,15 +235,12 @@ def test_dataset_items_are_normalised(default_batch):
     assert (normalised.std(dim=(0, 2, 3)) - 1).abs().max() < 0.05
     assert torch.equal(dataset.has_ruler, default_batch.ruler_masks.flatten(1).any(dim=1))
     with pytest.raises(ValueError, match="labels"):
-        data.RulerBiasDataset(default_batch.images[:4], default_batch.labels[:3],
-                              default_batch.ruler_masks[:4])
+        data.RulerBiasDataset(default_batch.images[:4], default_batch.labels[:3], default_batch.ruler_masks[:4])
 
 
 @pytest.mark.parametrize("image_size", [16, 32, 128])
 def test_other_image_sizes(image_size):
-    images, labels, masks = data.generate(
-        6, image_size=image_size, p_ruler_malignant=1.0, p_ruler_benign=1.0, seed=9
-    )
+    images, labels, masks = data.generate(6, image_size=image_size, p_ruler_malignant=1.0, p_ruler_benign=1.0, seed=9)
     assert images.shape == (6, 3, image_size, image_size)
     assert masks.shape == (6, image_size, image_size)
     luminance = _luminance(images)
@@ -326,8 +324,7 @@ def _lesion_features(images: torch.Tensor, lesions: torch.Tensor) -> torch.Tenso
     # smallest for a disc and grows with irregularity.
     padded = F.pad(lesions, (1, 1, 1, 1))
     interior = (
-        padded[:, 1:-1, 1:-1] * padded[:, :-2, 1:-1] * padded[:, 2:, 1:-1]
-        * padded[:, 1:-1, :-2] * padded[:, 1:-1, 2:]
+        padded[:, 1:-1, 1:-1] * padded[:, :-2, 1:-1] * padded[:, 2:, 1:-1] * padded[:, 1:-1, :-2] * padded[:, 1:-1, 2:]
     )
     perimeter = (lesions - interior).flatten(1).sum(dim=1)
     roughness = perimeter**2 / area

@@ -187,8 +187,15 @@ def test_lightning_module_attached_to_a_trainer_is_copied_without_it(monkeypatch
     module = LitClassifier(num_classes=2)
     audit = AuditDuringFit()
     trainer = L.Trainer(
-        max_epochs=1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, accelerator="cpu",
-        logger=False, callbacks=[audit], enable_progress_bar=False, enable_model_summary=False,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[audit],
+        enable_progress_bar=False,
+        enable_model_summary=False,
         enable_checkpointing=False,
     )
     # Lightning's own __getstate__ drops `_trainer`; a reference held elsewhere in the module
@@ -278,7 +285,9 @@ def test_stage_randomises_exactly_its_modules(corner_cnn: nn.Module) -> None:
 )
 def test_bad_arguments(kwargs: dict, error: type[Exception], match: str) -> None:
     arguments = {
-        "model": SmallCNN(num_classes=2), "images": torch.randn(2, 3, 8, 8), "targets": torch.tensor([0, 1]),
+        "model": SmallCNN(num_classes=2),
+        "images": torch.randn(2, 3, 8, 8),
+        "targets": torch.tensor([0, 1]),
         "methods": {"edges": ImageEdges()},
     } | kwargs
     options = {key: arguments.pop(key) for key in ("stages", "threshold", "seed", "output") if key in arguments}
@@ -311,12 +320,19 @@ def quantus_mprt(model: nn.Module, images: Tensor, labels: Tensor, method, seed:
         layer_order="top_down",  # cascading, output end first
         similarity_func=quantus.similarity_func.correlation_spearman,
         seed=seed,
-        abs=False, normalise=False,  # our maps are already in [0, 1]; Spearman ignores scale
-        disable_warnings=True, display_progressbar=False,
+        abs=False,
+        normalise=False,  # our maps are already in [0, 1]; Spearman ignores scale
+        disable_warnings=True,
+        display_progressbar=False,
     )
     scores = metric(
-        model=model, x_batch=images.numpy(), y_batch=labels.numpy(), a_batch=None,
-        explain_func=explain, device="cpu", batch_size=len(images),
+        model=model,
+        x_batch=images.numpy(),
+        y_batch=labels.numpy(),
+        a_batch=None,
+        explain_func=explain,
+        device="cpu",
+        batch_size=len(images),
     )
     return {layer: values for layer, values in scores.items() if layer != "original"}
 

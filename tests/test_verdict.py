@@ -10,7 +10,10 @@ from lightning_sas.verdict import DEFAULT_MIN_FLIP_RATE, DEFAULT_MIN_LIFT, Alert
 
 
 def test_lift_over_chance_alerts_per_method() -> None:
-    verdict = decide({"sas": {"roi_share": 0.4, "roi_lift": DEFAULT_MIN_LIFT + 1}, "gradcam": {"roi_share": 0.1, "roi_lift": 2.0}}, AlertRule())
+    verdict = decide(
+        {"sas": {"roi_share": 0.4, "roi_lift": DEFAULT_MIN_LIFT + 1}, "gradcam": {"roi_share": 0.1, "roi_lift": 2.0}},
+        AlertRule(),
+    )
     assert verdict.alert and verdict.crossed == [("roi_lift", "sas")]
     assert verdict.checked == ["roi_lift"] and "sas puts 9.0x chance" in verdict.reasons[0]
 

@@ -205,10 +205,7 @@ class RulerBiasDataset(Dataset):
         if labels.shape != (n,):
             raise ValueError(f"labels must have shape [{n}], got {tuple(labels.shape)}")
         if ruler_masks.shape != (n, height, width):
-            raise ValueError(
-                f"ruler_masks must have shape [{n}, {height}, {width}], "
-                f"got {tuple(ruler_masks.shape)}"
-            )
+            raise ValueError(f"ruler_masks must have shape [{n}, {height}, {width}], got {tuple(ruler_masks.shape)}")
         self.images = images
         self.labels = labels
         self.ruler_masks = ruler_masks
@@ -285,7 +282,7 @@ def make_splits(
     # split is not seed s+1's train split).
     split_seeds = np.random.SeedSequence(seed).generate_state(len(sizes), dtype=np.uint32)
     splits: dict[str, RulerBiasDataset] = {}
-    for (split, size), split_seed in zip(sizes.items(), split_seeds):
+    for (split, size), split_seed in zip(sizes.items(), split_seeds, strict=True):
         images, labels, masks = generate(
             size,
             image_size=image_size,
@@ -400,9 +397,7 @@ def _generate_full(
             stop = min(n, start + chunk)
             part = {key: value[start:stop] for key, value in params.items()}
             pixel_noise = torch.randn(stop - start, 4, size, size, generator=noise_generator)
-            image, ruler, lesion = _render(
-                part, has_ruler[start:stop], pixel_noise, size, spline
-            )
+            image, ruler, lesion = _render(part, has_ruler[start:stop], pixel_noise, size, spline)
             images[start:stop] = image
             ruler_masks[start:stop] = ruler
             lesion_masks[start:stop] = lesion
@@ -428,9 +423,9 @@ def _draw_parameters(rng: np.random.Generator, labels: np.ndarray) -> dict[str, 
 
     # Skin: a tone along a light-to-dark ramp with a small per-channel cast, smooth shading,
     # blotchy texture (brightness and redness), a dermoscope vignette in some images.
-    p["skin_rgb"] = _interpolate_palette(
-        _SKIN_TONES, rng.uniform(0.0, len(_SKIN_TONES) - 1, n)
-    ) + rng.normal(0.0, 0.015, (n, 3))
+    p["skin_rgb"] = _interpolate_palette(_SKIN_TONES, rng.uniform(0.0, len(_SKIN_TONES) - 1, n)) + rng.normal(
+        0.0, 0.015, (n, 3)
+    )
     p["skin_shading_grid"] = rng.standard_normal((n, 1, 5, 5))
     p["skin_texture_grid"] = rng.standard_normal((n, 2, 12, 12))
     p["skin_pores_grid"] = rng.standard_normal((n, 1, 30, 30))
@@ -440,9 +435,7 @@ def _draw_parameters(rng: np.random.Generator, labels: np.ndarray) -> dict[str, 
 
     # Severity: how atypical the lesion looks. The class ranges overlap, and border and
     # colour get their own jitter, so some malignant lesions look benign in one or both.
-    severity = np.where(
-        malignant, rng.uniform(*_MALIGNANT_SEVERITY, n), rng.uniform(*_BENIGN_SEVERITY, n)
-    )
+    severity = np.where(malignant, rng.uniform(*_MALIGNANT_SEVERITY, n), rng.uniform(*_BENIGN_SEVERITY, n))
     border_severity = np.clip(severity + rng.normal(0.0, _SEVERITY_JITTER, n), 0.0, 1.0)
     colour_severity = np.clip(severity + rng.normal(0.0, _SEVERITY_JITTER, n), 0.0, 1.0)
 
@@ -458,9 +451,7 @@ def _draw_parameters(rng: np.random.Generator, labels: np.ndarray) -> dict[str, 
     # "perfect ellipse" is not a give-away.
     harmonic_scale = (0.012 + _BORDER_IRREGULARITY * border_severity)[:, None]
     harmonic_scale = harmonic_scale / orders[None, :] ** 0.9
-    p["harmonic_amplitudes"] = harmonic_scale * rng.standard_normal(
-        (n, _NUM_BORDER_HARMONICS)
-    )
+    p["harmonic_amplitudes"] = harmonic_scale * rng.standard_normal((n, _NUM_BORDER_HARMONICS))
     p["harmonic_phases"] = rng.uniform(0.0, 2 * math.pi, (n, _NUM_BORDER_HARMONICS))
     # Edge width; atypical borders get blurry in places.
     p["edge_softness"] = rng.uniform(0.006, 0.013, n)
@@ -524,6 +515,7 @@ def _border_table(p: dict[str, np.ndarray], angles: Tensor) -> Tensor:
     Returns:
         float32 [n, A].
     """
+
     def column(key: str, index: int | None = None) -> Tensor:
         value = p[key] if index is None else p[key][:, index]
         return torch.as_tensor(value, dtype=torch.float32).view(-1, 1)
@@ -581,8 +573,7 @@ def _bspline_matrices(size: int, params: dict[str, np.ndarray]) -> dict[int, Ten
             base = np.floor(u)
             f = u - base
             weights = np.stack(
-                [(1 - f) ** 3 / 6, (3 * f**3 - 6 * f**2 + 4) / 6,
-                 (-3 * f**3 + 3 * f**2 + 3 * f + 1) / 6, f**3 / 6],
+                [(1 - f) ** 3 / 6, (3 * f**3 - 6 * f**2 + 4) / 6, (-3 * f**3 + 3 * f**2 + 3 * f + 1) / 6, f**3 / 6],
                 axis=1,
             )
             matrix = np.zeros((size, grid))
@@ -648,12 +639,8 @@ def _render(
     border_table = _border_table(p, angles) * per_image("radius_scale", 1)
     fuzz = torch.cos(per_image("edge_fuzz_order", 1) * angles + per_image("edge_fuzz_phase", 1))
     # Edge width varies around the border, more so for atypical lesions.
-    softness_table = per_image("edge_softness", 1) * (
-        1.0 + per_image("edge_fuzz", 1) * (0.5 + 0.5 * fuzz)
-    )
-    position = torch.remainder(torch.atan2(dy, dx), 2 * math.pi) * (
-        _BORDER_TABLE_SIZE / (2 * math.pi)
-    )
+    softness_table = per_image("edge_softness", 1) * (1.0 + per_image("edge_fuzz", 1) * (0.5 + 0.5 * fuzz))
+    position = torch.remainder(torch.atan2(dy, dx), 2 * math.pi) * (_BORDER_TABLE_SIZE / (2 * math.pi))
     position = position.reshape(n, -1)
     border = _lookup(border_table, position).view(n, size, size)
     softness = _lookup(softness_table, position).view(n, size, size)
@@ -703,9 +690,7 @@ def _render(
     return image.clamp(0.0, 1.0), ruler_mask.float(), lesion_mask
 
 
-def _ruler_masks(
-    p: dict[str, np.ndarray], size: int, x: Tensor, y: Tensor
-) -> tuple[Tensor, Tensor]:
+def _ruler_masks(p: dict[str, np.ndarray], size: int, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """Pixel masks of every image's ruler strip and of its tick marks (bool [n, S, S]).
 
     The ruler lies along a random image edge, slightly tilted. Its inner long side reaches
@@ -746,9 +731,7 @@ def _ruler_masks(
 
     # Every pixel's depth into the image from the chosen edge, and position along it.
     edge_t = torch.as_tensor(edge).view(n, 1, 1)
-    depth = torch.where(
-        edge_t == 0, y, torch.where(edge_t == 1, 1.0 - y, torch.where(edge_t == 2, x, 1.0 - x))
-    )
+    depth = torch.where(edge_t == 0, y, torch.where(edge_t == 1, 1.0 - y, torch.where(edge_t == 2, x, 1.0 - x)))
     along = torch.where(edge_t <= 1, x, y)
     d_along = along - per_image(p["ruler_along"])
     d_depth = depth - per_image(centre_depth)

@@ -28,10 +28,10 @@ STARTED = time.perf_counter()
 print("ruler-bias demo: loading PyTorch and Lightning ...", flush=True)
 sys.path.insert(0, str(HERE))
 
-import train  # noqa: E402
-from data import CLASS_NAMES, MEAN, STD, make_splits  # noqa: E402
+import train
+from data import CLASS_NAMES, MEAN, STD, make_splits
 
-from lightning_sas.export import export_artifacts, export_probes  # noqa: E402
+from lightning_sas.export import export_artifacts, export_probes
 
 #: Seed of the fresh probe set: neither run trained or validated on it.
 FRESH_SEED = 2026
@@ -78,7 +78,9 @@ def main() -> None:
         settings += ["--image-size", "32", "--train-size", "800", "--val-size", "200", "--epochs", "3",
                      "--sas-iterations", "10", "--width", "8"]  # fmt: skip
 
-    print(f"{elapsed()} 1/4 training the biased model (rulers beside 90% of malignant, 10% of benign lesions)", flush=True)
+    print(
+        f"{elapsed()} 1/4 training the biased model (rulers beside 90% of malignant, 10% of benign lesions)", flush=True
+    )
     biased = train.run(settings)
     print(f"{elapsed()} 2/4 training the clean control (rulers equally likely in both classes)", flush=True)
     clean = train.run([*settings, "--clean"])

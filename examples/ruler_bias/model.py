@@ -44,7 +44,9 @@ class LesionClassifier(L.LightningModule):
             conv_block(2 * width, 4 * width),
             conv_block(4 * width, 4 * width),
         )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(4 * width, num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(4 * width, num_classes)
+        )
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.features(images))

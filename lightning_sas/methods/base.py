@@ -95,8 +95,7 @@ def validate_images_and_targets(images: Tensor, targets: Tensor) -> tuple[Tensor
         raise TypeError(f"`targets` must be an integer tensor [B], got dtype {targets.dtype}.")
     if targets.shape != (images.shape[0],):
         raise ValueError(
-            f"`targets` must have shape [{images.shape[0]}] (one class per image), "
-            f"got shape {list(targets.shape)}."
+            f"`targets` must have shape [{images.shape[0]}] (one class per image), got shape {list(targets.shape)}."
         )
     return images, targets.to(device=images.device, dtype=torch.long)
 
@@ -114,9 +113,7 @@ def check_logits(logits: Tensor, targets: Tensor) -> None:
     out_of_range = (targets < 0) | (targets >= num_classes)
     if bool(out_of_range.any()):
         bad = targets[out_of_range].tolist()
-        raise ValueError(
-            f"`targets` must be class indices in [0, {num_classes}) for this model's outputs, got {bad}."
-        )
+        raise ValueError(f"`targets` must be class indices in [0, {num_classes}) for this model's outputs, got {bad}.")
 
 
 def minmax_normalize(maps: Tensor) -> Tensor:

@@ -33,9 +33,7 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
     for name, module in named.items():
         if module is layer:
             return name, module
-    raise ValueError(
-        f"`target_layer` {type(layer).__name__} is not a submodule of {type(model).__name__}."
-    )
+    raise ValueError(f"`target_layer` {type(layer).__name__} is not a submodule of {type(model).__name__}.")
 
 
 def find_target_layer(model: nn.Module, example_images: Tensor) -> tuple[str, nn.Module]:
@@ -45,8 +43,8 @@ def find_target_layer(model: nn.Module, example_images: Tensor) -> tuple[str, nn
     answer is the last one that returns a 4-D map with more than one spatial position,
     skipping modules that run more than once per forward (shared activations such as
     ResNet's ``relu``). Global pooling (1×1) is never chosen; for inputs so small that a
-    network's last stage is 1×1 (ResNet at 32 px), the last stage that still has extent is. The model's state is restored afterwards, also when the
-    forward fails.
+    network's last stage is 1×1 (ResNet at 32 px), the last stage that still has extent is.
+    The model's state is restored afterwards, also when the forward fails.
 
     Args:
         model: The classifier.
