@@ -69,11 +69,28 @@ class SASAuditCallback(Callback):
       ``audit/<method>/insertion_minus_deletion`` (faithfulness); ``audit/<method>/agreement``
       (rank correlation with the previous audit's maps: drift);
       ``audit/intervention/flip_rate`` and ``audit/intervention/probability_change`` (with
-      ``artifacts``); ``audit/seconds``;
-    - text ``audit/manifest`` (the probe set, once), ``audit/alert`` (the first shortcut
-      alert), ``audit/problems`` (methods that failed, probes whose output or map was not
-      finite), ``audit/probe_change`` (a resumed run whose probes changed);
+      ``artifacts``); ``audit/<method>/sanity_similarity`` (first audit only);
+      ``audit/seconds``;
+    - text ``audit/manifest`` (the probe set, once), ``audit/cost`` (the cost estimate, once,
+      before training), ``audit/alert`` (the first shortcut alert), ``audit/problems``
+      (methods that failed, probes whose output or map was not finite), ``audit/sanity`` (the
+      randomisation check's table, once), ``audit/probe_change`` (a resumed run whose probes
+      changed);
     - raw maps as ``audits/epoch=<E>.npz`` under the first logger's directory.
+
+    The same lives on the callback as plain data: :attr:`history` (one dict of the scalars
+    above per audit, with ``epoch`` and ``step``), :attr:`alerts` (per alert: epoch, step,
+    the criteria crossed, the reasons, the scores, the probes leaning on the ROI most),
+    :attr:`verdicts`, :attr:`sanity`, :attr:`cost` and :attr:`manifest`; ``state_dict`` keeps
+    them for resume.
+
+    Cost: an audit's time is its model passes. SaS costs ``iterations × 2 (num_masks − 1)``
+    passes per probe (3,800 at its defaults), Grad-CAM one, faithfulness ``2 + 2 (steps − 1)``
+    per method (forward only), the sanity check ``stages + 1`` audits' worth once. On a CPU a
+    default SaS audit of 16 probes of a ResNet-50 at 224 px takes hours; use
+    ``methods=(SaS(iterations=30), "gradcam")``, fewer probes, a larger ``every_n_epochs``,
+    or the training GPU. The callback measures one pass before training and says what an
+    audit will cost (see ``cost_warning_share``).
 
     Steps are ``trainer.global_step``. With a TensorBoard logger everything goes through it;
     other loggers get the scalars through ``log_metrics`` and the images and text as files

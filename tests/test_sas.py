@@ -198,11 +198,13 @@ class RunsOutOfMemoryAbove(SmallCNN):
 def test_out_of_memory_halves_the_chunk_and_retries() -> None:
     model = RunsOutOfMemoryAbove(limit=8).eval()
     images, targets = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])  # the reference forward is 4 images
-    with pytest.warns(UserWarning, match="retrying with max_batch=8"):
+    with pytest.warns(UserWarning, match=r"retrying with max_batch=(16|8)\.") as retries:
         maps = SaS(iterations=3, max_batch=32).attribute(model, images, targets)
+    assert [str(warning.message).rsplit(" ", 1)[-1] for warning in retries] == ["max_batch=16.", "max_batch=8."]
     expected = SaS(iterations=3, max_batch=8).attribute(model, images, targets)
     torch.testing.assert_close(maps, expected)
-    with pytest.raises(torch.OutOfMemoryError):
+    # Halving down to one image per forward, then giving up: each retry is announced.
+    with pytest.raises(torch.OutOfMemoryError), pytest.warns(UserWarning, match=r"retrying with max_batch=[4210]"):
         SaS(iterations=3, max_batch=8).attribute(RunsOutOfMemoryAbove(limit=0), images, targets)
 
 

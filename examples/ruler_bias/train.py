@@ -180,7 +180,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
         devices=1,
         logger=logger,
         callbacks=[audit, table, ModelCheckpoint(save_last=True, save_top_k=0)],
-        enable_progress_bar=False,  # the audit table below is the progress report
+        enable_progress_bar=True,  # training and each audit show a progress bar; the table sums up each epoch
         enable_model_summary=not args.quiet,
         log_every_n_steps=10,
     )
