@@ -18,22 +18,9 @@ def load_train_module():
 
 
 SMALL = [
-    "--epochs",
-    "3",
-    "--image-size",
-    "32",
-    "--train-size",
-    "1000",
-    "--val-size",
-    "200",
-    "--probes",
-    "8",
-    "--sas-iterations",
-    "20",
-    "--width",
-    "8",
-    "--quiet",
-]
+    "--epochs", "3", "--image-size", "32", "--train-size", "1000", "--val-size", "200",
+    "--probes", "8", "--sas-iterations", "20", "--width", "8", "--quiet", "--every-n-epochs", "1",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

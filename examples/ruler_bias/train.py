@@ -122,7 +122,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--p-ruler-malignant", type=float, default=0.9)
     parser.add_argument("--p-ruler-benign", type=float, default=0.1)
     parser.add_argument("--probes", type=int, default=8, help="probe images audited every epoch")
-    parser.add_argument("--every-n-epochs", type=int, default=1)
+    parser.add_argument("--every-n-epochs", type=int, default=2)
+    parser.add_argument(
+        "--sanity",
+        action="store_true",
+        help="also run the randomisation sanity check at the first audit (costs about five audits once)",
+    )
     parser.add_argument(
         "--sas-iterations",
         type=int,
@@ -169,6 +174,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
         shortcut_threshold=args.shortcut_threshold,
         class_names=CLASS_NAMES,
         artifacts=ruler_artifacts(splits["train"], seed=args.seed),
+        sanity=args.sanity,
         # The demo audits often on purpose: its cost is estimated and printed below, never warned.
         cost_warning_share=math.inf,
     )
