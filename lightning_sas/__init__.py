@@ -6,17 +6,34 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["GradCAM", "SASAuditCallback", "SaS", "__version__"]
+__all__ = [
+    "AlertRule",
+    "Artifacts",
+    "ClassifierOutput",
+    "Faithfulness",
+    "GradCAM",
+    "SASAuditCallback",
+    "SaS",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from lightning_sas.callback import SASAuditCallback
+    from lightning_sas.faithfulness import Faithfulness
+    from lightning_sas.intervention import Artifacts
     from lightning_sas.methods import GradCAM, SaS
+    from lightning_sas.outputs import ClassifierOutput
+    from lightning_sas.verdict import AlertRule
 
 # Imported on first use (PEP 562), so `lightning-sas --help` does not pay for torch and Lightning.
 _LAZY = {
     "SASAuditCallback": "lightning_sas.callback",
     "SaS": "lightning_sas.methods",
     "GradCAM": "lightning_sas.methods",
+    "AlertRule": "lightning_sas.verdict",
+    "Artifacts": "lightning_sas.intervention",
+    "ClassifierOutput": "lightning_sas.outputs",
+    "Faithfulness": "lightning_sas.faithfulness",
 }
 
 
