@@ -5,7 +5,7 @@ from the same seed, same importance map ``e = avgpool3x3(exp(T · GaussianSmooth
 scale-free objective: each image's score terms divided by its own range
 ``|score(x) - score(blur(x))|`` and averaged over the ``K - 1`` interior schedule steps, same
 per-pixel-mean total variation, same Adam hyper-parameters, same kernel-size rule), written the
-way the reference implementation does it (DESIGN.md, "What the reference does slowly"):
+way a straightforward implementation does it (docs/design.md, "Batching and memory"):
 
 * one image at a time, with its own mask and its own ``torch.optim.Adam``;
 * the ``K - 1`` interior schedule steps one after another, the insertion and the deletion image
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# The reference configuration (DESIGN.md) at 224 px; scaled to the image side.
+# The reference configuration (docs/design.md, "Kernel sizes") at 224 px; scaled to the image side.
 REFERENCE_SIDE = 224
 REFERENCE_SMOOTHING_KERNEL = 17
 REFERENCE_BLUR_KERNEL = 51
