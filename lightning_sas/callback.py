@@ -732,15 +732,13 @@ class SASAuditCallback(Callback):
         if self.alert_rule is None or self.probes is None:
             return
         intervention = result.intervention
-        verdict = decide(
-            result.mean_scores(), self.alert_rule, None if intervention is None else intervention.flip_rate
-        )
+        means = result.mean_scores()
+        verdict = decide(means, self.alert_rule, None if intervention is None else intervention.flip_rate)
         self.verdicts.append(
             {"epoch": epoch, "step": trainer.global_step, "alert": verdict.alert, "checked": verdict.checked}
         )
         if not verdict.alert:
             return
-        means = result.mean_scores()
         leaning: list[str] = []
         for _criterion, method in verdict.crossed:
             if method is None or method not in result.roi_share:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from lightning_sas.chunks import retry_out_of_memory
 from lightning_sas.methods.base import check_logits, validate_images_and_targets
 from lightning_sas.methods.sas import CPU_PIXELS_PER_CHUNK, GPU_MEMORY_SHARE, SaS
-from lightning_sas.model_state import attribution_mode, unwrap_model
+from lightning_sas.model_state import attribution_mode
 from lightning_sas.outputs import ClassifierOutput, OutputSelector, check_output_selector
 
 #: What the removed pixels become: ``"blur"`` (the SaS blur of the image), ``"zero"``, a
@@ -190,9 +190,8 @@ def faithfulness_curves(
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
     images, targets = validate_images_and_targets(images, targets)
     names, stacked = _stack_maps(maps, images)
-    adapter = ClassifierOutput.wrap(model, output)
     # Forwards go to the module holding the weights, never through a DDP wrapper's hooks.
-    adapter = ClassifierOutput(unwrap_model(adapter.model), adapter.output)
+    adapter = ClassifierOutput.wrap(model, output)
 
     with attribution_mode(adapter) as forward_module:
         total = images.shape[0] * (2 + 2 * len(names) * (steps - 1))

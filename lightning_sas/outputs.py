@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_sas.model_state import unwrap_model
+
 #: How to find the logits in a model's output: ``None`` (the output is the logits), an index
 #: (tuple/list outputs), a key (dict outputs) or a callable ``raw_output -> logits``.
 OutputSelector = int | str | Callable[[Any], Tensor] | None
@@ -171,8 +173,16 @@ class ClassifierOutput(nn.Module):
 
     @staticmethod
     def wrap(model: nn.Module, output: OutputSelector = None) -> ClassifierOutput:
-        """``model`` itself if it already is a :class:`ClassifierOutput`, else a new wrapper."""
-        return model if isinstance(model, ClassifierOutput) else ClassifierOutput(model, output)
+        """``model`` as a :class:`ClassifierOutput` whose forwards go to the module holding the weights.
+
+        A wrapper given is kept (with its own ``output``); a DistributedDataParallel wrapper
+        inside is removed, because its forward registers gradient synchronisation for the
+        parameters, which the audit never produces.
+        """
+        if isinstance(model, ClassifierOutput):
+            inner = unwrap_model(model.model)
+            return model if inner is model.model else ClassifierOutput(inner, model.output)
+        return ClassifierOutput(unwrap_model(model), output)
 
 
 def inner_model(model: nn.Module) -> nn.Module:

@@ -385,24 +385,7 @@ def method_grid(
         >>> picture.dtype, picture.shape[-1]
         (dtype('uint8'), 3)
     """
-    require_tensor("method_grid", "display", display)
-    require_tensor("method_grid", "overlays", overlays)
-    if display.dim() != 4 or display.shape[1] != 3 or display.shape[0] == 0:
-        raise ValueError(f"method_grid: `display` must have shape [B, 3, H, W] with B >= 1, got {shape_of(display)}")
-    if overlays.shape != display.shape:
-        raise ValueError(
-            f"method_grid: `overlays` must have the same shape as `display` "
-            f"{shape_of(display)}, got {shape_of(overlays)}"
-        )
-    labels = [str(label) for label in row_labels]
-    if len(labels) != display.shape[0]:
-        raise ValueError(
-            f"method_grid: `row_labels` must have one label per image ({display.shape[0]}), got {len(labels)}"
-        )
-    # One transfer for both halves of the grid.
-    both = to_uint8(torch.cat([display, overlays.to(display.device)], dim=0))
-    count = display.shape[0]
-    cells = [[both[index], both[count + index]] for index in range(count)]
+    cells, labels = _grid_cells("method_grid", display, {"overlays": overlays}, row_labels)
     return _render_grid(
         cells,
         title=title,
@@ -411,6 +394,34 @@ def method_grid(
         panel_inches=panel_inches,
         dpi=dpi,
     )
+
+
+def _grid_cells(
+    function: str, display: Tensor, columns: Mapping[str, Tensor], row_labels: Sequence[str]
+) -> tuple[list[list[np.ndarray]], list[str]]:
+    """Check a grid's inputs and turn them into uint8 cells (one transfer off the device).
+
+    ``columns`` maps each overlay argument's name, as error messages show it, to its tensor.
+    Returns one row per image: the image, then its overlay from every column.
+    """
+    require_tensor(function, "display", display)
+    if display.dim() != 4 or display.shape[1] != 3 or display.shape[0] == 0:
+        raise ValueError(f"{function}: `display` must have shape [B, 3, H, W] with B >= 1, got {shape_of(display)}")
+    for argument, pictures in columns.items():
+        require_tensor(function, argument, pictures)
+        if pictures.shape != display.shape:
+            raise ValueError(
+                f"{function}: `{argument}` must have the same shape as `display` "
+                f"{shape_of(display)}, got {shape_of(pictures)}"
+            )
+    labels = [str(label) for label in row_labels]
+    if len(labels) != display.shape[0]:
+        raise ValueError(
+            f"{function}: `row_labels` must have one label per image ({display.shape[0]}), got {len(labels)}"
+        )
+    stacked = to_uint8(torch.cat([display, *(pictures.to(display.device) for pictures in columns.values())]))
+    grid = stacked.reshape(1 + len(columns), display.shape[0], *display.shape[2:], 3)
+    return [list(grid[:, row]) for row in range(display.shape[0])], labels
 
 
 def probe_panel(
@@ -514,33 +525,13 @@ def comparison_grid(
         >>> picture.dtype, picture.shape[-1]
         (dtype('uint8'), 3)
     """
-    require_tensor("comparison_grid", "display", display)
-    if display.dim() != 4 or display.shape[1] != 3 or display.shape[0] == 0:
-        raise ValueError(
-            f"comparison_grid: `display` must have shape [B, 3, H, W] with B >= 1, got {shape_of(display)}"
-        )
     if len(overlays) == 0:
         raise ValueError(
             "comparison_grid: `overlays` must map at least one method name to its overlays, got an empty mapping"
         )
     names = [str(name) for name in overlays]
-    for name, pictures in overlays.items():
-        require_tensor("comparison_grid", f"overlays[{name!r}]", pictures)
-        if pictures.shape != display.shape:
-            raise ValueError(
-                f"comparison_grid: `overlays[{name!r}]` must have the same shape as "
-                f"`display` {shape_of(display)}, got {shape_of(pictures)}"
-            )
-    labels = [str(label) for label in row_labels]
-    if len(labels) != display.shape[0]:
-        raise ValueError(
-            f"comparison_grid: `row_labels` must have one label per image ({display.shape[0]}), got {len(labels)}"
-        )
-    # One transfer for all columns: [column 0 images, column 1 images, ...].
-    columns = to_uint8(torch.cat([display, *(pictures.to(display.device) for pictures in overlays.values())])).reshape(
-        1 + len(names), display.shape[0], *display.shape[2:], 3
-    )
-    cells = [list(columns[:, row]) for row in range(display.shape[0])]
+    columns = {f"overlays[{name!r}]": pictures for name, pictures in overlays.items()}
+    cells, labels = _grid_cells("comparison_grid", display, columns, row_labels)
     return _render_grid(
         cells,
         title=title,

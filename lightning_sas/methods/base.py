@@ -9,7 +9,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-from lightning_sas.model_state import attribution_mode, outside_inference_mode, unwrap_model
+from lightning_sas.model_state import attribution_mode, outside_inference_mode
 from lightning_sas.outputs import ClassifierOutput
 
 T = TypeVar("T")
@@ -60,10 +60,8 @@ class AttributionMethod(ABC):
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
         images, targets = validate_images_and_targets(images, targets)
-        # Every method sees [B, num_classes] logits; DDP is removed under the output adapter too.
-        adapter = ClassifierOutput.wrap(model)
-        adapter = ClassifierOutput(unwrap_model(adapter.model), adapter.output)
-        with attribution_mode(adapter) as forward_module:
+        # Every method sees [B, num_classes] logits from the module holding the weights.
+        with attribution_mode(ClassifierOutput.wrap(model)) as forward_module:
             return compute(forward_module, outside_inference_mode(images), outside_inference_mode(targets))
 
     @abstractmethod
