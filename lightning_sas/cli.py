@@ -55,6 +55,7 @@ imported only when a command needs them, so ``--help`` and most usage errors ans
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import re
 import sys
@@ -436,14 +437,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         default="sas,gradcam",
         metavar="NAMES",
-        help="comma-separated attribution methods, e.g. --methods gradcam (default: sas,gradcam).",
+        help="comma-separated attribution methods, e.g. --methods gradcam (default: sas,gradcam); "
+        "names: sas, gradcam, saliency, smoothgrad, ig, gradientshap, occlusion, lime.",
+    )
+    audit_options.add_argument(
+        "--method-config",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="an option of one method, repeatable, e.g. --method-config sas.iterations=30 "
+        "--method-config ig.rule=gausslegendre --method-config sas.autocast_dtype=torch.bfloat16 "
+        "(values are Python literals, None, a torch dtype, or else text).",
     )
     audit_options.add_argument(
         "--sas-iterations",
         type=_positive_int,
-        default=100,
+        default=None,
         metavar="N",
-        help="optimisation steps of SaS; fewer is faster and coarser, e.g. --sas-iterations 20 (default: 100).",
+        help="optimisation steps of SaS (same as --method-config sas.iterations=N); fewer is faster and "
+        "coarser, e.g. --sas-iterations 20 (default: SaS's own).",
     )
     audit_options.add_argument(
         "--gradcam-layer",
@@ -934,23 +946,74 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
-def build_methods(names: Sequence[str], sas_iterations: int, gradcam_layer: str | None) -> dict[str, AttributionMethod]:
-    """Method objects by name, with the command line's settings for SaS and Grad-CAM.
+def parse_method_config(entries: Sequence[str]) -> dict[str, dict[str, object]]:
+    """``["sas.iterations=30", "ig.rule=gausslegendre"]`` -> ``{"sas": {"iterations": 30}, "ig": {...}}``.
+
+    A value is read as a Python literal (``30``, ``0.5``, ``True``, ``None``, ``(8, 8)``), then as a
+    torch dtype (``torch.bfloat16``), and is otherwise kept as text (``layer4``).
 
     Raises:
-        UsageError: For an unknown or repeated method name.
+        UsageError: For an entry that is not ``METHOD.KEY=VALUE`` or a key given twice.
+
+    Example:
+        >>> parse_method_config(["sas.iterations=30", "gradcam.target_layer=layer4"])
+        {'sas': {'iterations': 30}, 'gradcam': {'target_layer': 'layer4'}}
+    """
+    configs: dict[str, dict[str, object]] = {}
+    for entry in entries:
+        key, equals, text = entry.partition("=")
+        method, dot, option = key.strip().partition(".")
+        if not (equals and dot and method and option.isidentifier()):
+            raise UsageError(
+                f"--method-config {entry!r}: expected METHOD.KEY=VALUE, e.g. --method-config sas.iterations=30."
+            )
+        if option in configs.setdefault(method, {}):
+            raise UsageError(f"--method-config {entry!r}: {method}.{option} is given twice.")
+        configs[method][option] = _config_value(text.strip())
+    return configs
+
+
+def _config_value(text: str) -> object:
+    import torch
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    dtype = getattr(torch, text.removeprefix("torch."), None)
+    return dtype if isinstance(dtype, torch.dtype) else text
+
+
+def build_methods(
+    names: Sequence[str],
+    sas_iterations: int | None = None,
+    gradcam_layer: str | None = None,
+    method_config: Sequence[str] = (),
+) -> dict[str, AttributionMethod]:
+    """Method objects by name, with the command line's options (``--method-config`` and shorthands).
+
+    Raises:
+        UsageError: For an unknown or repeated method name, an option for a method not in
+            ``--methods``, an option the method does not take, or a value it refuses.
     """
     from lightning_sas.audit import resolve_methods
-    from lightning_sas.methods import GradCAM, SaS
+    from lightning_sas.methods import make_method
 
-    factories: dict[str, Callable[[], AttributionMethod]] = {
-        "sas": lambda: SaS(iterations=sas_iterations),
-        "gradcam": lambda: GradCAM(target_layer=gradcam_layer),
-    }
+    configs = parse_method_config(method_config)
+    unused = sorted(set(configs) - set(names))
+    if unused:
+        raise UsageError(
+            f"--method-config names {unused[0]!r}, which is not in --methods {','.join(names)}; "
+            f"add it to --methods or drop the option."
+        )
+    # The shorthands set one option each; an explicit --method-config for the same key wins.
+    for method, option, value in (("sas", "iterations", sas_iterations), ("gradcam", "target_layer", gradcam_layer)):
+        if value is not None and method in names:
+            configs.setdefault(method, {}).setdefault(option, value)
     try:
-        return resolve_methods([factories[name]() if name in factories else name for name in names])
+        return resolve_methods([make_method(name, configs.get(name)) for name in names])
     except (ValueError, TypeError) as error:
-        raise UsageError(f"--methods: {error}") from None
+        raise UsageError(f"--methods/--method-config: {error}") from None
 
 
 # ----------------------------------------------------------------------------- audit
@@ -1110,6 +1173,7 @@ def _run_record(
     model_class: type[LightningModule],
     device: torch.device,
     command: list[str],
+    methods: Mapping[str, AttributionMethod],
 ) -> dict:
     """What identifies this run in ``summary.json``: versions, command line, inputs, settings."""
     import lightning
@@ -1132,6 +1196,7 @@ def _run_record(
         "mean": inputs.mean,
         "std": inputs.std,
         "target": args.target,
+        "method_settings": {name: repr(method) for name, method in methods.items()},
     }
 
 
@@ -1170,7 +1235,7 @@ def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
 
     model_class = _import_model(args.model)
     output = resolve_output(args.output)
-    methods = build_methods(inputs.method_names, args.sas_iterations, args.gradcam_layer)
+    methods = build_methods(inputs.method_names, args.sas_iterations, args.gradcam_layer, args.method_config)
     device = resolve_device(args.device)
     model = _load_model(model_class, args, device)
     with _stage("preparing the probe images"):
@@ -1246,7 +1311,7 @@ def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
             verdict=verdict,
             rule=inputs.rule,
             class_names=inputs.class_names,
-            run=_run_record(args, inputs, model_class, device, command),
+            run=_run_record(args, inputs, model_class, device, command, methods),
             faithfulness=faithfulness,
             artifacts=None if inputs.artifacts is None else _artifacts_record(args, inputs.artifacts),
             sanity=result.sanity,

@@ -218,7 +218,9 @@ def cli_runs(
     ``refused``: ``python -m lightning_sas`` on the checkpoint that needs unpickling.
     """
     root = tmp_path_factory.mktemp("audits")
-    nightly_args = audit_arguments(checkpoints.plain, probe_set, root / "nightly", "--shortcut-threshold", "1.0")
+    nightly_args = audit_arguments(
+        checkpoints.plain, probe_set, root / "nightly", "--shortcut-threshold", "1.0", "--method-config", "sas.lr=0.02"
+    )
     refused_args = audit_arguments(checkpoints.needs_unpickling, probe_set, root / "refused")
     started = {
         "nightly": start_cli(*nightly_args, console_script=True),
@@ -344,6 +346,8 @@ def test_nightly_audit_exits_0_and_writes_summary(first_audit: Audit, probe_set:
     assert verdict["checked"] == ["roi_lift", "roi_share"]  # no artifacts: no flip rate
     assert summary["baseline"] is None and summary["intervention"] is None and summary["sanity"] is None
     assert set(summary["methods"]) == set(METHODS)
+    # --sas-iterations and --method-config both reach the method, and the summary records them.
+    assert "iterations=3" in summary["method_settings"]["sas"] and "lr=0.02" in summary["method_settings"]["sas"]
     # Faithfulness is on by default: finite AUCs per method and per probe.
     assert summary["faithfulness"] == {"steps": 20, "baseline": "blur"}
     for means in summary["methods"].values():
@@ -604,6 +608,10 @@ def test_trusted_checkpoint_without_masks_has_nothing_to_check(
         ("garbage checkpoint", "is a text file (it starts with 'not a checkpoint at all'), not a PyTorch"),
         ("label target without labels", "needs a label for every probe"),
         ("wrong number of means", "--mean 0.5 0.5: `mean` must have 1 value (for every channel) or 3"),
+        ("malformed method config", "--method-config 'gradcam:layer4': expected METHOD.KEY=VALUE"),
+        ("method config for a method not run", "--method-config names 'sas', which is not in --methods gradcam"),
+        ("unknown method option", "method 'gradcam' has no option 'layer'; its options: target_layer"),
+        ("method option refused", "method 'gradcam': `target_layer` must be None, a module name or an nn.Module"),
     ],
 )
 def test_input_errors_exit_2_with_one_line(
@@ -650,6 +658,14 @@ def test_input_errors_exit_2_with_one_line(
         extra = ["--target", "label"]
     elif case == "wrong number of means":
         extra = ["--mean", "0.5", "0.5"]
+    elif case == "malformed method config":
+        extra = ["--method-config", "gradcam:layer4"]
+    elif case == "method config for a method not run":
+        extra = ["--method-config", "sas.iterations=3"]
+    elif case == "unknown method option":
+        extra = ["--method-config", "gradcam.layer=layer4"]
+    elif case == "method option refused":
+        extra = ["--method-config", "gradcam.target_layer=7"]
     argv = ["audit", *[part for pair in arguments.items() for part in pair], *FAST, *extra]
     assert main(argv) == 2
     captured = capsys.readouterr()

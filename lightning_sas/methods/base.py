@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,12 @@ class AttributionMethod(ABC):
 
     #: Short name used in TensorBoard tags and reports (``audit/<name>/...``).
     name: str = "method"
+
+    #: How signed evidence becomes the [0, 1] map. ``"positive"``: only evidence *for* the
+    #: target class ranks high (negative evidence is clipped or ranks low), for methods whose
+    #: sign is meaningful. ``"absolute"``: magnitude ranks high whatever its sign, for methods
+    #: whose per-pixel sign is noise (raw gradients). Each method documents its choice and why.
+    sign: Literal["positive", "absolute"] = "positive"
 
     def passes_per_probe(self) -> int:
         """Model passes (forward + backward) one probe costs: what audit time estimates use.

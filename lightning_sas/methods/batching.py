@@ -1,0 +1,123 @@
+"""What the many-forward methods share: inputs built chunk by chunk, scores and input gradients back.
+
+SmoothGrad, Integrated Gradients, GradientSHAP, occlusion and LIME each explain a probe by
+pushing many variants of it through the model. :func:`target_scores_in_chunks` runs all
+variants of all probes in chunks of at most ``chunk`` images per forward, building each
+chunk only when it is needed (so memory holds one chunk of inputs, not all of them), and
+retries with half the chunk on out-of-memory (:func:`~lightning_sas.chunks.retry_out_of_memory`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from lightning_sas.chunks import retry_out_of_memory
+from lightning_sas.methods.base import check_logits
+from lightning_sas.progress import advance
+
+#: Without ``max_batch``, CPU chunks hold about this many pixels (256 images of 64x64).
+CPU_PIXELS_PER_CHUNK = 256 * 64 * 64
+#: Share of free GPU memory one chunk's activations may take when ``max_batch`` is None.
+GPU_MEMORY_SHARE = 0.5
+
+#: ``build(start, stop) -> (inputs [n, C, H, W], targets [n])`` for variants ``start .. stop-1``.
+VariantBuilder = Callable[[int, int], tuple[Tensor, Tensor]]
+
+
+def local_generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed``: draws that leave the global RNG streams alone.
+
+    Draws are made on the CPU and moved to the device, so a seed gives the same numbers on
+    every device, and image ``i``'s draws do not depend on the other images in the batch
+    when callers draw per image in a fixed order.
+    """
+    return torch.Generator().manual_seed(seed)
+
+
+def auto_chunk(model: nn.Module, example: Tensor, total: int, *, with_gradient: bool) -> int:
+    """Images per forward when the method's ``max_batch`` is None.
+
+    CPU: a fixed pixel budget. CUDA: a share of the free memory, measured from what one
+    image's forward keeps alive (one-off host syncs, before any chunk runs).
+
+    Args:
+        model: The forward module (in attribution mode).
+        example: One input ``[1, C, H, W]`` as the chunks will hold.
+        total: Number of variants to run; the chunk never exceeds it.
+        with_gradient: Whether the chunks are differentiated (the backward needs memory too).
+    """
+    pixels = example.shape[-2] * example.shape[-1]
+    if example.device.type != "cuda":
+        return max(1, min(total, CPU_PIXELS_PER_CHUNK // pixels))
+    before = torch.cuda.memory_allocated(example.device)
+    with torch.set_grad_enabled(with_gradient):
+        logits = model(example.detach().requires_grad_(with_gradient))
+    per_image = max(1, torch.cuda.memory_allocated(example.device) - before)
+    del logits
+    free, _ = torch.cuda.mem_get_info(example.device)
+    # x3: the backward needs about twice the saved activations on top of them.
+    return max(1, min(total, int(GPU_MEMORY_SHARE * free / ((3 if with_gradient else 1) * per_image))))
+
+
+def target_scores_in_chunks(
+    model: nn.Module,
+    build: VariantBuilder,
+    total: int,
+    *,
+    chunk: int,
+    with_gradient: bool,
+    what: str,
+    device: torch.device,
+    forward: Callable[[nn.Module, Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Target logits of ``total`` variants (and their input gradients), ``chunk`` at a time.
+
+    Args:
+        model: The forward module (in attribution mode), returning ``[n, num_classes]`` logits.
+        build: Makes the inputs and targets of variants ``start .. stop - 1`` on ``device``.
+        total: Number of variants.
+        chunk: First chunk size to try (halved on out-of-memory, agreed across ranks).
+        with_gradient: Also return ``d score / d input`` for every variant.
+        what: The method's name, for the out-of-memory warning.
+        device: Where the variants live.
+        forward: ``forward(model, inputs) -> logits`` (e.g. under autocast); ``model(inputs)``
+            if None.
+
+    Returns:
+        ``(scores [total] float32, gradients [total, C, H, W] float32 or None)``. The scores are
+        the target logits; a variant with a non-finite logit keeps its non-finite score, so
+        the caller can turn its probe's map into NaN.
+
+    Raises:
+        ValueError: If a target is out of range for the model's outputs (first chunk).
+    """
+    run = forward or (lambda module, inputs: module(inputs))
+
+    def attempt(size: int) -> tuple[Tensor, Tensor | None]:
+        scores: list[Tensor] = []
+        gradients: list[Tensor] = []
+        for start in range(0, total, size):
+            inputs, targets = build(start, min(total, start + size))
+            if with_gradient:
+                inputs = inputs.detach().requires_grad_(True)
+                logits = run(model, inputs)
+                if start == 0:
+                    check_logits(logits, targets)
+                selected = logits.float().gather(1, targets[:, None])[:, 0]
+                # Per-variant targets: summing keeps each variant's gradient separate.
+                (gradient,) = torch.autograd.grad(selected.sum(), inputs)
+                gradients.append(gradient.float())
+            else:
+                with torch.no_grad():
+                    logits = run(model, inputs)
+                    if start == 0:
+                        check_logits(logits, targets)
+                    selected = logits.float().gather(1, targets[:, None])[:, 0]
+            scores.append(selected.detach())
+            advance(inputs.shape[0])
+        return torch.cat(scores), (torch.cat(gradients) if with_gradient else None)
+
+    return retry_out_of_memory(attempt, chunk, device, what)
