@@ -1,24 +1,42 @@
-"""Write an audit where a reviewer looks: TensorBoard (or PNG files), scalars, raw maps.
+"""Write an audit where a reviewer looks, in each logger's own form.
 
 The tag names are fixed (the dashboard, the CLI and the tests rely on them):
 ``audit/grid/<method>`` (sorted before the per-probe panels, so TensorBoard shows the
 method grids together first), ``audit/probe_<NN>``, ``audit/<method>/roi_share``,
 ``audit/<method>/roi_mass``, ``audit/<method>/agreement``, ``audit/seconds``.
 
-Every writer tries every logger: one logger that fails does not keep the others from getting
-the audit (the failures are raised together afterwards). Loggers without a local directory
-get scalars but no files.
+What each logger gets (scalars always through ``log_metrics``, at ``trainer.global_step``):
+
+- :class:`~lightning.pytorch.loggers.TensorBoardLogger`: images (``add_image``), text
+  (``add_text``) and a custom-scalars layout with one chart per score and every method on it.
+- :class:`~lightning.pytorch.loggers.WandbLogger`: images as ``wandb.Image`` with a caption
+  (probe, true / predicted class, confidence), the manifest as a ``wandb.Table``, text (alerts,
+  problems, cost, sanity) in the run summary, raw maps as a run file.
+- :class:`~lightning.pytorch.loggers.MLFlowLogger`: images through ``MlflowClient.log_image``
+  (stepped images), text as Markdown artifacts ``audit/<name>/step=<S>.md``, raw maps as
+  the artifact ``audits/epoch=<E>.npz``; any tracking store, a database or a server included.
+- Any other logger (e.g. ``CSVLogger``): PNG and Markdown files under its directory; a logger
+  without a directory gets the scalars only.
+
+``wandb`` and ``mlflow`` are imported only when such a logger is in use. Every writer tries
+every logger: one logger that fails does not keep the others from getting the audit (the
+failures are raised together afterwards).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from torch import Tensor
 
 from lightning_sas.audit import AuditResult
 from lightning_sas.metrics import spearman
@@ -33,6 +51,22 @@ def probe_label(result: AuditResult, probes: Probes, position: int, class_names:
     return f"{probes.names[position]}  true: {true}  pred: {predicted} ({float(result.confidences[position]):.2f})"
 
 
+def probe_scores(result: AuditResult) -> dict[str, dict[str, Tensor]]:
+    """Per method, the per-probe scores shown under its tiles: ``roi_share`` (when probes have
+    ROIs) and ``faithfulness`` (insertion minus deletion AUC, when measured), ``[N]`` each."""
+    scores: dict[str, dict[str, Tensor]] = {}
+    for method in result.maps:
+        shown: dict[str, Tensor] = {}
+        share = result.roi_share.get(method)
+        if share is not None and not bool(torch.isnan(share).all()):
+            shown["roi_share"] = share.detach().float().cpu()
+        curves = result.faithfulness.get(method)
+        if curves is not None:
+            shown["faithfulness"] = (curves.insertion_auc - curves.deletion_auc).detach().float().cpu()
+        scores[method] = shown
+    return scores
+
+
 def render_audit(
     result: AuditResult,
     probes: Probes,
@@ -42,12 +76,18 @@ def render_audit(
     class_names: Sequence[str] | None = None,
     title: str = "",
 ) -> dict[str, np.ndarray]:
-    """The audit's pictures by tag: one grid per method, one panel per probe (uint8 HWC)."""
+    """The audit's pictures by tag: one grid per method, one panel per probe (uint8 HWC).
+
+    Each overlay carries its probe's scores (:func:`probe_scores`) under it.
+    """
     display = to_display(probes.images, mean, std)
     overlays = {name: overlay(display, maps.to(display.device)) for name, maps in result.maps.items()}
     labels = [probe_label(result, probes, i, class_names) for i in range(len(probes))]
+    scores = probe_scores(result)
     pictures = {
-        f"audit/grid/{name}": method_grid(display, method_overlays, labels, title=f"{name} {title}".strip())
+        f"audit/grid/{name}": method_grid(
+            display, method_overlays, labels, title=f"{name} {title}".strip(), scores=scores[name]
+        )
         for name, method_overlays in overlays.items()
     }
     for position in range(len(probes)):
@@ -55,8 +95,25 @@ def render_audit(
             display[position],
             {name: method_overlays[position] for name, method_overlays in overlays.items()},
             title=f"{labels[position]} {title}".strip(),
+            scores={
+                name: {score: float(values[position]) for score, values in method_scores.items()}
+                for name, method_scores in scores.items()
+            },
         )
     return pictures
+
+
+def audit_captions(
+    result: AuditResult, probes: Probes, class_names: Sequence[str] | None = None, title: str = ""
+) -> dict[str, str]:
+    """A caption per picture tag, for loggers that show one (W&B): the probe with its true and
+    predicted class and the confidence; for a grid, the method and its probes' labels."""
+    labels = [probe_label(result, probes, i, class_names) for i in range(len(probes))]
+    captions = {f"audit/grid/{name}": f"{name} {title}".strip() + ": " + "; ".join(labels) for name in result.maps}
+    captions.update(
+        {f"audit/probe_{position:02d}": f"{label} {title}".strip() for position, label in enumerate(labels)}
+    )
+    return captions
 
 
 def manifest_markdown(manifest: Sequence[Mapping]) -> str:
@@ -109,8 +166,11 @@ def logger_directory(logger: Logger) -> Path | None:
     """Where a logger keeps its files (its run directory), or ``None`` if it has none.
 
     Loggers that store runs in a database or on a server (e.g. MLflow with a SQL tracking
-    store) have no local directory: they get scalars, but no picture or text files.
+    store) have no local directory. W&B and MLflow loggers are written through their own
+    APIs instead (:func:`write_pictures`), never as loose files.
     """
+    if isinstance(logger, WandbLogger | MLFlowLogger):
+        return None
     try:
         directory = logger.log_dir or logger.save_dir
     except (AttributeError, NotImplementedError, TypeError, ValueError):
@@ -144,19 +204,57 @@ def write_scalars(loggers: Sequence[Logger], scalars: Mapping[str, float], step:
     _each_logger(loggers, write)
 
 
-def write_pictures(loggers: Sequence[Logger], pictures: Mapping[str, np.ndarray], step: int) -> list[Logger]:
-    """Images through TensorBoard loggers; PNG files under other loggers' directories.
+def _wandb_log(logger: WandbLogger, values: Mapping[str, Any], step: int) -> None:
+    """One ``wandb.log`` call through the logger (its prefix, at ``trainer/global_step``: the
+    x-axis WandbLogger defines), as ``WandbLogger.log_image`` and ``log_table`` do."""
+    logger.log_metrics(dict(values), step=step)
+
+
+def write_pictures(
+    loggers: Sequence[Logger],
+    pictures: Mapping[str, np.ndarray],
+    step: int,
+    captions: Mapping[str, str] | None = None,
+) -> list[Logger]:
+    """Every picture to every logger, in its own form (see the module docstring).
+
+    Args:
+        loggers: The loggers.
+        pictures: Tag -> uint8 ``[H, W, 3]`` picture (from :func:`render_audit`).
+        step: The step to log them at (``trainer.global_step``).
+        captions: Tag -> caption, for loggers that show one (W&B; from :func:`audit_captions`).
 
     Returns:
         The loggers that were skipped because they have no directory for files.
+
+    Raises:
+        AuditWriteError: After every logger was tried, if some failed.
     """
     skipped: list[Logger] = []
+    captions = captions or {}
 
     def write(logger: Logger) -> None:
         if isinstance(logger, TensorBoardLogger):
             for tag, picture in pictures.items():
                 logger.experiment.add_image(tag, picture, global_step=step, dataformats="HWC")
             logger.experiment.flush()
+            return
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            _wandb_log(
+                logger,
+                {
+                    tag: wandb.Image(picture, caption=captions.get(tag), file_type="png")
+                    for tag, picture in pictures.items()
+                },
+                step,
+            )
+            return
+        if isinstance(logger, MLFlowLogger):
+            for tag, picture in pictures.items():
+                # Synchronous, so a failure is this logger's failure and a reader sees every image.
+                logger.experiment.log_image(logger.run_id, picture, key=tag, step=step, synchronous=True)
             return
         directory = logger_directory(logger)
         if directory is None:
@@ -169,11 +267,23 @@ def write_pictures(loggers: Sequence[Logger], pictures: Mapping[str, np.ndarray]
     return skipped
 
 
+def mlflow_text_path(tag: str, step: int) -> str:
+    """The artifact path of an MLflow logger's text: ``audit/manifest/step=0.md``."""
+    return f"{tag}/step={step}.md"
+
+
 def write_text(loggers: Sequence[Logger], tag: str, text: str, step: int) -> list[Logger]:
-    """Text through TensorBoard loggers; a Markdown file under other loggers' directories.
+    """Markdown ``text`` to every logger, in its own form (see the module docstring).
+
+    TensorBoard: ``add_text``; W&B: the run summary's ``tag`` (the latest text); MLflow: the
+    artifact :func:`mlflow_text_path`; other loggers: ``audits/text/<tag>.md`` under their
+    directory (appended, one section per step).
 
     Returns:
         The loggers that were skipped because they have no directory for files.
+
+    Raises:
+        AuditWriteError: After every logger was tried, if some failed.
     """
     skipped: list[Logger] = []
 
@@ -181,6 +291,12 @@ def write_text(loggers: Sequence[Logger], tag: str, text: str, step: int) -> lis
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_text(tag, text, global_step=step)
             logger.experiment.flush()
+            return
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary[tag] = text
+            return
+        if isinstance(logger, MLFlowLogger):
+            logger.experiment.log_text(logger.run_id, text, mlflow_text_path(tag, step))
             return
         directory = logger_directory(logger)
         if directory is None:
@@ -193,6 +309,94 @@ def write_text(loggers: Sequence[Logger], tag: str, text: str, step: int) -> lis
 
     _each_logger(loggers, write)
     return skipped
+
+
+#: Columns of the probe manifest as a table (W&B).
+MANIFEST_COLUMNS = ("probe", "index", "label", "sha256")
+
+
+def write_manifest(loggers: Sequence[Logger], manifest: Sequence[Mapping], step: int) -> list[Logger]:
+    """The probe manifest under ``audit/manifest``: a ``wandb.Table`` for W&B (and the Markdown
+    table in its summary), the Markdown table (:func:`manifest_markdown`) for every other logger.
+
+    Returns:
+        The loggers that were skipped because they have no directory for files.
+
+    Raises:
+        AuditWriteError: After every logger was tried, if some failed.
+    """
+    text = manifest_markdown(manifest)
+    others = [logger for logger in loggers if not isinstance(logger, WandbLogger)]
+    failures: list[str] = []
+    skipped: list[Logger] = []
+    try:
+        skipped = write_text(others, "audit/manifest", text, step)
+    except AuditWriteError as error:
+        failures.append(str(error))
+
+    def write(logger: Logger) -> None:
+        import wandb
+
+        rows = [[entry["name"], entry["index"], str(entry["label"]), entry["sha256"]] for entry in manifest]
+        _wandb_log(logger, {"audit/manifest": wandb.Table(columns=list(MANIFEST_COLUMNS), data=rows)}, step)
+        logger.experiment.summary["audit/manifest_markdown"] = text
+
+    try:
+        _each_logger([logger for logger in loggers if isinstance(logger, WandbLogger)], write)
+    except AuditWriteError as error:
+        failures.append(str(error))
+    if failures:
+        raise AuditWriteError("; ".join(failures))
+    return skipped
+
+
+#: Scores that get a chart of their own in TensorBoard's custom-scalars layout, every method on it.
+_METHOD_CHARTS = {
+    "roi": ("roi_share", "roi_lift", "roi_mass"),
+    "faithfulness": ("insertion_minus_deletion", "deletion_auc", "insertion_auc"),
+    "drift": ("agreement",),
+}
+
+
+def scalar_layout(
+    methods: Sequence[str], *, roi: bool = True, faithfulness: bool = True, intervention: bool = False
+) -> dict[str, dict[str, list]]:
+    """TensorBoard's custom-scalars layout: one chart per score with every method on it.
+
+    Charts hold ``roi_share``, ``roi_lift``, ``roi_mass`` (with ``roi``), the faithfulness
+    scores (with ``faithfulness``), ``agreement`` (drift), and the intervention's
+    ``flip_rate`` and ``probability_change`` (with ``intervention``). Tags are exact
+    (escaped, anchored regular expressions, which is what the plugin matches).
+
+    Example:
+        >>> scalar_layout(["sas", "gradcam"], faithfulness=False)["audit: methods side by side"]["roi_share"]
+        ['Multiline', ['^audit/sas/roi_share$', '^audit/gradcam/roi_share$']]
+    """
+    wanted = {"roi": roi, "faithfulness": faithfulness, "drift": True}
+    charts: dict[str, list] = {}
+    for group, scores in _METHOD_CHARTS.items():
+        if wanted[group]:
+            for score in scores:
+                charts[score] = ["Multiline", [f"^{re.escape(f'audit/{method}/{score}')}$" for method in methods]]
+    if intervention:
+        tags = ("audit/intervention/flip_rate", "audit/intervention/probability_change")
+        charts["intervention"] = ["Multiline", [f"^{re.escape(tag)}$" for tag in tags]]
+    return {"audit: methods side by side": charts}
+
+
+def write_layout(loggers: Sequence[Logger], layout: Mapping[str, Mapping[str, list]]) -> None:
+    """The custom-scalars ``layout`` to every TensorBoard logger (others have no such thing).
+
+    Raises:
+        AuditWriteError: After every logger was tried, if some failed.
+    """
+
+    def write(logger: Logger) -> None:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_custom_scalars(dict(layout))
+            logger.experiment.flush()
+
+    _each_logger(loggers, write)
 
 
 def first_directory(loggers: Sequence[Logger]) -> Path | None:
@@ -215,3 +419,31 @@ def save_raw_maps(directory: os.PathLike[str] | str, epoch: int, result: AuditRe
     )
     np.savez_compressed(path, **arrays)
     return path
+
+
+def write_raw_maps(loggers: Sequence[Logger], epoch: int, result: AuditResult, probes: Probes) -> None:
+    """Raw maps (:func:`save_raw_maps`) once per run store: under the first logger directory,
+    as the artifact ``audits/epoch=<E>.npz`` of every MLflow run, and as a file of every W&B run.
+
+    Raises:
+        AuditWriteError: After every logger was tried, if some failed.
+    """
+    directory = first_directory(loggers)
+    native = [logger for logger in loggers if isinstance(logger, WandbLogger | MLFlowLogger)]
+    if directory is not None:
+        save_raw_maps(directory, epoch, result, probes)
+    if not native:
+        return
+    with tempfile.TemporaryDirectory(prefix="lightning_sas_") as scratch:
+        path = save_raw_maps(scratch, epoch, result, probes)
+
+        def write(logger: Logger) -> None:
+            if isinstance(logger, MLFlowLogger):
+                logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="audits")
+            else:
+                # Files in the run directory are the run's files (uploaded when the run syncs).
+                destination = Path(logger.experiment.dir) / "audits" / path.name
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, destination)
+
+        _each_logger(native, write)

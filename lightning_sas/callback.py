@@ -26,13 +26,15 @@ from typing_extensions import override
 from lightning_sas.audit import AuditResult, explain, nonfinite_positions, problems, resolve_methods, score
 from lightning_sas.audit_logging import (
     AuditWriteError,
+    audit_captions,
     audit_scalars,
     describe_error,
-    first_directory,
-    manifest_markdown,
     render_audit,
-    save_raw_maps,
+    scalar_layout,
+    write_layout,
+    write_manifest,
     write_pictures,
+    write_raw_maps,
     write_scalars,
     write_text,
 )
@@ -92,10 +94,13 @@ class SASAuditCallback(Callback):
     or the training GPU. The callback measures one pass before training and says what an
     audit will cost (see ``cost_warning_share``).
 
-    Steps are ``trainer.global_step``. With a TensorBoard logger everything goes through it;
-    other loggers get the scalars through ``log_metrics`` and the images and text as files
-    under their directory; a logger without a directory (e.g. MLflow with a database store)
-    gets the scalars only, with one warning. Scalars are written before pictures, and every
+    Steps are ``trainer.global_step``. Every logger gets the scalars through ``log_metrics``
+    and the rest in its own form (:mod:`lightning_sas.audit_logging`): TensorBoard images,
+    text and a custom-scalars layout (one chart per score, every method on it); W&B
+    ``wandb.Image`` with captions, the manifest as a ``wandb.Table``, text in the run
+    summary; MLflow stepped images (``log_image``) and text artifacts; other loggers PNG
+    and Markdown files under their directory (a logger without one gets the scalars only,
+    with one warning). Scalars are written before pictures, and every
     logger is written even when another fails. The audit never runs during the sanity check,
     ``validate``, ``test`` or ``predict``, and runs once more at the end of ``fit`` if the
     last epoch was not audited.
@@ -417,7 +422,7 @@ class SASAuditCallback(Callback):
                 self.manifest = manifest
                 self._write_text(trainer, "audit/probe_change", message)
         self.manifest = manifest
-        self._write_text(trainer, "audit/manifest", manifest_markdown(manifest))
+        self._write_manifest(trainer)
 
     def _audit_passes(self, num_probes: int) -> dict[str, tuple[int, bool]]:
         return audit_passes(
@@ -696,15 +701,15 @@ class SASAuditCallback(Callback):
             writes.append(("problems", lambda: self._note_skipped(write_text(loggers, "audit/problems", text, step))))
 
         def pictures() -> None:
+            title = f"epoch {epoch}"
             rendered = render_audit(
-                result, probes, mean=self.mean, std=self.std, class_names=self.class_names, title=f"epoch {epoch}"
+                result, probes, mean=self.mean, std=self.std, class_names=self.class_names, title=title
             )
-            self._note_skipped(write_pictures(loggers, rendered, step))
+            captions = audit_captions(result, probes, self.class_names, title)
+            self._note_skipped(write_pictures(loggers, rendered, step, captions))
 
         def raw_maps() -> None:
-            directory = first_directory(loggers)
-            if directory is not None:
-                save_raw_maps(directory, epoch, result, probes)
+            write_raw_maps(loggers, epoch, result, probes)
 
         writes += [("pictures", pictures), ("raw maps", raw_maps)]
         for what, write in writes:
@@ -722,8 +727,8 @@ class SASAuditCallback(Callback):
                 self._loggers_without_files.add(id(logger))
                 rank_zero_warn(
                     f"SASAuditCallback: {type(logger).__name__} has no local directory, so the audit's pictures "
-                    "and text are not written to it (it still gets every scalar). Add a TensorBoardLogger or a "
-                    "logger with a save_dir to see the heatmaps."
+                    "and text are not written to it (it still gets every scalar). Add a TensorBoardLogger, "
+                    "WandbLogger, MLFlowLogger or a logger with a save_dir to see the heatmaps."
                 )
 
     # ------------------------------------------------------------------ shortcut alerts
@@ -797,6 +802,18 @@ class SASAuditCallback(Callback):
     @rank_zero_only
     def _write_text(self, trainer: pl.Trainer, tag: str, text: str) -> None:
         self._note_skipped(write_text(trainer.loggers, tag, text, trainer.global_step))
+
+    @rank_zero_only
+    def _write_manifest(self, trainer: pl.Trainer) -> None:
+        """The manifest, and TensorBoard's chart layout (one chart per score, every method on it)."""
+        self._note_skipped(write_manifest(trainer.loggers, self.manifest, trainer.global_step))
+        layout = scalar_layout(
+            list(self.methods),
+            roi=self.probes is not None and bool(self.probes.roi.any()),
+            faithfulness=self.faithfulness is not None,
+            intervention=self.artifacts is not None,
+        )
+        write_layout(trainer.loggers, layout)
 
 
 def _unloaded_validation_dataloaders(trainer: pl.Trainer, pl_module: pl.LightningModule) -> object:

@@ -1088,15 +1088,20 @@ def estimate_line(
 
 
 def write_tensorboard(
-    out: Path, pictures: dict[str, np.ndarray], scalars: dict[str, float], texts: dict[str, str]
+    out: Path,
+    pictures: dict[str, np.ndarray],
+    scalars: dict[str, float],
+    texts: dict[str, str],
+    layout: Mapping[str, Mapping[str, list]],
 ) -> None:
-    """TensorBoard events directly in ``out`` with the callback's tags at step 0, flushed and closed."""
+    """TensorBoard events in ``out``: the callback's tags and chart layout at step 0, flushed and closed."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from lightning_sas.audit_logging import write_pictures, write_text
+    from lightning_sas.audit_logging import write_layout, write_pictures, write_text
 
     logger = TensorBoardLogger(save_dir=str(out), name="", version="", default_hp_metric=False)
     try:
+        write_layout([logger], layout)
         write_pictures([logger], pictures, step=0)
         for tag, text in texts.items():
             write_text([logger], tag, text, step=0)
@@ -1298,7 +1303,7 @@ def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
     with _stage("building the report"):
         from lightning_sas import report
         from lightning_sas.audit import problems
-        from lightning_sas.audit_logging import audit_scalars, render_audit
+        from lightning_sas.audit_logging import audit_scalars, render_audit, scalar_layout
         from lightning_sas.verdict import decide
 
         intervention = result.intervention
@@ -1331,7 +1336,13 @@ def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
     with _stage(f"writing to --out {args.out}"):
         try:
             out.mkdir(parents=True, exist_ok=True)
-            write_tensorboard(out, pictures, scalars, _texts(summary, issues))
+            layout = scalar_layout(
+                list(methods),
+                roi=bool(probes.roi.any()),
+                faithfulness=faithfulness is not None,
+                intervention=artifacts is not None,
+            )
+            write_tensorboard(out, pictures, scalars, _texts(summary, issues), layout)
             report.write_summary(summary, out / "summary.json")
             report.write_report(summary, html_pictures, out / "report.html")
         except OSError as error:

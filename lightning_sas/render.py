@@ -8,21 +8,31 @@ directly: this module never imports ``matplotlib.pyplot``, never calls
 (backend, open figures, style) is left alone, and nothing is kept alive between calls.
 
 Every figure has a size fixed by its inputs' shapes (not by the text drawn in it), so
-TensorBoard's step slider shows images of the same size at every step.
+TensorBoard's step slider shows images of the same size at every step. Pictures are pasted
+pixel for pixel: small probes are enlarged by a whole factor (nearest-neighbour, so pixels
+stay honest), large ones shrunk by area averaging, to tiles of about ``panel_inches * dpi``
+pixels. Text is sized relative to the tiles, and per-probe panels wrap after three tiles,
+so labels stay legible where a viewer shrinks the whole picture to a fixed width
+(TensorBoard's images dashboard: 350 px).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
+from matplotlib.transforms import IdentityTransform
 from PIL import Image
 from torch import Tensor
 
@@ -42,15 +52,19 @@ __all__ = [
 # Colormap lookup tables have 256 entries, as matplotlib's own built-in colormaps do.
 _LUT_SIZE = 256
 
-# Layout, in inches. Thin margins; room for one line of 8-pt text per label.
-_MARGIN = 0.06
-_COLUMN_GAP = 0.06
-_ROW_GAP = 0.06
-_TITLE_HEIGHT = 0.32
-_COLUMN_TITLE_HEIGHT = 0.22
-_ROW_LABEL_HEIGHT = 0.24
-_TITLE_FONT_SIZE = 10
-_LABEL_FONT_SIZE = 8
+# Layout, as shares of the tile width (text scales with the pictures; see _Layout). At the
+# default tile (192 px for a 64-px probe) headings are 19 px tall; in a 3-tile-wide panel
+# that TensorBoard shrinks to 350 px they are still 11 px.
+_SPACING_SHARE = 0.04
+_TITLE_SHARE = 0.11
+_HEADING_SHARE = 0.10
+_LABEL_SHARE = 0.09
+_CAPTION_SHARE = 0.095
+_LINE_SPACING = 1.45
+# Tiles narrower than 110 px still get 11-px headings (text then may be shrunk to fit).
+_MIN_FONT_PIXELS = 11.0
+# At 72 dots per inch a point is a pixel: font sizes and positions are given in pixels.
+_DPI = 72
 
 # Red, green, blue weights of the grey shown for a map that has no finite values.
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -257,92 +271,195 @@ def to_uint8(images: Tensor) -> np.ndarray:
     return quantised.to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
-def _render_grid(
-    cells: Sequence[Sequence[np.ndarray]],
+def _fit_tiles(pictures: Tensor, tile_pixels: int) -> np.ndarray:
+    """Bring pictures ``[N, 3, H, W]`` to the tile size, as uint8 ``[N, h, w, 3]`` on the host.
+
+    Small pictures are enlarged by the largest whole factor that keeps the longer side within
+    ``tile_pixels`` (each pixel becomes a ``k x k`` block: nearest-neighbour, so no pixel is
+    invented or smoothed away); larger ones are shrunk to it by area averaging. The work runs
+    on the pictures' device; only the uint8 result is copied to the host.
+    """
+    height, width = pictures.shape[-2:]
+    longest = max(height, width)
+    pictures = pictures.detach().to(torch.float32)
+    factor = 1
+    if longest > tile_pixels:
+        size = (max(1, round(height * tile_pixels / longest)), max(1, round(width * tile_pixels / longest)))
+        pictures = torch.nn.functional.interpolate(pictures, size=size, mode="area")
+    else:
+        factor = max(1, tile_pixels // longest)
+    quantised = (pictures.clamp(0.0, 1.0) * 255).round().to(torch.uint8)
+    if factor > 1:
+        quantised = quantised.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    return quantised.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def _tile_pixels(function: str, panel_inches: float, dpi: int) -> int:
+    """The tile size ``panel_inches * dpi`` in pixels, checked."""
+    for name, value in (("panel_inches", panel_inches), ("dpi", dpi)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"{function}: `{name}` must be a positive number, got {value!r}")
+    return max(1, round(panel_inches * dpi))
+
+
+@dataclass(frozen=True)
+class _Cell:
+    """One tile of a figure: its picture (``None``: left blank), the text above it and the lines below it."""
+
+    picture: np.ndarray | None
+    heading: str = ""
+    caption: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Pixel sizes of a figure's parts, all proportional to the tile width.
+
+    Text scales with the tile, so the ratio of text size to picture width is fixed by the
+    number of columns alone: a viewer that shrinks the picture to a fixed width (TensorBoard
+    draws every image 350 px wide until clicked) shrinks text and tiles alike.
+    """
+
+    margin: int
+    gap: int
+    title_size: float
+    heading_size: float
+    label_size: float
+    caption_size: float
+
+    @classmethod
+    def for_tile(cls, tile_width: int) -> _Layout:
+        scale = max(float(tile_width), _MIN_FONT_PIXELS / _HEADING_SHARE)
+        return cls(
+            margin=max(4, round(_SPACING_SHARE * tile_width)),
+            gap=max(4, round(_SPACING_SHARE * tile_width)),
+            title_size=_TITLE_SHARE * scale,
+            heading_size=_HEADING_SHARE * scale,
+            label_size=_LABEL_SHARE * scale,
+            caption_size=_CAPTION_SHARE * scale,
+        )
+
+    @staticmethod
+    def line(size: float) -> int:
+        return round(_LINE_SPACING * size)
+
+
+def _draw(
+    rows: Sequence[Sequence[_Cell]],
     *,
     title: str | None,
-    column_titles: Sequence[str] | None,
     row_labels: Sequence[str] | None,
-    panel_inches: float,
-    dpi: int,
+    heading_rows: Sequence[int],
+    caption_lines: int,
 ) -> np.ndarray:
-    """Draw a rows x columns grid of equally sized RGB images into a uint8 array.
+    """Draw tiles in rows into a uint8 RGB array, pixel for pixel.
 
-    The figure size depends only on the grid's shape, the image aspect and which text
-    slots are used, never on the text itself.
+    Every tile is pasted unscaled at whole-pixel offsets (``figimage``), so the figure shows
+    exactly the pixels it is given. Text is placed in pixel coordinates, centred in slots
+    whose sizes depend only on the tile size and on which slots are used: the figure's size
+    never depends on the text. Text wider than its slot is shrunk to fit it.
     """
-    rows = len(cells)
-    columns = len(cells[0])
-    image_height, image_width = cells[0][0].shape[:2]
-    panel_width = panel_inches
-    panel_height = panel_inches * image_height / image_width
-    row_label_height = _ROW_LABEL_HEIGHT if row_labels is not None else 0.0
-    title_height = _TITLE_HEIGHT if title is not None else 0.0
-    column_title_height = _COLUMN_TITLE_HEIGHT if column_titles is not None else 0.0
-
-    width = 2 * _MARGIN + columns * panel_width + (columns - 1) * _COLUMN_GAP
+    first = next(cell.picture for row in rows for cell in row if cell.picture is not None)
+    tile_height, tile_width = first.shape[:2]
+    layout = _Layout.for_tile(tile_width)
+    columns = max(len(row) for row in rows)
+    title_height = layout.line(layout.title_size) if title is not None else 0
+    label_height = layout.line(layout.label_size) if row_labels is not None else 0
+    heading_height = layout.line(layout.heading_size)
+    caption_line = layout.line(layout.caption_size)
+    width = 2 * layout.margin + columns * tile_width + (columns - 1) * layout.gap
     height = (
-        2 * _MARGIN
+        2 * layout.margin
         + title_height
-        + column_title_height
-        + rows * (row_label_height + panel_height)
-        + (rows - 1) * _ROW_GAP
+        + len(rows) * (label_height + tile_height + caption_lines * caption_line)
+        + len(heading_rows) * heading_height
+        + (len(rows) - 1) * layout.gap
     )
-    figure = Figure(figsize=(width, height), dpi=dpi, facecolor="white")
+    # The quarter pixel keeps Agg's integer canvas size from rounding down a pixel.
+    figure = Figure(figsize=((width + 0.25) / _DPI, (height + 0.25) / _DPI), dpi=_DPI, facecolor="white")
     canvas = FigureCanvasAgg(figure)
+    pixels = IdentityTransform()
+    texts: list[tuple[Text, float]] = []
+
+    def text(x: float, top: float, slot: float, content: str, size: float, max_width: float, **style: Any) -> None:
+        # Colours, TeX and math parsing are explicit so a user's style cannot change them.
+        artist = figure.text(
+            x,
+            height - top - slot / 2,
+            content,
+            transform=pixels,
+            ha="center",
+            va="center",
+            fontsize=size,
+            color="black",
+            usetex=False,
+            parse_math=False,
+            **style,
+        )
+        texts.append((artist, max_width))
+
     try:
-        # Text colours are explicit so a user's dark style cannot make them invisible.
+        top = layout.margin  # pixels from the top edge
         if title is not None:
-            figure.text(
-                0.5,
-                1 - (_MARGIN + title_height / 2) / height,
-                title,
-                ha="center",
-                va="center",
-                fontsize=_TITLE_FONT_SIZE,
-                fontweight="bold",
-                color="black",
-            )
-        top = height - _MARGIN - title_height  # inches from the bottom edge
-        if column_titles is not None:
-            for column, text in enumerate(column_titles):
-                centre = _MARGIN + column * (panel_width + _COLUMN_GAP) + panel_width / 2
-                figure.text(
-                    centre / width,
-                    (top - column_title_height / 2) / height,
-                    text,
-                    ha="center",
-                    va="center",
-                    fontsize=_LABEL_FONT_SIZE,
-                    color="black",
-                )
-            top -= column_title_height
-        for row, row_cells in enumerate(cells):
+            text(width / 2, top, title_height, title, layout.title_size, width - 2 * layout.margin, fontweight="bold")
+            top += title_height
+        for index, row in enumerate(rows):
+            lefts = [layout.margin + column * (tile_width + layout.gap) for column in range(len(row))]
+            if index in heading_rows:
+                for left, cell in zip(lefts, row, strict=True):
+                    text(left + tile_width / 2, top, heading_height, cell.heading, layout.heading_size, tile_width)
+                top += heading_height
             if row_labels is not None:
-                figure.text(
-                    0.5,
-                    (top - row_label_height / 2) / height,
-                    row_labels[row],
-                    ha="center",
-                    va="center",
-                    fontsize=_LABEL_FONT_SIZE,
-                    color="black",
-                )
-                top -= row_label_height
-            bottom = top - panel_height
-            for column, picture in enumerate(row_cells):
-                left = _MARGIN + column * (panel_width + _COLUMN_GAP)
-                axes = figure.add_axes((left / width, bottom / height, panel_width / width, panel_height / height))
-                axes.imshow(picture, interpolation="nearest", aspect="auto")
-                axes.set_axis_off()
-            top = bottom - _ROW_GAP
+                text(width / 2, top, label_height, row_labels[index], layout.label_size, width - 2 * layout.margin)
+                top += label_height
+            for left, cell in zip(lefts, row, strict=True):
+                if cell.picture is not None:
+                    figure.figimage(
+                        cell.picture, xo=left, yo=height - top - tile_height, origin="upper", interpolation="nearest"
+                    )
+            top += tile_height
+            for left, cell in zip(lefts, row, strict=True):
+                for line, content in enumerate(cell.caption):
+                    text(
+                        left + tile_width / 2,
+                        top + line * caption_line,
+                        caption_line,
+                        content,
+                        layout.caption_size,
+                        tile_width + layout.gap,
+                    )
+            top += caption_lines * caption_line + layout.gap
+        renderer = canvas.get_renderer()
+        for artist, max_width in texts:
+            drawn = artist.get_window_extent(renderer).width
+            if drawn > max_width:
+                artist.set_fontsize(artist.get_fontsize() * max_width / drawn)
         canvas.draw()
         rgba = np.asarray(canvas.buffer_rgba())
-        return rgba[..., :3].copy()
+        return rgba[:height, :width, :3].copy()
     finally:
         # Not registered with pyplot, so dropping the references frees it; clearing
         # first breaks the figure <-> artist cycles so memory returns without a GC pass.
         figure.clear()
+
+
+def _format_score(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(float(value)) else f"{float(value):.2f}"
+
+
+def _check_scores(function: str, scores: Mapping[str, Sequence[float] | Tensor] | None, count: int) -> dict:
+    """Score name -> ``count`` floats (one per row), checked."""
+    if scores is None:
+        return {}
+    checked = {}
+    for name, values in scores.items():
+        listed = values.detach().flatten().tolist() if isinstance(values, Tensor) else list(values)
+        if len(listed) != count:
+            raise ValueError(
+                f"{function}: `scores[{name!r}]` must have one value per image ({count}), got {len(listed)}"
+            )
+        checked[str(name)] = [None if value is None else float(value) for value in listed]
+    return checked
 
 
 def method_grid(
@@ -351,25 +468,31 @@ def method_grid(
     row_labels: Sequence[str],
     title: str | None = None,
     *,
+    scores: Mapping[str, Sequence[float] | Tensor] | None = None,
     panel_inches: float = 2.0,
     dpi: int = 100,
 ) -> np.ndarray:
     """One figure for one method: a row per probe, image next to its heatmap overlay.
 
     Each row carries its label above it (e.g. ``"true: melanoma  pred: melanoma
-    (0.93)"``); pixels are drawn with nearest-neighbour interpolation so small inputs
-    stay sharp. The picture's size depends only on ``B``, the image aspect, whether a
-    title is given, ``panel_inches`` and ``dpi`` -- not on the text -- so successive
-    audits line up in TensorBoard. Labels longer than about 60 characters are cut off
-    at the figure's edges at the default size.
+    (0.93)"``) and, with ``scores``, one line per score under the overlay (e.g.
+    ``"roi_share 0.42"``; ``–`` for a missing or NaN value). Small images are enlarged by
+    a whole factor (each pixel a block of pixels, nothing smoothed) to about
+    ``panel_inches * dpi`` pixels; text scales with the tiles, so it stays legible where a
+    viewer shrinks the picture to a fixed width. The picture's size depends only on ``B``,
+    the image size, whether a title is given, the score names, ``panel_inches`` and
+    ``dpi`` -- not on the text -- so successive audits line up in TensorBoard. Text wider
+    than the figure is shrunk to fit.
 
     Args:
         display: Images ``[B, 3, H, W]`` in ``[0, 1]`` (from :func:`to_display`).
         overlays: Heatmap overlays, same shape as ``display`` (from :func:`overlay`).
         row_labels: One label per probe, ``B`` strings.
         title: Text on top of the figure, e.g. the method name and epoch.
-        panel_inches: Width of each image panel in inches.
-        dpi: Pixels per inch of the rendered figure.
+        scores: Score name -> one value per probe (``B`` floats or a tensor), shown under
+            each overlay.
+        panel_inches: Size of each image tile in inches (at ``dpi``).
+        dpi: Pixels per inch of ``panel_inches``.
 
     Returns:
         numpy uint8 array ``[H', W', 3]`` (RGB).
@@ -377,32 +500,37 @@ def method_grid(
     Raises:
         TypeError: If ``display`` or ``overlays`` is not a tensor.
         ValueError: If ``display`` is not ``[B, 3, H, W]`` with ``B >= 1``, ``overlays``'
-            shape differs, or the number of ``row_labels`` is not ``B``.
+            shape differs, the number of ``row_labels`` or of a score's values is not
+            ``B``, or ``panel_inches`` / ``dpi`` is not positive.
 
     Example:
         >>> picture = method_grid(torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16),
-        ...                       ["probe 0", "probe 1"], title="Grad-CAM")
+        ...                       ["probe 0", "probe 1"], title="Grad-CAM",
+        ...                       scores={"roi_share": [0.5, float("nan")]})
         >>> picture.dtype, picture.shape[-1]
         (dtype('uint8'), 3)
     """
-    cells, labels = _grid_cells("method_grid", display, {"overlays": overlays}, row_labels)
-    return _render_grid(
-        cells,
-        title=title,
-        column_titles=None,
-        row_labels=labels,
-        panel_inches=panel_inches,
-        dpi=dpi,
-    )
+    tile_pixels = _tile_pixels("method_grid", panel_inches, dpi)
+    tiles, labels = _grid_tiles("method_grid", display, {"overlays": overlays}, row_labels, tile_pixels)
+    checked = _check_scores("method_grid", scores, len(labels))
+    rows = [
+        [
+            _Cell(tiles[0][row]),
+            _Cell(tiles[1][row], caption=tuple(f"{name} {_format_score(v[row])}" for name, v in checked.items())),
+        ]
+        for row in range(len(labels))
+    ]
+    return _draw(rows, title=title, row_labels=labels, heading_rows=(), caption_lines=len(checked))
 
 
-def _grid_cells(
-    function: str, display: Tensor, columns: Mapping[str, Tensor], row_labels: Sequence[str]
-) -> tuple[list[list[np.ndarray]], list[str]]:
-    """Check a grid's inputs and turn them into uint8 cells (one transfer off the device).
+def _grid_tiles(
+    function: str, display: Tensor, columns: Mapping[str, Tensor], row_labels: Sequence[str], tile_pixels: int
+) -> tuple[list[np.ndarray], list[str]]:
+    """Check a grid's inputs and turn them into uint8 tiles (one transfer off the device).
 
     ``columns`` maps each overlay argument's name, as error messages show it, to its tensor.
-    Returns one row per image: the image, then its overlay from every column.
+    Returns the tiles per column (the images first, then every overlay column), ``[B, h, w, 3]``
+    each, and the labels.
     """
     require_tensor(function, "display", display)
     if display.dim() != 4 or display.shape[1] != 3 or display.shape[0] == 0:
@@ -419,9 +547,10 @@ def _grid_cells(
         raise ValueError(
             f"{function}: `row_labels` must have one label per image ({display.shape[0]}), got {len(labels)}"
         )
-    stacked = to_uint8(torch.cat([display, *(pictures.to(display.device) for pictures in columns.values())]))
-    grid = stacked.reshape(1 + len(columns), display.shape[0], *display.shape[2:], 3)
-    return [list(grid[:, row]) for row in range(display.shape[0])], labels
+    stacked = _fit_tiles(
+        torch.cat([display, *(pictures.to(display.device) for pictures in columns.values())]), tile_pixels
+    )
+    return list(stacked.reshape(1 + len(columns), display.shape[0], *stacked.shape[1:])), labels
 
 
 def probe_panel(
@@ -429,39 +558,55 @@ def probe_panel(
     overlays: Mapping[str, Tensor],
     title: str,
     *,
+    scores: Mapping[str, Mapping[str, float]] | None = None,
+    max_columns: int = 3,
     panel_inches: float = 2.0,
     dpi: int = 100,
 ) -> np.ndarray:
     """One figure for one probe: the image, then one heatmap overlay per method.
 
-    Column titles are ``"image"`` and the method names, in ``overlays``' order. The
-    picture's size depends only on the number of methods, the image aspect,
-    ``panel_inches`` and ``dpi``, so the panel of one probe keeps its size across
-    audits (TensorBoard step slider).
+    Every tile carries its title above it (``"image"``, then the method names in
+    ``overlays``' order) and, with ``scores``, one line per score under each overlay (e.g.
+    ``"roi_share 0.42"`` and ``"faithfulness 0.31"``; ``–`` for a missing or NaN value).
+    Tiles wrap into rows of at most ``max_columns`` (balanced: 9 tiles make 3 rows of 3),
+    so the figure stays narrow enough for its text to be read where a viewer shrinks it
+    to a fixed width (TensorBoard: 350 px); ``max_columns=len(overlays) + 1`` keeps one
+    row. Small images are enlarged by a whole factor to about ``panel_inches * dpi``
+    pixels (nearest-neighbour). The picture's size depends only on the number of
+    methods, the image size, the score names, ``max_columns``, ``panel_inches`` and
+    ``dpi``, so the panel of one probe keeps its size across audits (TensorBoard step
+    slider).
 
     Args:
         display_one: One image ``[3, H, W]`` in ``[0, 1]``.
         overlays: Method name -> overlay ``[3, H, W]`` of the same shape.
         title: Text on top, e.g. ``"probe 3  true: melanoma  pred: nevus (0.61)"``.
-        panel_inches: Width of each image panel in inches.
-        dpi: Pixels per inch of the rendered figure.
+        scores: Method name -> {score name -> value}, shown under that method's tile.
+        max_columns: Most tiles side by side.
+        panel_inches: Size of each image tile in inches (at ``dpi``).
+        dpi: Pixels per inch of ``panel_inches``.
 
     Returns:
         numpy uint8 array ``[H', W', 3]`` (RGB).
 
     Raises:
         TypeError: If ``display_one`` or an overlay is not a tensor.
-        ValueError: If ``display_one`` is not ``[3, H, W]`` or an overlay's shape differs.
+        ValueError: If ``display_one`` is not ``[3, H, W]``, an overlay's shape differs,
+            ``scores`` names a method that is not in ``overlays``, ``max_columns`` is not a
+            positive integer, or ``panel_inches`` / ``dpi`` is not positive.
 
     Example:
-        >>> picture = probe_panel(torch.rand(3, 16, 16),
-        ...                       {"SaS": torch.rand(3, 16, 16)}, "probe 0")
+        >>> picture = probe_panel(torch.rand(3, 16, 16), {"SaS": torch.rand(3, 16, 16)},
+        ...                       "probe 0", scores={"SaS": {"roi_share": 0.42}})
         >>> picture.ndim
         3
     """
     require_tensor("probe_panel", "display_one", display_one)
     if display_one.dim() != 3 or display_one.shape[0] != 3:
         raise ValueError(f"probe_panel: `display_one` must have shape [3, H, W], got {shape_of(display_one)}")
+    if isinstance(max_columns, bool) or not isinstance(max_columns, int) or max_columns < 1:
+        raise ValueError(f"probe_panel: `max_columns` must be an integer >= 1, got {max_columns!r}")
+    tile_pixels = _tile_pixels("probe_panel", panel_inches, dpi)
     names = [str(name) for name in overlays]
     for name, picture in overlays.items():
         require_tensor("probe_panel", f"overlays[{name!r}]", picture)
@@ -470,16 +615,23 @@ def probe_panel(
                 f"probe_panel: `overlays[{name!r}]` must have the same shape as "
                 f"`display_one` {shape_of(display_one)}, got {shape_of(picture)}"
             )
+    scores = dict(scores or {})
+    unknown = [name for name in scores if name not in overlays]
+    if unknown:
+        raise ValueError(f"probe_panel: `scores` names methods that are not in `overlays` {names}: {unknown}")
+    score_names = list(dict.fromkeys(name for method in scores.values() for name in method))
     stacked = torch.stack([display_one] + [picture.to(display_one.device) for picture in overlays.values()])
-    pictures = to_uint8(stacked)
-    return _render_grid(
-        [list(pictures)],
-        title=title,
-        column_titles=["image", *names],
-        row_labels=None,
-        panel_inches=panel_inches,
-        dpi=dpi,
-    )
+    tiles = _fit_tiles(stacked, tile_pixels)
+    cells = [_Cell(tiles[0], heading="image")]
+    for method, tile in zip(overlays, tiles[1:], strict=True):
+        values = scores.get(method, {})
+        caption = tuple(f"{score} {_format_score(values.get(score))}" for score in score_names)
+        cells.append(_Cell(tile, heading=str(method), caption=caption))
+    row_count = math.ceil(len(cells) / max_columns)
+    columns = math.ceil(len(cells) / row_count)
+    cells += [_Cell(None)] * (row_count * columns - len(cells))
+    rows = [cells[start : start + columns] for start in range(0, len(cells), columns)]
+    return _draw(rows, title=title, row_labels=None, heading_rows=range(row_count), caption_lines=len(score_names))
 
 
 def comparison_grid(
@@ -495,10 +647,12 @@ def comparison_grid(
 
     Each row shows the image, then its overlay from every method in ``overlays``' order,
     with the row's label above it; the columns are titled ``"image"`` and the method
-    names. It combines :func:`method_grid` (one method, many images) and
-    :func:`probe_panel` (many methods, one image). The picture's size depends only on
-    ``B``, the number of methods, the image aspect, whether a title is given,
-    ``panel_inches`` and ``dpi`` -- not on the text.
+    names (a title wider than its column is shrunk to fit, so 8 methods side by side stay
+    apart). It combines :func:`method_grid` (one method, many images) and
+    :func:`probe_panel` (many methods, one image). Small images are enlarged by a whole
+    factor (nearest-neighbour). The picture's size depends only on ``B``, the number of
+    methods, the image size, whether a title is given, ``panel_inches`` and ``dpi`` -- not
+    on the text.
 
     Args:
         display: Images ``[B, 3, H, W]`` in ``[0, 1]`` (from :func:`to_display`).
@@ -506,8 +660,8 @@ def comparison_grid(
             :func:`overlay`); at least one method.
         row_labels: One label per image, ``B`` strings.
         title: Text on top of the figure.
-        panel_inches: Width of each image panel in inches.
-        dpi: Pixels per inch of the rendered figure.
+        panel_inches: Size of each image tile in inches (at ``dpi``).
+        dpi: Pixels per inch of ``panel_inches``.
 
     Returns:
         numpy uint8 array ``[H', W', 3]`` (RGB).
@@ -515,8 +669,8 @@ def comparison_grid(
     Raises:
         TypeError: If ``display`` or an overlay is not a tensor.
         ValueError: If ``display`` is not ``[B, 3, H, W]`` with ``B >= 1``, ``overlays``
-            is empty or one of its shapes differs, or the number of ``row_labels`` is
-            not ``B``.
+            is empty or one of its shapes differs, the number of ``row_labels`` is not
+            ``B``, or ``panel_inches`` / ``dpi`` is not positive.
 
     Example:
         >>> display = torch.rand(2, 3, 16, 16)
@@ -529,17 +683,15 @@ def comparison_grid(
         raise ValueError(
             "comparison_grid: `overlays` must map at least one method name to its overlays, got an empty mapping"
         )
-    names = [str(name) for name in overlays]
+    tile_pixels = _tile_pixels("comparison_grid", panel_inches, dpi)
+    headings = ["image", *(str(name) for name in overlays)]
     columns = {f"overlays[{name!r}]": pictures for name, pictures in overlays.items()}
-    cells, labels = _grid_cells("comparison_grid", display, columns, row_labels)
-    return _render_grid(
-        cells,
-        title=title,
-        column_titles=["image", *names],
-        row_labels=labels,
-        panel_inches=panel_inches,
-        dpi=dpi,
-    )
+    tiles, labels = _grid_tiles("comparison_grid", display, columns, row_labels, tile_pixels)
+    rows = [
+        [_Cell(column[row], heading=heading) for heading, column in zip(headings, tiles, strict=True)]
+        for row in range(len(labels))
+    ]
+    return _draw(rows, title=title, row_labels=labels, heading_rows=(0,), caption_lines=0)
 
 
 def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> None:

@@ -1,47 +1,140 @@
-"""Loggers that cannot take files: the audit never kills training, and every logger gets what it can."""
+"""Several loggers at once: each gets the whole audit once, in its own form; a logger that cannot take
+files still gets every scalar."""
 
 from __future__ import annotations
 
+import csv
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import lightning as L
 import pytest
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lit_models import LitClassifier, corner_dataset, loaders
 from test_callback import make_trainer, read_events
 
 from lightning_sas import SASAuditCallback
 
-mlflow = pytest.importorskip("mlflow")
+IMAGE_TAGS = ("audit/grid/gradcam", "audit/probe_00", "audit/probe_01")
+STEPS = [3, 6]  # 48 images / batch 16 = 3 steps per epoch, two epochs
 
 
-def test_mlflow_on_a_database_store_beside_tensorboard(tmp_path: Path) -> None:
-    from lightning.pytorch.loggers import MLFlowLogger
+def assert_points(points: list[tuple[int, float]], values: list[float]) -> None:
+    """Logged (step, value) pairs: one per audit, at the audit's step, with the callback's values."""
+    assert [step for step, _ in points] == STEPS
+    assert [value for _, value in points] == pytest.approx(values)
+
+
+def fit_with(tmp_path: Path, loggers: list[Logger], **callback_args) -> tuple[L.Trainer, SASAuditCallback]:
+    callback = SASAuditCallback(probe=2, methods=["gradcam"], sanity=False, **callback_args)
+    L.seed_everything(0, verbose=False)
+    trainer = make_trainer(tmp_path, [callback], max_epochs=2, logger=loggers)
+    trainer.fit(LitClassifier(), *loaders(corner_dataset()))
+    assert callback.audited_epochs == [0, 1]
+    return trainer, callback
+
+
+def test_tensorboard_csv_mlflow_and_wandb_each_get_everything_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow")
+    pytest.importorskip("wandb")
+    import wandb
+    from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
     from mlflow.tracking import MlflowClient
+    from test_logger_mlflow import stepped_images
+    from test_logger_wandb import read_run, use_offline_wandb
 
+    use_offline_wandb(monkeypatch, tmp_path)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tensorboard = TensorBoardLogger(tmp_path, name="tb")
-    database = MLFlowLogger(experiment_name="audit", tracking_uri=tracking_uri)
-    callback = SASAuditCallback(probe=2, methods=["gradcam"])
-    L.seed_everything(0, verbose=False)
-    trainer = make_trainer(tmp_path, [callback], max_epochs=2, logger=[tensorboard, database])
+    table = CSVLogger(tmp_path, name="csv")
+    tracking = MLFlowLogger(experiment_name="audit", tracking_uri=tracking_uri)
+    weights_and_biases = WandbLogger(save_dir=str(tmp_path), offline=True, project="audit")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer.fit(LitClassifier(), *loaders(corner_dataset()))
+        try:
+            trainer, callback = fit_with(tmp_path, [tensorboard, table, tracking, weights_and_biases])
+            wandb_run = Path(weights_and_biases.experiment.dir).parent
+        finally:
+            wandb.finish()
+    # Every logger took its part: no failure and no logger left without pictures.
     messages = [str(warning.message) for warning in caught if "SASAuditCallback" in str(warning.message)]
-    # One warning for the logger without a directory, and nothing reported as a failure.
-    assert [m for m in messages if "MLFlowLogger has no local directory" in m] == [messages[0]]
-    assert not [m for m in messages if "could not" in m or "failed" in m], messages
-    assert trainer.current_epoch == 2 and callback.audited_epochs == [0, 1]
+    assert not [m for m in messages if "could not" in m or "failed" in m or "no local directory" in m], messages
+    roi_shares = [entry["audit/gradcam/roi_share"] for entry in callback.history]
 
-    # TensorBoard got everything: pictures, scalars, the manifest.
+    # TensorBoard: each picture once per audit, the scores, the manifest, the chart layout.
     events = read_events(tensorboard.log_dir)
-    assert {"audit/grid/gradcam", "audit/probe_00"} <= set(events.Tags()["images"])
-    assert [event.step for event in events.Scalars("audit/gradcam/roi_share")] == [3, 6]
-    assert "audit/manifest/text_summary" in events.Tags()["tensors"]
+    for tag in IMAGE_TAGS:
+        assert [event.step for event in events.Images(tag)] == STEPS, tag
+    assert_points([(e.step, e.value) for e in events.Scalars("audit/gradcam/roi_share")], roi_shares)
+    assert {"audit/manifest/text_summary", "custom_scalars__config__"} <= set(events.Tags()["tensors"])
+    assert (Path(tensorboard.log_dir) / "audits" / "epoch=1.npz").is_file()  # raw maps: first directory
 
-    # MLflow got every scalar, read back from the database through its own client.
-    history = MlflowClient(tracking_uri=tracking_uri).get_metric_history(database.run_id, "audit/gradcam/roi_share")
-    assert [metric.step for metric in history] == [3, 6]
-    assert [metric.value for metric in history] == [event.value for event in events.Scalars("audit/gradcam/roi_share")]
+    # CSV: scalars in metrics.csv, each audit once; PNG and Markdown files under its directory.
+    with open(Path(table.log_dir) / "metrics.csv", encoding="utf-8") as file:
+        rows = [row for row in csv.DictReader(file) if row.get("audit/gradcam/roi_share")]
+    assert_points([(int(row["step"]), float(row["audit/gradcam/roi_share"])) for row in rows], roi_shares)
+    images = Path(table.log_dir) / "audits" / "images"
+    assert sorted(str(path.relative_to(images)) for path in images.rglob("*.png")) == sorted(
+        f"{tag}/step={step}.png" for tag in IMAGE_TAGS for step in STEPS
+    )
+    manifest_file = Path(table.log_dir) / "audits" / "text" / "audit_manifest.md"
+    assert manifest_file.read_text(encoding="utf-8").count("## step") == 1
+
+    # MLflow: stepped images once per tag and audit, metric histories, the manifest artifact.
+    client = MlflowClient(tracking_uri=tracking_uri)
+    assert stepped_images(client, tracking.run_id) == Counter({(tag, step): 1 for tag in IMAGE_TAGS for step in STEPS})
+    history = client.get_metric_history(tracking.run_id, "audit/gradcam/roi_share")
+    assert_points([(m.step, m.value) for m in history], roi_shares)
+    artifacts = {entry.path for entry in client.list_artifacts(tracking.run_id, "audit/manifest")}
+    assert artifacts == {"audit/manifest/step=0.md"}
+
+    # W&B: each picture once per audit, the scores at trainer.global_step, the manifest table once.
+    rows, _ = read_run(wandb_run)
+    for tag in IMAGE_TAGS:
+        assert [row["trainer/global_step"] for row in rows if f"{tag}/_type" in row] == STEPS, tag
+    scored = [row for row in rows if "audit/gradcam/roi_share" in row]
+    assert_points([(row["trainer/global_step"], row["audit/gradcam/roi_share"]) for row in scored], roi_shares)
+    assert sum(row.get("audit/manifest/_type") == "table-file" for row in rows) == 1
+
+
+class MemoryLogger(Logger):
+    """A logger that keeps metrics in memory and has no directory (like a remote-only service)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics: list[tuple[int | None, dict]] = []
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+
+def test_a_logger_without_a_directory_gets_every_scalar_and_one_warning(tmp_path: Path) -> None:
+    memory = MemoryLogger()
+    tensorboard = TensorBoardLogger(tmp_path, name="tb")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, callback = fit_with(tmp_path, [memory, tensorboard])
+    messages = [str(warning.message) for warning in caught if "SASAuditCallback" in str(warning.message)]
+    assert len([m for m in messages if "MemoryLogger has no local directory" in m]) == 1
+    assert not [m for m in messages if "could not" in m or "failed" in m], messages
+    logged = [(step, metrics) for step, metrics in memory.metrics if "audit/seconds" in metrics]
+    assert [step for step, _ in logged] == STEPS
+    assert [metrics for _, metrics in logged] == [
+        {key: value for key, value in entry.items() if key not in ("epoch", "step")} for entry in callback.history
+    ]
+    # The other logger is not held back: raw maps go to the first logger with a directory.
+    assert (Path(tensorboard.log_dir) / "audits" / "epoch=1.npz").is_file()

@@ -30,6 +30,8 @@ import pytest
 import torch
 from lit_classifier import IMAGE_SIZE, LitClassifier, Marker, ruler_images, ruler_mask
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.util import tensor_util
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_sas.cli import build_parser, main
@@ -477,6 +479,11 @@ def test_tensorboard_events_use_the_callback_tags(first_audit: Audit, probe_set:
             assert event.value == pytest.approx(summary["methods"][method][score], rel=1e-5)
     # The callback's text tags: the probe manifest; no alert when nothing crossed.
     assert "audit/manifest/text_summary" in tags["tensors"]
+    # And its chart layout: one custom-scalars chart per score with every method on it.
+    (config,) = events.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(tensor_util.make_ndarray(config.tensor_proto).item())
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    assert charts["roi_share"] == [f"^audit/{method}/roi_share$" for method in METHODS]
     assert "audit/alert/text_summary" not in tags["tensors"]
 
 

@@ -414,6 +414,135 @@ def test_comparison_grid_argument_errors_name_the_argument() -> None:
         comparison_grid(display[:0], {"SaS": overlays[:0]}, [])
 
 
+# --------------------------------------------------------------------------- legibility and honest pixels
+
+EIGHT_METHODS = ["sas", "gradcam", "ig", "smoothgrad", "occlusion", "lime", "gradientshap", "saliency"]
+# TensorBoard's images dashboard draws every image 350 px wide until it is clicked.
+TENSORBOARD_WIDTH = 350
+
+
+def _ink_bands(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Runs of rows (start, stop) that hold any True pixel."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(rows) > 1)
+    starts = np.concatenate([[rows[0]], rows[breaks + 1]])
+    stops = np.concatenate([rows[breaks], [rows[-1]]]) + 1
+    return list(zip(starts.tolist(), stops.tolist(), strict=True))
+
+
+def _ink_clusters(columns: np.ndarray, gap: int) -> int:
+    """How many groups of ink columns there are, columns closer than ``gap`` joined (letters into words)."""
+    ink = np.flatnonzero(columns)
+    return 0 if ink.size == 0 else 1 + int((np.diff(ink) > gap).sum())
+
+
+def _heading_ink(names: list[str], **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """A panel of 64-px probes titled by ``names``, and the pixels that its headings alone draw."""
+    display, overlays = _grid_inputs(len(names), seed=40)
+    display = torch.nn.functional.interpolate(display, size=(64, 64), mode="nearest")
+    overlays = torch.nn.functional.interpolate(overlays, size=(64, 64), mode="nearest")
+    titled = probe_panel(display[0], dict(zip(names, overlays, strict=True)), "val[3]", **kwargs)
+    # Blank names of distinct lengths draw no ink: the difference is the method names' ink.
+    blank = probe_panel(display[0], {" " * (i + 1): o for i, o in enumerate(overlays)}, "val[3]", **kwargs)
+    assert titled.shape == blank.shape
+    return titled, (titled != blank).any(axis=-1)
+
+
+@pytest.mark.parametrize("names", [EIGHT_METHODS, EIGHT_METHODS[:2]], ids=["8 methods", "2 methods"])
+def test_probe_panel_method_names_are_legible_at_tensorboard_width(names: list[str]) -> None:
+    picture, ink = _heading_ink(names)
+    bands = _ink_bands(ink)
+    rows = -(-(len(names) + 1) // 3)  # tiles wrap three to a row
+    assert len(bands) == rows
+    shrink = TENSORBOARD_WIDTH / picture.shape[1]
+    for start, stop in bands:
+        # Lowercase names with ascenders: their ink is most of the font size; 9 px reads comfortably.
+        assert (stop - start) * shrink >= 9, (stop - start, picture.shape)
+        # Each method's name stays apart from its neighbours' (the image column has no heading ink).
+        in_band = ink[start:stop].any(axis=0)
+        assert _ink_clusters(in_band, gap=12) == min(3, len(names) + 1) - (1 if start == bands[0][0] else 0)
+
+
+def test_comparison_grid_keeps_eight_method_names_apart() -> None:
+    display, overlays = _grid_inputs(2, seed=41)
+    columns = {name: overlays.roll(i, dims=0) for i, name in enumerate(EIGHT_METHODS)}
+    titled = comparison_grid(display, columns, ["a", "b"])
+    blank = comparison_grid(display, {" " * (i + 1): o for i, o in enumerate(columns.values())}, ["a", "b"])
+    ink = (titled != blank).any(axis=-1)
+    (band,) = _ink_bands(ink)  # one row of column titles, at the top
+    assert band[0] < titled.shape[0] // 4
+    assert _ink_clusters(ink[band[0] : band[1]].any(axis=0), gap=12) == 8
+    assert band[1] - band[0] >= 11  # legible at the size it is shown (reports, docs)
+
+
+def test_small_probes_are_enlarged_by_whole_pixels() -> None:
+    display = torch.rand(1, 3, 16, 16, generator=_generator(42))
+    picture = method_grid(display, display.clone(), ["label"])
+    factor = 200 // 16  # the default tile: panel_inches * dpi = 200 px
+    expected = to_uint8(display)[0].repeat(factor, axis=0).repeat(factor, axis=1)
+    # Find the tile by its first pixel block, then compare every pixel.
+    size = expected.shape[0]
+    matches = [
+        (y, x)
+        for y, x in zip(*np.nonzero((picture == expected[0, 0]).all(axis=-1)), strict=True)
+        if y + size <= picture.shape[0] and x + size <= picture.shape[1]
+        and np.array_equal(picture[y : y + size, x : x + size], expected)
+    ]  # fmt: skip
+    assert len(matches) == 2  # the image and its (identical) overlay, each pixel a 12 x 12 block
+
+
+def test_large_probes_are_shrunk_to_the_tile() -> None:
+    display, overlays = torch.rand(1, 3, 400, 400, generator=_generator(43)), torch.rand(1, 3, 400, 400)
+    large = method_grid(display, overlays, ["a"])
+    small = method_grid(display[..., :200, :200], overlays[..., :200, :200], ["a"])
+    assert large.shape == small.shape  # both drawn as 200-px tiles
+
+
+def test_scores_are_written_under_the_overlays_only() -> None:
+    display, overlays = _grid_inputs(1, seed=44)
+    methods = {"SaS": overlays[0], "Grad-CAM": overlays[0]}
+    low = probe_panel(display[0], methods, "t", scores={"SaS": {"roi_share": 0.11}, "Grad-CAM": {"roi_share": 0.2}})
+    high = probe_panel(display[0], methods, "t", scores={"SaS": {"roi_share": 0.99}, "Grad-CAM": {"roi_share": 0.2}})
+    missing = probe_panel(display[0], methods, "t", scores={"SaS": {"roi_share": float("nan")}})
+    plain = probe_panel(display[0], methods, "t")
+    assert low.shape == high.shape == missing.shape and low.shape[1] == plain.shape[1]
+    assert low.shape[0] > plain.shape[0]  # a caption line under the tiles
+    changed = (low != high).any(axis=-1)
+    rows, columns = np.nonzero(changed)
+    assert rows.min() >= plain.shape[0] - 10  # below the tiles
+    assert columns.max() < 2 * low.shape[1] / 3  # under SaS's tile, not Grad-CAM's
+
+    grid_low = method_grid(display, overlays, ["a"], scores={"roi_share": [0.1]})
+    grid_high = method_grid(display, overlays, ["a"], scores={"roi_share": torch.tensor([0.9])})
+    assert grid_low.shape == grid_high.shape and not np.array_equal(grid_low, grid_high)
+
+
+def test_probe_panel_wraps_tiles_into_balanced_rows() -> None:
+    display, overlays = _grid_inputs(8, seed=45)
+    eight = dict(zip(EIGHT_METHODS, overlays, strict=True))
+    wrapped = probe_panel(display[0], eight, "t")
+    one_row = probe_panel(display[0], eight, "t", max_columns=9)
+    two = probe_panel(display[0], dict(list(eight.items())[:2]), "t")
+    four = probe_panel(display[0], dict(list(eight.items())[:3]), "t")  # 4 tiles: 2 x 2
+    assert wrapped.shape[1] == two.shape[1] and wrapped.shape[0] > 2 * two.shape[0]  # 3 rows of 3
+    assert one_row.shape[0] == two.shape[0] and one_row.shape[1] > 2 * two.shape[1]
+    assert four.shape[1] < two.shape[1] and four.shape[0] > two.shape[0]
+
+
+def test_figure_argument_errors_name_the_argument() -> None:
+    display, overlays = _grid_inputs(2, seed=46)
+    with pytest.raises(ValueError, match=r"probe_panel: `max_columns` must be an integer >= 1, got 0"):
+        probe_panel(display[0], {"SaS": overlays[0]}, "t", max_columns=0)
+    with pytest.raises(ValueError, match=r"probe_panel: `scores` names methods that are not in `overlays`.*'LIME'"):
+        probe_panel(display[0], {"SaS": overlays[0]}, "t", scores={"LIME": {"roi_share": 0.1}})
+    with pytest.raises(ValueError, match=r"method_grid: `scores\['roi_share'\]` must have one value per image \(2\)"):
+        method_grid(display, overlays, ["a", "b"], scores={"roi_share": [0.1]})
+    with pytest.raises(ValueError, match=r"comparison_grid: `panel_inches` must be a positive number, got 0"):
+        comparison_grid(display, {"SaS": overlays}, ["a", "b"], panel_inches=0)
+
+
 # --------------------------------------------------------------------------- to_uint8
 
 
