@@ -206,7 +206,7 @@ def test_no_logger_fails_at_setup(tmp_path: Path) -> None:
     ("kwargs", "message"),
     [
         ({"every_n_epochs": 0}, "`every_n_epochs` must be an integer >= 1, got 0"),
-        ({"methods": ("sas", "lime")}, "unknown method name 'lime'"),
+        ({"methods": ("sas", "shapley")}, "unknown method name 'shapley'"),
         ({"mean": "0.5"}, r"`mean` must be a list of numbers \(1 for every channel, or 1 per channel\), got '0.5'"),
         ({"mean": [0.5, 0.4], "std": [0.2, 0.2, 0.2]}, "`mean` and `std` must have the same number of values"),
         ({"std": [0.2, 0.0, 0.2]}, r"`std` values must be positive, got \[0.2, 0.0, 0.2\]"),

@@ -116,7 +116,7 @@ def check_logits(logits: Tensor, targets: Tensor) -> None:
     num_classes = logits.shape[1]
     out_of_range = (targets < 0) | (targets >= num_classes)
     if bool(out_of_range.any()):
-        bad = targets[out_of_range].tolist()
+        bad = targets[out_of_range].unique().tolist()  # many-variant methods repeat each target
         raise ValueError(f"`targets` must be class indices in [0, {num_classes}) for this model's outputs, got {bad}.")
 
 
