@@ -1,4 +1,4 @@
-"""lightning_sas: audit an image classifier while it trains, with Saliency-as-Schedule and Grad-CAM."""
+"""lightning_sas: audit an image classifier while it trains: SaS, Grad-CAM and the field's other attribution methods."""
 
 from __future__ import annotations
 
@@ -12,8 +12,14 @@ __all__ = [
     "ClassifierOutput",
     "Faithfulness",
     "GradCAM",
+    "GradientSHAP",
+    "IntegratedGradients",
+    "LIME",
+    "Occlusion",
     "SASAuditCallback",
     "SaS",
+    "Saliency",
+    "SmoothGrad",
     "__version__",
 ]
 
@@ -21,15 +27,35 @@ if TYPE_CHECKING:
     from lightning_sas.callback import SASAuditCallback
     from lightning_sas.faithfulness import Faithfulness
     from lightning_sas.intervention import Artifacts
-    from lightning_sas.methods import GradCAM, SaS
+    from lightning_sas.methods import (
+        LIME,
+        GradCAM,
+        GradientSHAP,
+        IntegratedGradients,
+        Occlusion,
+        Saliency,
+        SaS,
+        SmoothGrad,
+    )
     from lightning_sas.outputs import ClassifierOutput
     from lightning_sas.verdict import AlertRule
 
 # Imported on first use (PEP 562), so `lightning-sas --help` does not pay for torch and Lightning.
 _LAZY = {
     "SASAuditCallback": "lightning_sas.callback",
-    "SaS": "lightning_sas.methods",
-    "GradCAM": "lightning_sas.methods",
+    **{
+        method: "lightning_sas.methods"
+        for method in (
+            "SaS",
+            "GradCAM",
+            "IntegratedGradients",
+            "SmoothGrad",
+            "Occlusion",
+            "LIME",
+            "GradientSHAP",
+            "Saliency",
+        )
+    },
     "AlertRule": "lightning_sas.verdict",
     "Artifacts": "lightning_sas.intervention",
     "ClassifierOutput": "lightning_sas.outputs",

@@ -17,14 +17,37 @@ from models import NaNForBrightImages, RecordsDtypes, SingleLogit, SmallCNN, Tup
 from torch import nn
 from torch._dynamo.utils import counters as dynamo_counters
 
-from lightning_sas.methods import GradCAM, SaS
+from lightning_sas.methods import (
+    LIME,
+    GradCAM,
+    GradientSHAP,
+    IntegratedGradients,
+    Occlusion,
+    Saliency,
+    SaS,
+    SmoothGrad,
+)
 from lightning_sas.methods.base import AttributionMethod, minmax_normalize
 from lightning_sas.outputs import ClassifierOutput
 
+# Every registered method, at settings cheap enough for 16-px test images. GradientSHAP gets a
+# fixed background here: with the default ("probes") an image's map depends on the batch, which
+# some rules below compare; tests/test_gradient_methods.py covers that default.
+RANDOMISED = {
+    "smoothgrad": lambda: SmoothGrad(samples=3),
+    "lime": lambda: LIME(samples=16, n_segments=6),
+    "gradientshap": lambda: GradientSHAP(
+        background=torch.linspace(-1, 1, 2 * 3 * 16 * 16).view(2, 3, 16, 16), samples=4
+    ),
+}
 METHODS = {
     "sas": lambda: SaS(iterations=2, num_masks=4),
     "gradcam": lambda: GradCAM(),
     "gradcam_named": lambda: GradCAM("features.6"),
+    "saliency": lambda: Saliency(),
+    "ig": lambda: IntegratedGradients(steps=4),
+    "occlusion": lambda: Occlusion(window=6, stride=5),
+    **RANDOMISED,
 }
 
 
@@ -290,11 +313,15 @@ def test_single_logit_binary_model(method: AttributionMethod, squeeze: bool) -> 
     assert maps.shape == (3, 16, 16) and bool(torch.isfinite(maps).all())
     half = method.attribute(TwoLogitsFrom(binary, 0.5), images, targets)
     torch.testing.assert_close(maps, half, atol=0, rtol=0)
-    # Both methods ignore the score's scale: the usual two-class model (-z, z) gives the same maps.
+    # Every method ignores the score's scale: the usual two-class model (-z, z) gives the same maps.
     torch.testing.assert_close(maps, method.attribute(TwoLogitsFrom(binary, 1.0), images, targets), atol=1e-5, rtol=0)
-    # The classes are not interchangeable: explaining the other class gives other maps.
     other = method.attribute(binary, images, 1 - targets)
-    assert (other - maps).flatten(1).abs().amax(dim=1).min().item() > 0.05
+    if method.sign == "absolute":
+        # |d(-z)/dx| = |dz/dx|: a magnitude-only method gives both classes the same map, by design.
+        torch.testing.assert_close(other, maps, atol=1e-6, rtol=0)
+    else:
+        # The classes are not interchangeable: explaining the other class gives other maps.
+        assert (other - maps).flatten(1).abs().amax(dim=1).min().item() > 0.05
     with pytest.raises(ValueError, match=r"`targets` must be class indices in \[0, 2\).*\[2\]"):
         method.attribute(binary, images, torch.tensor([0, 1, 2]))
 
@@ -404,8 +431,8 @@ def assert_global_rng_unchanged(before: tuple) -> None:
 
 @pytest.mark.parametrize(
     "make_method",
-    [DrawsRandomNumbers, lambda: SaS(iterations=2, num_masks=4), GradCAM],
-    ids=["draws", "sas", "gradcam"],
+    [DrawsRandomNumbers, lambda: SaS(iterations=2, num_masks=4), GradCAM, *RANDOMISED.values()],
+    ids=["draws", "sas", "gradcam", *RANDOMISED],
 )
 def test_global_random_streams_are_untouched(make_method) -> None:
     """The method and the model draw from torch, NumPy and Python RNGs; the caller's streams do not move."""
@@ -537,7 +564,15 @@ class SqueezesItsOutput(SmallCNN):
 
 
 @pytest.mark.parametrize(
-    "make_method", [lambda: SaS(iterations=2, num_masks=4, max_batch=1), GradCAM], ids=["sas_max_batch_1", "gradcam"]
+    "make_method",
+    [
+        lambda: SaS(iterations=2, num_masks=4, max_batch=1),
+        GradCAM,
+        lambda: IntegratedGradients(steps=4, max_batch=1),
+        lambda: Occlusion(window=6, max_batch=1),
+        lambda: LIME(samples=16, n_segments=6, max_batch=1),
+    ],
+    ids=["sas_max_batch_1", "gradcam", "ig_max_batch_1", "occlusion_max_batch_1", "lime_max_batch_1"],
 )
 def test_class_vector_for_a_batch_of_one_is_not_read_as_binary_logits(make_method) -> None:
     """A [4] output for one image is 4 class logits gone wrong, not 4 binary logits: refused."""

@@ -7,10 +7,16 @@ from collections.abc import Mapping
 
 from lightning_sas.methods.base import AttributionMethod
 from lightning_sas.methods.gradcam import GradCAM
+from lightning_sas.methods.gradients import GradientSHAP, IntegratedGradients, Saliency, SmoothGrad
+from lightning_sas.methods.lime import LIME
+from lightning_sas.methods.occlusion import Occlusion
 from lightning_sas.methods.sas import SaS
 
 #: Methods that can be named by string (e.g. in ``SASAuditCallback(methods=("sas", "gradcam"))``).
-METHODS: dict[str, type[AttributionMethod]] = {"sas": SaS, "gradcam": GradCAM}
+METHODS: dict[str, type[AttributionMethod]] = {
+    method.name: method
+    for method in (SaS, GradCAM, IntegratedGradients, SmoothGrad, Occlusion, LIME, GradientSHAP, Saliency)
+}
 
 
 def method_options(name: str) -> list[str]:
@@ -18,7 +24,7 @@ def method_options(name: str) -> list[str]:
 
     Example:
         >>> method_options("gradcam")
-        ['target_layer']
+        ['target_layer', 'reshape']
     """
     parameters = list(inspect.signature(METHODS[name].__init__).parameters.values())[1:]  # without self
     keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -30,15 +36,15 @@ def make_method(name: str, options: Mapping[str, object] | None = None) -> Attri
 
     Args:
         name: A key of :data:`METHODS`, e.g. ``"sas"``.
-        options: Constructor keywords, e.g. ``{"iterations": 30}``.
+        options: Constructor keywords, e.g. ``{"steps": 64}``.
 
     Raises:
         ValueError: For an unknown name, an option the method does not take (the valid ones are
             listed), or a value the method refuses.
 
     Example:
-        >>> make_method("sas", {"iterations": 30}).passes_per_probe()
-        1140
+        >>> make_method("ig", {"steps": 64}).passes_per_probe()
+        64
     """
     if name not in METHODS:
         raise ValueError(f"unknown method name {name!r}; known names: {sorted(METHODS)}.")
@@ -53,4 +59,17 @@ def make_method(name: str, options: Mapping[str, object] | None = None) -> Attri
         raise ValueError(f"method {name!r}: {error}") from None
 
 
-__all__ = ["METHODS", "AttributionMethod", "GradCAM", "SaS", "make_method", "method_options"]
+__all__ = [
+    "LIME",
+    "METHODS",
+    "AttributionMethod",
+    "GradCAM",
+    "GradientSHAP",
+    "IntegratedGradients",
+    "Occlusion",
+    "SaS",
+    "Saliency",
+    "SmoothGrad",
+    "make_method",
+    "method_options",
+]

@@ -156,3 +156,27 @@ def target_scores_in_chunks(
         return torch.cat(scores), (torch.cat(gradients) if gradient_sum is None else sums)
 
     return retry_out_of_memory(attempt, chunk, device, what)
+
+
+def image_scores(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    chunk: int,
+    what: str,
+    forward: Callable[[nn.Module, Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Target scores ``[B]`` (float32) of the images themselves, ``chunk`` at a time, targets checked.
+
+    Raises:
+        ValueError: If a target is out of range for the model's outputs.
+    """
+    run = forward or (lambda module, inputs: module(inputs))
+
+    def attempt(size: int) -> Tensor:
+        with torch.no_grad():
+            logits = torch.cat([run(model, part).float() for part in images.split(size)])
+        check_logits(logits, targets)
+        return logits.gather(1, targets[:, None])[:, 0]
+
+    return retry_out_of_memory(attempt, chunk, images.device, what)
