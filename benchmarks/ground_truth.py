@@ -1,9 +1,10 @@
-"""Ground truth: SaS and Grad-CAM on a model whose score provably depends only on a known rectangle.
+"""Ground truth: every method on a model whose score provably depends only on a known rectangle.
 
 Uses the hand-built ``RectangleModel`` of the test suite (``tests/models.py``): |Laplacian|
 features gated to an off-centre rectangle, so every pixel the score can see lies in it. Prints,
-per image size and logit scale, SaS's top-|R| share (``roi_share``) and Grad-CAM's mass in the
-rectangle (``roi_mass``), at default settings, next to the rectangle's area share (chance).
+per image size and logit scale, each registered method's top-|R| share (``roi_share``, min over
+two images) at its default settings, Grad-CAM's mass in the rectangle (``roi_mass``), and the
+rectangle's area share (chance).
 
     python benchmarks/ground_truth.py
 """
@@ -20,13 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from models import RectangleModel, box_mask
 from test_sas import off_centre_box
 
-from lightning_sas.methods import GradCAM, SaS
+from lightning_sas.methods import METHODS, GradCAM, make_method
 from lightning_sas.metrics import roi_mass, roi_share
 
 
 def main() -> None:
-    print("| image | logit scale | area share (chance) | SaS roi_share (min over images) | Grad-CAM roi_mass (min) |")
-    print("|---|---|---|---|---|")
+    names = list(METHODS)
+    print(f"| image | logit scale | chance | {' | '.join(names)} | gradcam roi_mass |")
+    print("|---|---|---|" + "---|" * (len(names) + 1))
     for size in (32, 64):
         box = off_centre_box(size)
         roi = box_mask(size, box).expand(2, -1, -1)
@@ -34,9 +36,12 @@ def main() -> None:
         targets = torch.ones(2, dtype=torch.long)
         for scale in (0.01, 100.0):
             model = RectangleModel(size, box, scale)
-            sas = roi_share(SaS().attribute(model, images, targets), roi).min().item()
-            gradcam = roi_mass(GradCAM("features").attribute(model, images, targets), roi).min().item()
-            print(f"| {size} px | {scale:g} | {roi[0].float().mean().item():.3f} | {sas:.3f} | {gradcam:.3f} |")
+            # Grad-CAM explains the rectangle model's feature map (its only spatial layer).
+            methods = {name: GradCAM("features") if name == "gradcam" else make_method(name) for name in names}
+            shares = [roi_share(methods[name].attribute(model, images, targets), roi).min().item() for name in names]
+            mass = roi_mass(methods["gradcam"].attribute(model, images, targets), roi).min().item()
+            cells = " | ".join(f"{share:.3f}" for share in shares)
+            print(f"| {size} px | {scale:g} | {roi[0].float().mean().item():.3f} | {cells} | {mass:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -86,8 +86,8 @@ class SASAuditCallback(Callback):
     :attr:`verdicts`, :attr:`sanity`, :attr:`cost` and :attr:`manifest`; ``state_dict`` keeps
     them for resume.
 
-    Cost: an audit's time is its model passes. SaS costs ``iterations × 2 (num_masks − 1)``
-    passes per probe (3,800 at its defaults), Grad-CAM one, faithfulness ``2 + 2 (steps − 1)``
+    Cost: an audit's time is its model passes. SaS costs ``iterations × 2 × schedule_subset``
+    passes per probe (950 at its defaults, 3,800 for ``SaS.paper()``), Grad-CAM one, faithfulness ``2 + 2 (steps − 1)``
     per method (forward only), the sanity check ``stages + 1`` audits' worth once. On a CPU a
     default SaS audit of 16 probes of a ResNet-50 at 224 px takes hours; use
     ``methods=(SaS(iterations=30), "gradcam")``, fewer probes, a larger ``every_n_epochs``,

@@ -1,10 +1,11 @@
 """What an audit will cost, said before it is paid.
 
-An audit's time is almost all model passes: SaS alone costs ``iterations × 2 (K − 1)`` passes
-per probe (3,800 at the defaults), against one for Grad-CAM. :func:`audit_passes` counts the
-passes of every part of an audit from the settings; :func:`estimate_audit` times one pass of
-the real model on the real probes and multiplies, so the callback (before the first training
-step) and the CLI (before it starts) can say how long an audit will take, and what to change.
+An audit's time is almost all model passes: SaS alone costs ``iterations × 2 × schedule_subset``
+passes per probe (950 at the defaults; 3,800 for ``SaS.paper()``), against one for Grad-CAM.
+:func:`audit_passes` counts the passes of every part of an audit from the settings;
+:func:`estimate_audit` times one pass of the real model on the real probes and multiplies, so
+the callback (before the first training step) and the CLI (before it starts) can say how long
+an audit will take, and what to change.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def audit_passes(
     Example:
         >>> from lightning_sas.methods import GradCAM, SaS
         >>> audit_passes({"sas": SaS(iterations=10), "gradcam": GradCAM()}, 8, faithfulness_steps=20)
-        {'sas': (3040, True), 'gradcam': (8, True), 'faithfulness': (624, False)}
+        {'sas': (800, True), 'gradcam': (8, True), 'faithfulness': (624, False)}
     """
     per_method = {name: method_passes(method) * num_probes for name, method in methods.items()}
     passes = {name: (count, True) for name, count in per_method.items()}

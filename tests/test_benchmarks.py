@@ -41,7 +41,7 @@ def test_naive_and_batched_sas_agree_in_rank_order() -> None:
     model = SmallCNN(num_classes=4, channels=4)
     images = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(3))
     targets = torch.tensor([1, 3])
-    batched = SaS(iterations=10, seed=5).attribute(model, images, targets)
+    batched = SaS.paper(iterations=10, seed=5).attribute(model, images, targets)  # NaiveSaS: the paper's loop
     naive_sas = NaiveSaS(iterations=10, seed=5)
     naive = naive_sas.attribute(model, images, targets)
     assert naive.shape == batched.shape == (2, 48, 48)

@@ -291,7 +291,7 @@ def test_estimate_line_counts_the_passes_and_a_terminal_gets_a_progress_bar(
     captured = capsys.readouterr()
     (estimate,) = [line for line in captured.err.splitlines() if line.startswith("lightning-sas: estimated")]
     passes = audit_passes({"sas": SaS(iterations=2), "gradcam": GradCAM()}, 6, faithfulness_steps=5)
-    assert passes["sas"][0] == 6 * 2 * 2 * (20 - 1)  # iterations x 2 (num_masks - 1) per probe
+    assert passes["sas"][0] == 6 * 2 * 2 * 5  # probes x iterations x 2 schedule_subset per probe
     assert f"({sum(count for count, _ in passes.values()):,} model passes:" in estimate
     assert ", ".join(f"{name} {count:,}" for name, (count, _) in passes.items()) in estimate
     assert "pass/s]" in captured.err.replace(estimate, "")  # the tqdm bar, counting model passes

@@ -43,6 +43,8 @@ def test_ground_truth_rectangle(size: int, logit_scale: float) -> None:
     assert roi_share(sas_maps, roi).min().item() >= SAS_ROI_SHARE_AT_LEAST[size], f"chance level is {area_share:.2f}"
     # Outside the rectangle the gated features are exactly zero: all of Grad-CAM's mass is inside.
     assert roi_mass(gradcam_maps, roi).min().item() >= 1 - 1e-6
+    # Its top pixels straddle the border of the coarse feature map's cells (README: 0.681, 0.829).
+    assert roi_share(gradcam_maps, roi).min().item() >= {32: 0.65, 64: 0.8}[size]
 
 
 def test_scale_free_objective_gives_the_same_map_for_any_logit_scale() -> None:
@@ -74,7 +76,7 @@ def test_chunked_equals_one_forward() -> None:
     images = torch.randn(2, 3, 32, 32)
     targets = torch.tensor([1, 2])
     whole = SaS(iterations=5, max_batch=1000).attribute(model, images, targets)
-    chunked = SaS(iterations=5, max_batch=7).attribute(model, images, targets)  # 76 items, uneven chunks
+    chunked = SaS(iterations=5, max_batch=7).attribute(model, images, targets)  # 20 items, uneven chunks
     torch.testing.assert_close(whole, chunked, atol=1e-5, rtol=0)
 
 
@@ -161,12 +163,13 @@ def test_bad_arguments(kwargs: dict, message: str) -> None:
 
 
 @requires_cuda
-def test_no_host_sync_in_the_optimisation_loop_on_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("options", [{}, {"schedule_subset": 5, "lr_schedule": "cosine"}])
+def test_no_host_sync_in_the_optimisation_loop_on_gpu(monkeypatch: pytest.MonkeyPatch, options: dict) -> None:
     """The loop runs under sync debug mode "error"; input checks before it may sync once."""
     model = torchvision.models.resnet18(num_classes=3).cuda()
     images = torch.randn(2, 3, 64, 64, device="cuda")
     targets = torch.tensor([0, 2], device="cuda")
-    reference = SaS(iterations=3).attribute(model, images, targets)
+    reference = SaS(iterations=3, **options).attribute(model, images, targets)
     loop = SaS._optimise_mask
 
     def loop_with_syncs_forbidden(self, *args, **kwargs):
@@ -177,7 +180,7 @@ def test_no_host_sync_in_the_optimisation_loop_on_gpu(monkeypatch: pytest.Monkey
             torch.cuda.set_sync_debug_mode("default")
 
     monkeypatch.setattr(SaS, "_optimise_mask", loop_with_syncs_forbidden)
-    maps = SaS(iterations=3).attribute(model, images, targets)
+    maps = SaS(iterations=3, **options).attribute(model, images, targets)
     assert maps.device.type == "cuda"
     assert spearman(maps, reference).min().item() > 0.99
 
@@ -223,3 +226,102 @@ def test_warm_start_continues_from_a_mask() -> None:
         method.attribute_from(model, images, targets, initial_mask=mask[:, :, :8])
     with pytest.raises(ValueError, match="`iterations` must be an integer >= 1, got 0"):
         method.attribute_from(model, images, targets, initial_mask=mask, iterations=0)
+
+
+def test_defaults_cost_a_quarter_of_the_paper() -> None:
+    method = SaS()
+    assert (method.iterations, method.num_masks, method.lr, method.schedule_subset) == (95, 20, 0.01, 5)
+    assert method.passes_per_probe() == 95 * 2 * 5 == 950 <= SaS.paper().passes_per_probe() / 4
+
+
+def test_paper_preset_is_the_papers_configuration() -> None:
+    paper = SaS.paper()
+    assert (paper.iterations, paper.num_masks, paper.lr, paper.temperature, paper.tv_weight) == (
+        100,
+        20,
+        0.01,
+        0.3,
+        0.08,
+    )
+    assert paper.schedule_subset is None and paper.lr_schedule == "constant"
+    assert paper.passes_per_probe() == 100 * 2 * 19 == 3800
+    tuned = SaS.paper(max_batch=7, autocast_dtype=torch.bfloat16)
+    assert (tuned.iterations, tuned.max_batch, tuned.autocast_dtype) == (100, 7, torch.bfloat16)
+
+
+def test_schedule_subset_forwards_only_the_drawn_steps() -> None:
+    """Per iteration: images x subset x {insertion, deletion}; passes_per_probe says so."""
+    model = SmallCNN(num_classes=4).eval()
+    batch_sizes: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
+    method = SaS(iterations=3, num_masks=8, schedule_subset=2, max_batch=1000)
+    method.attribute(model, torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 2]))
+    assert batch_sizes == [6] + [3 * 2 * 2] * 3
+    assert method.passes_per_probe() == 3 * 2 * 2
+    assert method.steps_per_iteration() == 2
+
+
+def test_schedule_subset_of_every_step_is_the_full_schedule() -> None:
+    """Subset = K - 1 forwards every step in a shuffled order with the same weights: the same map."""
+    model = SmallCNN(num_classes=4).eval()
+    images, targets = torch.randn(2, 3, 16, 16), torch.tensor([0, 3])
+    full = SaS(iterations=4, num_masks=6, schedule_subset=None).attribute(model, images, targets)
+    shuffled = SaS(iterations=4, num_masks=6, schedule_subset=5).attribute(model, images, targets)
+    torch.testing.assert_close(shuffled, full, atol=1e-4, rtol=0)
+    # A subset larger than the schedule is the whole schedule, in order.
+    larger = SaS(iterations=4, num_masks=6, schedule_subset=9)
+    assert larger.passes_per_probe() == SaS(iterations=4, num_masks=6, schedule_subset=None).passes_per_probe() == 40
+    torch.testing.assert_close(larger.attribute(model, images, targets), full, atol=0, rtol=0)
+
+
+def test_schedule_subset_is_seeded_and_batch_independent() -> None:
+    model = SmallCNN(num_classes=4).eval()
+    images, targets = torch.randn(3, 3, 16, 16), torch.tensor([0, 3, 1])
+    method = SaS(iterations=5, num_masks=10, schedule_subset=3, seed=3)
+    batched = method.attribute(model, images, targets)
+    singles = torch.cat([method.attribute(model, images[i : i + 1], targets[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(batched, singles, atol=1e-4, rtol=0)
+    state = torch.random.get_rng_state()
+    torch.testing.assert_close(method.attribute(model, images, targets), batched, atol=0, rtol=0)
+    assert torch.equal(torch.random.get_rng_state(), state)  # local generators only
+    # Another seed draws other subsets (and other initial noise): another map.
+    other = SaS(iterations=5, num_masks=10, schedule_subset=3, seed=4).attribute(model, images, targets)
+    assert (other - batched).abs().max().item() > 1e-3
+
+
+def test_cosine_lr_schedule() -> None:
+    model = SmallCNN(num_classes=4).eval()
+    images, targets = torch.randn(2, 3, 16, 16), torch.tensor([0, 3])
+    # One step: the cosine starts at the full learning rate.
+    torch.testing.assert_close(
+        SaS(iterations=1, num_masks=4, lr_schedule="cosine").attribute(model, images, targets),
+        SaS(iterations=1, num_masks=4).attribute(model, images, targets),
+    )
+    method = SaS(iterations=6, num_masks=4, lr_schedule="cosine")
+    _, cosine_mask = method.attribute_from(model, images, targets)
+    _, constant_mask = SaS(iterations=6, num_masks=4).attribute_from(model, images, targets)
+    start = SaS(iterations=6, num_masks=4)._initial_mask(2, 16, 16, images.device)
+    # Adam moves each value by at most about lr per step: the decaying steps add up to less.
+    assert (cosine_mask - start).abs().max().item() < (constant_mask - start).abs().max().item()
+
+
+def test_warm_start_with_a_schedule_subset() -> None:
+    model = SmallCNN(num_classes=4).eval()
+    images, targets = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
+    method = SaS(iterations=3, num_masks=6, schedule_subset=2, lr_schedule="cosine")
+    _, mask = method.attribute_from(model, images, targets)
+    maps, warm_mask = method.attribute_from(model, images, targets, initial_mask=mask, iterations=2)
+    assert maps.shape == (2, 16, 16) and not torch.equal(warm_mask, mask)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"schedule_subset": 0}, "`schedule_subset` must be an integer >= 1, got 0"),
+        ({"schedule_subset": 2.0}, "`schedule_subset` must be an integer >= 1, got 2.0"),
+        ({"lr_schedule": "linear"}, "`lr_schedule` must be 'constant' or 'cosine', got 'linear'"),
+    ],
+)
+def test_bad_schedule_arguments(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SaS(**kwargs)

@@ -41,7 +41,9 @@ def elapsed() -> str:
     return f"[{time.perf_counter() - STARTED:5.0f} s]"
 
 
-def audit_checkpoint(run: dict, probes: Path, out: Path, sas_iterations: int, image_size: int) -> tuple[int, Path]:
+def audit_checkpoint(
+    run: dict, probes: Path, out: Path, sas_iterations: int | None, image_size: int
+) -> tuple[int, Path]:
     """``lightning-sas audit`` on a run's checkpoint, as a nightly job would call it."""
     command = [
         sys.executable, "-m", "lightning_sas", "audit",
@@ -52,7 +54,7 @@ def audit_checkpoint(run: dict, probes: Path, out: Path, sas_iterations: int, im
         "--class-names", ",".join(CLASS_NAMES),
         "--image-size", str(image_size),
         "--mean", *map(str, MEAN), "--std", *map(str, STD),
-        "--sas-iterations", str(sas_iterations),
+        *(["--sas-iterations", str(sas_iterations)] if sas_iterations is not None else []),
         "--device", "cpu",
         "--overwrite",
         "--out", str(out),
@@ -72,7 +74,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller and faster (for tests): 32 px, 3 epochs")
     args = parser.parse_args()
     settings = ["--quiet", "--out", str(args.out)]
-    image_size, sas_iterations = 64, 30
+    image_size, sas_iterations = 64, None  # SaS's defaults
     if args.quick:
         image_size, sas_iterations = 32, 10
         settings += ["--image-size", "32", "--train-size", "800", "--val-size", "200", "--epochs", "3",
