@@ -1,8 +1,8 @@
 """Warm-started SaS between audits: quality (rank correlation with a cold run) vs iterations saved.
 
 Trains the ruler-bias demo's LesionClassifier for a few epochs. After epoch E-1 it runs a cold
-SaS (default 100 iterations) on the probes and keeps the masks; after epoch E it compares, on
-the same probes and weights:
+SaS in the paper's configuration (``SaS.paper()``, 100 iterations over the whole schedule) on
+the probes and keeps the masks; after epoch E it compares, on the same probes and weights:
 
 - ``cold``: SaS from noise with the full iteration count (the reference);
 - ``cold_short``: SaS from noise with N iterations (what fewer iterations alone give);
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for _ in range(args.epochs - 1):
         train_epoch(model, loader, optimizer)
     previous_targets, _, _ = predict(model, probes.images)
-    _, previous_masks = SaS(iterations=args.iterations).attribute_from(model, probes.images, previous_targets)
+    _, previous_masks = SaS.paper(iterations=args.iterations).attribute_from(model, probes.images, previous_targets)
     train_epoch(model, loader, optimizer)
     targets, _, _ = predict(model, probes.images)
 
@@ -85,12 +85,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return row, maps
 
     rows = []
-    reference_row, reference = measure("cold", SaS(), None, args.iterations)
+    reference_row, reference = measure("cold", SaS.paper(), None, args.iterations)
     candidates = [(reference_row, reference)]
-    candidates.append(measure("reseeded", SaS(seed=args.seed + 1), None, args.iterations))
+    candidates.append(measure("reseeded", SaS.paper(seed=args.seed + 1), None, args.iterations))
     for iterations in args.warm_iterations:
-        candidates.append(measure("cold_short", SaS(), None, iterations))
-        candidates.append(measure("warm", SaS(), previous_masks, iterations))
+        candidates.append(measure("cold_short", SaS.paper(), None, iterations))
+        candidates.append(measure("warm", SaS.paper(), previous_masks, iterations))
     for row, maps in candidates:
         row["spearman_vs_cold"] = round(float(spearman(maps, reference).mean()), 4)
         row["roi_share"] = (

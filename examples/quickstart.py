@@ -254,7 +254,7 @@ def make_data(num_images: int, seed: int, image_size: int = IMAGE_SIZE) -> Strip
 def build_model(num_classes: int = 2) -> nn.Module:
     """A small CNN: three conv/BN/ReLU blocks (two with stride 2), global average pooling, linear.
 
-    Striding early keeps the model cheap: SaS forwards it ~3,800 times per image.
+    Striding early keeps the model cheap: SaS forwards it ~950 times per image.
     """
 
     def block(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
@@ -386,7 +386,7 @@ def explain(
         images: ``[B, 3, H, W]`` model inputs.
         targets: ``[B]`` classes to explain.
         region: ``[H, W]`` bool mask of the region that decides the class.
-        sas_iterations: SaS optimisation steps; ``None`` keeps SaS's default (100). Every
+        sas_iterations: SaS optimisation steps; ``None`` keeps SaS's default (95). Every
             other SaS setting stays at its default.
 
     Returns:

@@ -38,7 +38,7 @@ resnet18 random, 32 px  +0.09 [0.00, 0.24]   -0.00 [-0.10, 0.12]  +0.47 [0.47, 0
 resnet18 random, 64 px  +0.12 [0.01, 0.24]   +0.01 [-0.06, 0.08]  +0.46 [0.45, 0.47]   1.00
 ======================  ===================  ===================  ===================  =====
 
-SaS at its defaults (100 iterations, 20 masks) on the SmallCNN: +0.15 [0.11, 0.18].
+SaS in the paper's configuration (``SaS.paper()``: 100 iterations, 20 masks) on the SmallCNN: +0.15 [0.11, 0.18].
 ``edges`` (:class:`ImageEdges`, the image's own gradient magnitude, blind to the weights) is
 exactly 1.00 at every stage, for every seed. A single random draw of Grad-CAM is noisy,
 though: all probes share one random model, and a coarse map (2x2 for resnet18 at these
