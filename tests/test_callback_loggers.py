@@ -50,7 +50,9 @@ def test_tensorboard_csv_mlflow_and_wandb_each_get_everything_once(
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tensorboard = TensorBoardLogger(tmp_path, name="tb")
     table = CSVLogger(tmp_path, name="csv")
-    tracking = MLFlowLogger(experiment_name="audit", tracking_uri=tracking_uri)
+    tracking = MLFlowLogger(
+        experiment_name="audit", tracking_uri=tracking_uri, artifact_location=(tmp_path / "mlflow_artifacts").as_uri()
+    )
     weights_and_biases = WandbLogger(save_dir=str(tmp_path), offline=True, project="audit")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -57,7 +57,11 @@ def text_artifact(client, run_id: str, tag: str, step: int, folder: Path) -> str
 def fit_with_mlflow(tmp_path: Path, tracking_uri: str, max_epochs: int) -> tuple[SASAuditCallback, object]:
     from lightning.pytorch.loggers import MLFlowLogger
 
-    logger = MLFlowLogger(experiment_name="audit", tracking_uri=tracking_uri)
+    # A local store keeps its artifacts in the test's folder (its default is ./mlruns in the working
+    # directory); the server keeps them where it was told to.
+    local = tracking_uri.startswith("sqlite:")
+    artifacts = (tmp_path / "mlflow_artifacts").as_uri() if local else None
+    logger = MLFlowLogger(experiment_name="audit", tracking_uri=tracking_uri, artifact_location=artifacts)
     # A zero threshold makes the first audit raise a shortcut alert, so there is one to log.
     callback = SASAuditCallback(probe=2, methods=["gradcam"], shortcut_threshold=0.0, sanity=False)
     L.seed_everything(0, verbose=False)
