@@ -10,7 +10,6 @@ from dataclasses import replace
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
@@ -19,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 from typing_extensions import override
 
@@ -45,14 +44,11 @@ from lightning_sas.intervention import Artifacts, InterventionResult
 from lightning_sas.methods.base import AttributionMethod
 from lightning_sas.normalization import check_normalization, per_channel
 from lightning_sas.outputs import OutputSelector, check_output_selector
-from lightning_sas.probes import Probes, dataset_labels, probes_from_dataset, stratified_indices
+from lightning_sas.probes import Probes, choose_probes, probes_from_dataset
 from lightning_sas.probes import item_keys as checked_item_keys
 from lightning_sas.progress import reporting
 from lightning_sas.sanity import DEFAULT_STAGES, SanityResult
 from lightning_sas.verdict import AlertRule, decide
-
-#: Label scans for stratified probe selection read at most this many validation items.
-MAX_LABEL_SCAN = 4096
 
 
 class SASAuditCallback(Callback):
@@ -373,11 +369,7 @@ class SASAuditCallback(Callback):
                     raise MisconfigurationException(
                         f"`probe`={self.probe} asks for more images than the validation set has ({size})."
                     )
-                # A seeded sample of at most MAX_LABEL_SCAN items to read labels from.
-                scanned = np.random.default_rng(self.seed).permutation(size)[:MAX_LABEL_SCAN].tolist()
-                labels = dataset_labels(Subset(dataset, scanned), keys)
-                chosen = stratified_indices(labels, self.probe, self.seed)
-                positions = sorted(scanned[i] for i in chosen)
+                positions = choose_probes(dataset, self.probe, self.seed, keys)
             else:
                 positions = list(self.probe)
             out_of_range = [i for i in positions if i >= size]

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lightning_sas.arguments import require_max_batch
 from lightning_sas.chunks import retry_out_of_memory
 from lightning_sas.methods.base import check_logits, validate_images_and_targets
 from lightning_sas.methods.sas import CPU_PIXELS_PER_CHUNK, GPU_MEMORY_SHARE, SaS
@@ -184,7 +185,7 @@ def faithfulness_curves(
     """
     _check_steps(steps)
     _check_baseline(baseline)
-    _check_max_batch(max_batch)
+    require_max_batch(max_batch)
     check_output_selector(output)
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
@@ -236,7 +237,7 @@ class Faithfulness:
     def __init__(self, steps: int = 20, baseline: Baseline = "blur", max_batch: int | None = None) -> None:
         _check_steps(steps)
         _check_baseline(baseline)
-        _check_max_batch(max_batch)
+        require_max_batch(max_batch)
         self.steps = steps
         self.baseline = baseline
         self.max_batch = max_batch
@@ -429,11 +430,6 @@ def _auto_chunk(model: nn.Module, images: Tensor, total: int) -> int:
 def _check_steps(steps: object) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"`steps` must be an integer >= 1, got {steps!r}.")
-
-
-def _check_max_batch(max_batch: object) -> None:
-    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
-        raise ValueError(f"`max_batch` must be None or an integer >= 1, got {max_batch!r}.")
 
 
 def _check_baseline(baseline: object) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 
 @dataclass
@@ -173,6 +173,22 @@ def stratified_indices(labels: Sequence[int], count: int, seed: int) -> list[int
 def dataset_labels(dataset: Dataset, keys: Mapping[str, str] | None = None) -> list[int]:
     """Labels of every item (reads the items; datasets of validation size are cheap to scan)."""
     return [unpack_item(dataset[position], position, keys)[1] for position in range(len(dataset))]  # type: ignore[arg-type]
+
+
+#: Label scans for stratified probe selection read at most this many items.
+MAX_LABEL_SCAN = 4096
+
+
+def choose_probes(dataset: Dataset, count: int, seed: int, keys: Mapping[str, str] | None = None) -> list[int]:
+    """The positions of ``count`` probes, stratified over classes, deterministic for ``seed``.
+
+    Labels are read from a seeded sample of at most :data:`MAX_LABEL_SCAN` items (a large
+    validation set is not read whole); the positions come back sorted.
+    """
+    size = len(dataset)  # type: ignore[arg-type]
+    scanned = np.random.default_rng(seed).permutation(size)[:MAX_LABEL_SCAN].tolist()
+    labels = dataset_labels(Subset(dataset, scanned), keys)
+    return sorted(scanned[i] for i in stratified_indices(labels, count, seed))
 
 
 def probes_from_dataset(

@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_sas import GradCAM, SaS, SASAuditCallback
+from lightning_sas.methods import METHODS
 
 
 def cheap_methods() -> list:
@@ -399,3 +400,20 @@ def test_probes_are_found_when_the_first_epoch_does_not_validate(tmp_path: Path)
     callback = SASAuditCallback(probe=2, methods=["gradcam"])
     fit(tmp_path, callback, max_epochs=2, check_val_every_n_epoch=2, num_sanity_val_steps=0)
     assert len(callback.manifest) == 2 and callback.audited_epochs == [0, 1]
+
+
+def test_every_registered_method_by_name_in_one_fit(tmp_path: Path) -> None:
+    """``methods=`` takes every registered name at its defaults; each gets its scores, grid and faithfulness."""
+    names = list(METHODS)
+    assert set(names) == {"sas", "gradcam", "ig", "smoothgrad", "occlusion", "lime", "gradientshap", "saliency"}
+    callback = SASAuditCallback(probe=2, methods=names, sanity=False)
+    trainer, _ = fit(tmp_path, callback, max_epochs=1)
+    events = read_events(trainer.logger.log_dir)
+    assert {f"audit/grid/{name}" for name in names} <= set(events.Tags()["images"])
+    for name in names:
+        for score in ("roi_share", "roi_mass", "deletion_auc", "insertion_auc"):
+            (event,) = events.Scalars(f"audit/{name}/{score}")
+            assert 0.0 <= event.value <= 1.0, (name, score)
+    # The per-probe panel holds the image and all eight overlays.
+    panel = events.Images("audit/probe_00")[0]
+    assert panel.height > panel.width / 3  # wrapped into rows, not one 9-tile strip

@@ -364,7 +364,7 @@ def test_nan_logits_for_one_image(make_method, how: str) -> None:
         (Occlusion, {"stride": 2.5}, ValueError, r"`stride` must be an integer >= 1 .*, got 2.5"),
         (Occlusion, {"window": 4, "stride": 5}, ValueError, r"`stride` must not exceed `window`.*stride=\(5, 5\)"),
         (Occlusion, {"baseline": float("nan")}, ValueError, r"`baseline` must be a finite number, got nan"),
-        (Occlusion, {"max_batch": 0}, ValueError, r"`max_batch` must be an integer >= 1 or None, got 0"),
+        (Occlusion, {"max_batch": 0}, ValueError, r"`max_batch` must be None or an integer >= 1, got 0"),
         (LIME, {"samples": 1}, ValueError, r"`samples` must be an integer >= 2, got 1"),
         (
             LIME,
@@ -380,7 +380,7 @@ def test_nan_logits_for_one_image(make_method, how: str) -> None:
         (LIME, {"kernel_width": 0}, ValueError, r"`kernel_width` must be a positive number, got 0"),
         (LIME, {"ridge_alpha": 0.0}, ValueError, r"`ridge_alpha` must be a positive number, got 0.0"),
         (LIME, {"score": "probability"}, ValueError, r"`score` must be 'logit' or 'prob', got 'probability'"),
-        (LIME, {"max_batch": True}, ValueError, r"`max_batch` must be an integer >= 1, got True"),
+        (LIME, {"max_batch": True}, ValueError, r"`max_batch` must be None or an integer >= 1, got True"),
         (LIME, {"seed": -1}, ValueError, r"`seed` must be an integer >= 0, got -1"),
     ],
 )

@@ -152,7 +152,7 @@ def test_resnet18_runs() -> None:
         ({"lr": -1.0}, "`lr` must be a positive number, got -1.0"),
         ({"blur_kernel": 50}, "`blur_kernel` must be odd"),
         ({"score": "softmax"}, "`score` must be 'logit' or 'prob', got 'softmax'"),
-        ({"max_batch": 0}, "`max_batch` must be an integer >= 1, got 0"),
+        ({"max_batch": 0}, "`max_batch` must be None or an integer >= 1, got 0"),
         ({"mask_scale": 1.5}, r"`mask_scale` must be in \(0, 1\], got 1.5"),
         ({"autocast_dtype": "bf16"}, "`autocast_dtype` must be a torch.dtype"),
     ],

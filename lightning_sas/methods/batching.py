@@ -19,11 +19,11 @@ from lightning_sas.chunks import retry_out_of_memory
 from lightning_sas.methods.base import check_logits
 from lightning_sas.progress import advance
 
-#: Without ``max_batch``, CPU chunks hold about this many pixels (512 images of 64x64, 41 of
-#: 224x224): oneDNN is markedly faster on large batches (ResNet-18 at 64 px, forward and
-#: backward of 400 images: one batch ~20% faster than 256 + 144), while a ResNet-50 chunk at
-#: 224 px stays near 4 GB of activations.
-CPU_PIXELS_PER_CHUNK = 512 * 64 * 64
+#: Without ``max_batch``, CPU chunks hold about this many pixels (256 images of 64x64, as
+#: SaS's). Measured on the idle 2-core machine, ResNet-18 at 64 px: GradientSHAP's 400 variants
+#: took 1.77-1.90 s in chunks of 50 to 400 alike; occlusion's 1,800 forwards 2.96 s in chunks of
+#: 256 and 3.78 s in chunks of 512.
+CPU_PIXELS_PER_CHUNK = 256 * 64 * 64
 #: Share of free GPU memory one chunk's activations may take when ``max_batch`` is None.
 GPU_MEMORY_SHARE = 0.5
 

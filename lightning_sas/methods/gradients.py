@@ -16,7 +16,6 @@ also reports its completeness gap.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Literal, cast
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_sas.arguments import require_int, require_max_batch, require_non_negative
 from lightning_sas.methods.base import AttributionMethod, minmax_normalize
 from lightning_sas.methods.batching import GradientSum, auto_chunk, local_generator, target_scores_in_chunks
 from lightning_sas.methods.gaussian import gaussian_blur, opencv_sigma, scaled_kernel_size
@@ -129,22 +129,6 @@ def _repr_with_tensor_shapes(method: AttributionMethod) -> str:
     return f"{type(method).__name__}({settings})"
 
 
-def _require_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-
-
-def _require_non_negative(name: str, value: object) -> None:
-    is_number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not is_number or value < 0:
-        raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
-
-
-def _require_max_batch(max_batch: object) -> None:
-    if max_batch is not None:
-        _require_int("max_batch", max_batch, minimum=1)
-
-
 # ---------------------------------------------------------------------------------- Saliency
 
 
@@ -178,7 +162,7 @@ class Saliency(AttributionMethod):
     sign = "absolute"
 
     def __init__(self, max_batch: int | None = None) -> None:
-        _require_max_batch(max_batch)
+        require_max_batch(max_batch)
         self.max_batch = max_batch
 
     def passes_per_probe(self) -> int:
@@ -253,10 +237,10 @@ class SmoothGrad(AttributionMethod):
     def __init__(
         self, samples: int = 25, noise_level: float = 0.15, max_batch: int | None = None, seed: int = 0
     ) -> None:
-        _require_int("samples", samples, minimum=1)
-        _require_non_negative("noise_level", noise_level)
-        _require_max_batch(max_batch)
-        _require_int("seed", seed, minimum=0)
+        require_int("samples", samples, minimum=1)
+        require_non_negative("noise_level", noise_level)
+        require_max_batch(max_batch)
+        require_int("seed", seed, minimum=0)
         self.samples = samples
         self.noise_level = float(noise_level)
         self.max_batch = max_batch
@@ -411,12 +395,12 @@ class IntegratedGradients(AttributionMethod):
         if rule not in IG_RULES:
             raise ValueError(f"`rule` must be one of {', '.join(map(repr, IG_RULES))}; got {rule!r}.")
         # Captum's Riemann rules need two points (the trapezoid's two ends); Gauss-Legendre one.
-        _require_int("steps", steps, minimum=1 if rule == "gausslegendre" else 2)
+        require_int("steps", steps, minimum=1 if rule == "gausslegendre" else 2)
         if blur_kernel is not None:
-            _require_int("blur_kernel", blur_kernel, minimum=1)
+            require_int("blur_kernel", blur_kernel, minimum=1)
             if blur_kernel % 2 == 0:
                 raise ValueError(f"`blur_kernel` must be odd (or None to scale with the image), got {blur_kernel}.")
-        _require_max_batch(max_batch)
+        require_max_batch(max_batch)
         self.baseline = baseline.detach().clone() if isinstance(baseline, Tensor) else baseline
         self.steps = steps
         self.rule = rule
@@ -578,10 +562,10 @@ class GradientSHAP(AttributionMethod):
                 )
         elif background != "probes":
             raise TypeError(f"`background` must be 'probes' or a floating tensor [N, C, H, W], got {background!r}.")
-        _require_int("samples", samples, minimum=1)
-        _require_non_negative("stdevs", stdevs)
-        _require_max_batch(max_batch)
-        _require_int("seed", seed, minimum=0)
+        require_int("samples", samples, minimum=1)
+        require_non_negative("stdevs", stdevs)
+        require_max_batch(max_batch)
+        require_int("seed", seed, minimum=0)
         self.background = background.detach().clone() if isinstance(background, Tensor) else background
         self.samples = samples
         self.stdevs = float(stdevs)

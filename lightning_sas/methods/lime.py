@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_sas.arguments import require_int, require_max_batch, require_positive
 from lightning_sas.methods.base import AttributionMethod, minmax_normalize
 from lightning_sas.methods.batching import auto_chunk, image_scores, local_generator, target_scores_in_chunks
 
@@ -116,7 +117,7 @@ class LIME(AttributionMethod):
         max_batch: int | None = None,
         seed: int = 0,
     ) -> None:
-        _require_int("samples", samples, minimum=2)
+        require_int("samples", samples, minimum=2)
         if isinstance(segmentation, str):
             if segmentation not in ("slic", "quickshift"):
                 raise ValueError(f"`segmentation` must be 'slic', 'quickshift' or a callable, got {segmentation!r}.")
@@ -125,22 +126,21 @@ class LIME(AttributionMethod):
                 f"`segmentation` must be 'slic', 'quickshift' or a callable image -> labels, "
                 f"got {type(segmentation).__name__}."
             )
-        _require_int("n_segments", n_segments, minimum=1)
-        _require_positive("compactness", compactness)
+        require_int("n_segments", n_segments, minimum=1)
+        require_positive("compactness", compactness)
         if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma < 0:
             raise ValueError(f"`sigma` must be a number >= 0, got {sigma!r}.")
         if hide_value is not None and (
             isinstance(hide_value, bool) or not isinstance(hide_value, int | float) or not math.isfinite(hide_value)
         ):
             raise ValueError(f"`hide_value` must be None (mean colour) or a finite number, got {hide_value!r}.")
-        _require_positive("kernel_width", kernel_width)
+        require_positive("kernel_width", kernel_width)
         if isinstance(ridge_alpha, bool) or not isinstance(ridge_alpha, int | float) or not ridge_alpha > 0:
             raise ValueError(f"`ridge_alpha` must be a positive number, got {ridge_alpha!r}.")
         if score not in ("logit", "prob"):
             raise ValueError(f"`score` must be 'logit' or 'prob', got {score!r}.")
-        if max_batch is not None:
-            _require_int("max_batch", max_batch, minimum=1)
-        _require_int("seed", seed, minimum=0)
+        require_max_batch(max_batch)
+        require_int("seed", seed, minimum=0)
         self.samples = samples
         self.segmentation = segmentation
         self.n_segments = n_segments
@@ -390,13 +390,3 @@ def _digest(image: Tensor) -> tuple:
     """Shape, dtype and a BLAKE2b digest of the bytes of one host image: equal only for equal images."""
     data = image.reshape(-1).view(torch.uint8).numpy().tobytes()
     return (tuple(image.shape), str(image.dtype), hashlib.blake2b(data, digest_size=16).hexdigest())
-
-
-def _require_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-
-
-def _require_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive number, got {value!r}.")

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lightning_sas.arguments import require_max_batch
 from lightning_sas.methods.base import AttributionMethod, minmax_normalize
 from lightning_sas.methods.batching import auto_chunk, image_scores, target_scores_in_chunks
 
@@ -83,8 +84,7 @@ class Occlusion(AttributionMethod):
             )
         if isinstance(baseline, bool) or not isinstance(baseline, int | float) or not math.isfinite(baseline):
             raise ValueError(f"`baseline` must be a finite number, got {baseline!r}.")
-        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
-            raise ValueError(f"`max_batch` must be an integer >= 1 or None, got {max_batch!r}.")
+        require_max_batch(max_batch)
         self.window = window
         self.stride = stride
         self.baseline = float(baseline)

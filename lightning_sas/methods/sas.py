@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_sas.arguments import require_int, require_max_batch, require_positive
 from lightning_sas.chunks import retry_out_of_memory
 from lightning_sas.methods.base import AttributionMethod, check_logits, minmax_normalize
 from lightning_sas.methods.gaussian import gaussian_blur, opencv_sigma, scaled_kernel_size
@@ -171,28 +172,27 @@ class SaS(AttributionMethod):
         schedule_subset: int | None = 5,
         lr_schedule: Literal["constant", "cosine"] = "constant",
     ) -> None:
-        _require_int("iterations", iterations, minimum=1)
-        _require_int("num_masks", num_masks, minimum=2)
-        _require_positive("lr", lr)
-        _require_positive("temperature", temperature)
+        require_int("iterations", iterations, minimum=1)
+        require_int("num_masks", num_masks, minimum=2)
+        require_positive("lr", lr)
+        require_positive("temperature", temperature)
         if not isinstance(tv_weight, int | float) or tv_weight < 0:
             raise ValueError(f"`tv_weight` must be a number >= 0, got {tv_weight!r}.")
         for arg_name, kernel in (("smoothing_kernel", smoothing_kernel), ("blur_kernel", blur_kernel)):
             if kernel is not None:
-                _require_int(arg_name, kernel, minimum=1)
+                require_int(arg_name, kernel, minimum=1)
                 if kernel % 2 == 0:
                     raise ValueError(f"`{arg_name}` must be odd (or None to scale with the image), got {kernel}.")
         if score not in ("logit", "prob"):
             raise ValueError(f"`score` must be 'logit' or 'prob', got {score!r}.")
-        if max_batch is not None:
-            _require_int("max_batch", max_batch, minimum=1)
+        require_max_batch(max_batch)
         if not isinstance(mask_scale, int | float) or not 0 < mask_scale <= 1:
             raise ValueError(f"`mask_scale` must be in (0, 1], got {mask_scale!r}.")
         if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
             raise ValueError(f"`autocast_dtype` must be a torch.dtype or None, got {autocast_dtype!r}.")
-        _require_int("seed", seed, minimum=0)
+        require_int("seed", seed, minimum=0)
         if schedule_subset is not None:
-            _require_int("schedule_subset", schedule_subset, minimum=1)
+            require_int("schedule_subset", schedule_subset, minimum=1)
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"`lr_schedule` must be 'constant' or 'cosine', got {lr_schedule!r}.")
         self.iterations = iterations
@@ -294,7 +294,7 @@ class SaS(AttributionMethod):
                 ``iterations`` is not a positive integer.
         """
         if iterations is not None:
-            _require_int("iterations", iterations, minimum=1)
+            require_int("iterations", iterations, minimum=1)
 
         def solve(forward_module: nn.Module, checked_images: Tensor, checked_targets: Tensor) -> tuple[Tensor, Tensor]:
             return self._solve(forward_module, checked_images, checked_targets, initial_mask, iterations)
@@ -528,13 +528,3 @@ class SaS(AttributionMethod):
         free, _ = torch.cuda.mem_get_info(images.device)
         # x3: the backward needs about twice the saved activations on top of them.
         return max(1, min(total, int(GPU_MEMORY_SHARE * free / (3 * per_image))))
-
-
-def _require_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-
-
-def _require_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
