@@ -579,3 +579,21 @@ def test_class_vector_for_a_batch_of_one_is_not_read_as_binary_logits(make_metho
     model = SqueezesItsOutput(num_classes=4).eval()
     with pytest.raises(ValueError, match=r"class logits \[1, num_classes\].*got a tensor of shape \[4\]\."):
         make_method().attribute(model, torch.randn(1, 3, 16, 16), torch.tensor([1]))
+
+
+@pytest.mark.parametrize(
+    "make_method",
+    [
+        lambda: SaS(iterations=2, num_masks=4, max_batch=1),
+        lambda: IntegratedGradients(steps=4, max_batch=1),
+        lambda: SmoothGrad(samples=3, max_batch=1),
+        lambda: GradientSHAP(background=torch.zeros(2, 3, 16, 16), samples=3, max_batch=1),
+        lambda: Occlusion(window=6, max_batch=1),
+        lambda: LIME(samples=16, n_segments=6, max_batch=1),
+    ],
+    ids=["sas", "ig", "smoothgrad", "gradientshap", "occlusion", "lime"],
+)
+def test_bad_target_of_a_later_image_is_caught_when_chunks_are_small(make_method) -> None:
+    """The first chunk holds only the first image's variants: every image's target is still checked."""
+    with pytest.raises(ValueError, match=r"`targets` must be class indices in \[0, 4\).*\[7\]"):
+        make_method().attribute(SmallCNN(num_classes=4).eval(), torch.randn(2, 3, 16, 16), torch.tensor([0, 7]))

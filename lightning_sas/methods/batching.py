@@ -90,70 +90,59 @@ def target_scores_in_chunks(
     total: int,
     *,
     chunk: int,
-    with_gradient: bool,
+    image_targets: Tensor,
     what: str,
     device: torch.device,
     forward: Callable[[nn.Module, Tensor], Tensor] | None = None,
     gradient_sum: GradientSum | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Target logits of ``total`` variants (and their input gradients), ``chunk`` at a time.
+    """Target logits of ``total`` variants (and their summed input gradients), ``chunk`` at a time.
 
     Args:
         model: The forward module (in attribution mode), returning ``[n, num_classes]`` logits.
         build: Makes the inputs and targets of variants ``start .. stop - 1`` on ``device``.
         total: Number of variants.
         chunk: First chunk size to try (halved on out-of-memory, agreed across ranks).
-        with_gradient: Also return ``d score / d input`` for every variant.
+        image_targets: ``[B]`` the targets of the images the variants come from, checked once
+            against the first chunk's class count (a chunk may hold one image's variants only).
         what: The method's name, for the out-of-memory warning.
         device: Where the variants live.
         forward: ``forward(model, inputs) -> logits`` (e.g. under autocast); ``model(inputs)``
             if None.
-        gradient_sum: With ``with_gradient``, sum the gradients per slot as they come (see
-            :class:`GradientSum`) and return the sums instead of every variant's gradient.
+        gradient_sum: Also differentiate each chunk's scores with respect to its inputs and
+            sum the gradients per slot as they come (see :class:`GradientSum`).
 
     Returns:
-        ``(scores [total] float32, gradients [total, C, H, W] float32 or None)``, the gradients
-        replaced by the ``[slots, ...]`` sums with ``gradient_sum``. The scores are
-        the target logits; a variant with a non-finite logit keeps its non-finite score, so
-        the caller can turn its probe's map into NaN.
+        ``(scores [total] float32, sums [slots, ...] or None)``: the target logits (a variant
+        with a non-finite logit keeps its non-finite score, so the caller can turn its
+        probe's map into NaN) and, with ``gradient_sum``, the gradient sums.
 
     Raises:
-        ValueError: If a target is out of range for the model's outputs (first chunk).
+        ValueError: If an image's target is out of range for the model's outputs.
     """
     run = forward or (lambda module, inputs: module(inputs))
 
     def attempt(size: int) -> tuple[Tensor, Tensor | None]:
         scores: list[Tensor] = []
-        gradients: list[Tensor] = []
         sums: Tensor | None = None  # allocated per attempt: a retry after out-of-memory starts from zero
         for start in range(0, total, size):
             inputs, targets = build(start, min(total, start + size))
-            if with_gradient:
-                inputs = inputs.detach().requires_grad_(True)
+            with torch.set_grad_enabled(gradient_sum is not None):
+                inputs = inputs.detach().requires_grad_(gradient_sum is not None)
                 logits = run(model, inputs)
                 if start == 0:
-                    check_logits(logits, targets)
+                    check_logits(logits, image_targets)
                 selected = logits.float().gather(1, targets[:, None])[:, 0]
+            if gradient_sum is not None:
                 # Per-variant targets: summing keeps each variant's gradient separate.
                 (gradient,) = torch.autograd.grad(selected.sum(), inputs)
-                if gradient_sum is None:
-                    gradients.append(gradient.float())
-                else:
-                    owner, value = gradient_sum.contribution(start, start + inputs.shape[0], gradient.float())
-                    if sums is None:
-                        sums = value.new_zeros((gradient_sum.slots, *value.shape[1:]))
-                    sums.index_add_(0, owner, value)
-            else:
-                with torch.no_grad():
-                    logits = run(model, inputs)
-                    if start == 0:
-                        check_logits(logits, targets)
-                    selected = logits.float().gather(1, targets[:, None])[:, 0]
+                owner, value = gradient_sum.contribution(start, start + inputs.shape[0], gradient.float())
+                if sums is None:
+                    sums = value.new_zeros((gradient_sum.slots, *value.shape[1:]))
+                sums.index_add_(0, owner, value)
             scores.append(selected.detach())
             advance(inputs.shape[0])
-        if not with_gradient:
-            return torch.cat(scores), None
-        return torch.cat(scores), (torch.cat(gradients) if gradient_sum is None else sums)
+        return torch.cat(scores), sums
 
     return retry_out_of_memory(attempt, chunk, device, what)
 
@@ -171,12 +160,14 @@ def image_scores(
     Raises:
         ValueError: If a target is out of range for the model's outputs.
     """
-    run = forward or (lambda module, inputs: module(inputs))
-
-    def attempt(size: int) -> Tensor:
-        with torch.no_grad():
-            logits = torch.cat([run(model, part).float() for part in images.split(size)])
-        check_logits(logits, targets)
-        return logits.gather(1, targets[:, None])[:, 0]
-
-    return retry_out_of_memory(attempt, chunk, images.device, what)
+    scores, _ = target_scores_in_chunks(
+        model,
+        lambda start, stop: (images[start:stop], targets[start:stop]),
+        images.shape[0],
+        chunk=chunk,
+        image_targets=targets,
+        what=what,
+        device=images.device,
+        forward=forward,
+    )
+    return scores

@@ -25,7 +25,13 @@ from torch import Tensor, nn
 
 from lightning_sas.arguments import require_int, require_max_batch, require_non_negative
 from lightning_sas.methods.base import AttributionMethod, minmax_normalize
-from lightning_sas.methods.batching import GradientSum, auto_chunk, local_generator, target_scores_in_chunks
+from lightning_sas.methods.batching import (
+    GradientSum,
+    auto_chunk,
+    image_scores,
+    local_generator,
+    target_scores_in_chunks,
+)
 from lightning_sas.methods.gaussian import gaussian_blur, opencv_sigma, scaled_kernel_size
 from lightning_sas.methods.sas import REFERENCE_BLUR_KERNEL
 
@@ -82,7 +88,7 @@ def _variant_gradients(
         build,
         total,
         chunk=chunk,
-        with_gradient=True,
+        image_targets=targets,
         what=what,
         device=images.device,
         gradient_sum=GradientSum(batch, contribute),
@@ -454,15 +460,7 @@ class IntegratedGradients(AttributionMethod):
             attributions, _ = self._raw_and_finite(model, images, targets)
             ends = torch.cat([images, self.baseline_for(images)])
             batch = images.shape[0]
-            scores, _ = target_scores_in_chunks(
-                model,
-                lambda start, stop: (ends[start:stop], targets.repeat(2)[start:stop]),
-                2 * batch,
-                chunk=self.max_batch or 2 * batch,
-                with_gradient=False,
-                what="IntegratedGradients",
-                device=images.device,
-            )
+            scores = image_scores(model, ends, targets.repeat(2), self.max_batch or 2 * batch, "IntegratedGradients")
             return attributions.flatten(1).sum(dim=1) - (scores[:batch] - scores[batch:])
 
         return self._guarded(model, images, targets, gap).detach()

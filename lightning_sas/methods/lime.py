@@ -274,7 +274,7 @@ class LIME(AttributionMethod):
         # The images themselves first (a bad target is reported once per image, not per draw).
         own_scores = image_scores(model, images, targets, chunk, "LIME", forward)
         scores, _ = target_scores_in_chunks(
-            model, build, total, chunk=chunk, with_gradient=False, what="LIME", device=device, forward=forward
+            model, build, total, chunk=chunk, image_targets=targets, what="LIME", device=device, forward=forward
         )
         scores = torch.cat([own_scores[:, None], scores.view(batch, per_image)], dim=1)
         weights = kernel_ridge(design, scores, counts, kernel_width=self.kernel_width, alpha=self.ridge_alpha)

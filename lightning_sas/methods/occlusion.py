@@ -179,7 +179,7 @@ class Occlusion(AttributionMethod):
             return torch.where(hidden[:, None], baseline, images[image]), targets[image]
 
         scores, _ = target_scores_in_chunks(
-            model, build, total, chunk=chunk, with_gradient=False, what="Occlusion", device=device
+            model, build, total, chunk=chunk, image_targets=targets, what="Occlusion", device=device
         )
         # [B, K]: score(x) - score(x with window k hidden)
         drops = own_scores[:, None].double() - scores.view(batch, per_image).double()
