@@ -32,7 +32,8 @@ from torch import Tensor, nn
 from lightning_sas.arguments import require_max_batch
 from lightning_sas.chunks import retry_out_of_memory
 from lightning_sas.methods.base import check_logits, validate_images_and_targets
-from lightning_sas.methods.sas import CPU_PIXELS_PER_CHUNK, GPU_MEMORY_SHARE, SaS
+from lightning_sas.methods.batching import CPU_PIXELS_PER_CHUNK, GPU_MEMORY_SHARE
+from lightning_sas.methods.sas import SaS
 from lightning_sas.model_state import attribution_mode
 from lightning_sas.outputs import ClassifierOutput, OutputSelector, check_output_selector
 

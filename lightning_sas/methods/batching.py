@@ -59,7 +59,14 @@ def local_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def auto_chunk(model: nn.Module, example: Tensor, total: int, *, with_gradient: bool) -> int:
+def auto_chunk(
+    model: nn.Module,
+    example: Tensor,
+    total: int,
+    *,
+    with_gradient: bool,
+    forward: Callable[[nn.Module, Tensor], Tensor] | None = None,
+) -> int:
     """Images per forward when the method's ``max_batch`` is None.
 
     CPU: a fixed pixel budget. CUDA: a share of the free memory, measured from what one
@@ -70,13 +77,17 @@ def auto_chunk(model: nn.Module, example: Tensor, total: int, *, with_gradient: 
         example: One input ``[1, C, H, W]`` as the chunks will hold.
         total: Number of variants to run; the chunk never exceeds it.
         with_gradient: Whether the chunks are differentiated (the backward needs memory too).
+        forward: ``forward(model, inputs) -> logits`` as the chunks will run it (e.g. under
+            autocast); ``model(inputs)`` if None.
     """
     pixels = example.shape[-2] * example.shape[-1]
     if example.device.type != "cuda":
         return max(1, min(total, CPU_PIXELS_PER_CHUNK // pixels))
     before = torch.cuda.memory_allocated(example.device)
     with torch.set_grad_enabled(with_gradient):
-        logits = model(example.detach().requires_grad_(with_gradient))
+        logits = (forward or (lambda module, inputs: module(inputs)))(
+            model, example.detach().requires_grad_(with_gradient)
+        )
     per_image = max(1, torch.cuda.memory_allocated(example.device) - before)
     del logits
     free, _ = torch.cuda.mem_get_info(example.device)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from lightning_sas.arguments import require_int, require_max_batch, require_positive
 from lightning_sas.chunks import retry_out_of_memory
 from lightning_sas.methods.base import AttributionMethod, check_logits, minmax_normalize
+from lightning_sas.methods.batching import auto_chunk
 from lightning_sas.methods.gaussian import gaussian_blur, opencv_sigma, scaled_kernel_size
 from lightning_sas.progress import advance
 
@@ -26,10 +27,6 @@ NEWTON_STEPS = 2
 INIT_NOISE_STD = 0.01
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-# Without max_batch, CPU chunks hold about this many pixels (256 images of 64x64).
-CPU_PIXELS_PER_CHUNK = 256 * 64 * 64
-# Share of free GPU memory one chunk's activations may take when max_batch is None.
-GPU_MEMORY_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -317,7 +314,7 @@ class SaS(AttributionMethod):
         # forward calls (see lightning_sas.distributed).
         return retry_out_of_memory(
             lambda chunk: self._optimise(model, images, targets, chunk, initial_mask, iterations),
-            self.max_batch or self._auto_chunk(model, images, targets),
+            self.max_batch or self._auto_chunk(model, images),
             images.device,
             "SaS",
         )
@@ -512,19 +509,7 @@ class SaS(AttributionMethod):
             logits = logits.softmax(dim=1)
         return logits.gather(1, targets[:, None])[:, 0]
 
-    def _auto_chunk(self, model: nn.Module, images: Tensor, targets: Tensor) -> int:
-        """Images per forward when ``max_batch`` is None."""
+    def _auto_chunk(self, model: nn.Module, images: Tensor) -> int:
+        """Images per forward when ``max_batch`` is None (one-off host syncs, before the loop)."""
         total = images.shape[0] * 2 * self.steps_per_iteration()
-        pixels = images.shape[-2] * images.shape[-1]
-        if images.device.type != "cuda":
-            return max(1, min(total, CPU_PIXELS_PER_CHUNK // pixels))
-        # Measure what one image's forward keeps alive for the backward, then fill a share of
-        # the free memory with it (one-off host syncs, before the optimisation loop).
-        probe = images[:1].detach().requires_grad_(True)
-        before = torch.cuda.memory_allocated(images.device)
-        scores = self._target_scores(self._forward(model, probe), targets[:1])
-        per_image = max(1, torch.cuda.memory_allocated(images.device) - before)
-        del scores, probe
-        free, _ = torch.cuda.mem_get_info(images.device)
-        # x3: the backward needs about twice the saved activations on top of them.
-        return max(1, min(total, int(GPU_MEMORY_SHARE * free / (3 * per_image))))
+        return auto_chunk(model, images[:1], total, with_gradient=True, forward=self._forward)
