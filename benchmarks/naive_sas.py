@@ -2,9 +2,10 @@
 
 This is EXACTLY the algorithm of :class:`lightning_sas.methods.SaS` (same initial mask noise
 from the same seed, same importance map ``e = avgpool3x3(exp(T · GaussianSmooth(m)))``, same
-scale-free objective: each image's score terms divided by its own range
-``|score(x) - score(blur(x))|`` and averaged over the ``K - 1`` interior schedule steps, same
-per-pixel-mean total variation, same Adam hyper-parameters, same kernel-size rule), written the
+objective — the paper's by default (raw scores summed over the ``K - 1`` interior schedule
+steps plus the summed total variation), or the scale-free one (each image's score terms divided
+by its own range ``|score(x) - score(blur(x))|``, per-pixel-mean total variation) — same Adam
+hyper-parameters, same kernel-size rule), written the
 way a straightforward implementation does it (docs/design.md, "Batching and memory"):
 
 * one image at a time, with its own mask and its own ``torch.optim.Adam``;
@@ -99,6 +100,9 @@ class NaiveSaS:
         seed: Seed of the initial mask noise (the same noise for every image).
         bisection_tolerance: The bisection stops when the ON-area is within this of its target.
         max_bisection_steps: Hard cap on bisection steps per threshold.
+        objective: ``"paper"`` (the source's loss, SaS's default: raw scores summed over the
+            schedule plus ``tv_weight`` times the total variation summed over pixels) or
+            ``"scale_free"`` (each image's scores divided by its own range, per-pixel-mean TV).
 
     Attributes:
         host_syncs: ``.item()`` calls made by the last :meth:`attribute` call.
@@ -120,6 +124,7 @@ class NaiveSaS:
         seed: int = 0,
         bisection_tolerance: float = 1e-6,
         max_bisection_steps: int = 64,
+        objective: Literal["scale_free", "paper"] = "paper",
     ) -> None:
         self.iterations = iterations
         self.num_masks = num_masks
@@ -134,6 +139,7 @@ class NaiveSaS:
         self.seed = seed
         self.bisection_tolerance = bisection_tolerance
         self.max_bisection_steps = max_bisection_steps
+        self.objective = objective
         self.host_syncs = 0
         self.forwards = 0
 
@@ -187,7 +193,10 @@ class NaiveSaS:
                 deletion = (1 - schedule_mask) * image + schedule_mask * baseline
                 insertion_score = self._score(model, insertion, target)
                 deletion_score = self._score(model, deletion, target)
-                loss = loss + (deletion_score - insertion_score) / (score_range * interior)
+                if self.objective == "paper":
+                    loss = loss + deletion_score - insertion_score
+                else:
+                    loss = loss + (deletion_score - insertion_score) / (score_range * interior)
             loss.backward()
             optimizer.step()
 
@@ -232,11 +241,12 @@ class NaiveSaS:
                 high = middle
         return middle
 
-    @staticmethod
-    def _total_variation(mask: Tensor) -> Tensor:
-        vertical = (mask[..., 1:, :] - mask[..., :-1, :]).abs().mean()
-        horizontal = (mask[..., :, 1:] - mask[..., :, :-1]).abs().mean()
-        return vertical + horizontal
+    def _total_variation(self, mask: Tensor) -> Tensor:
+        vertical = (mask[..., 1:, :] - mask[..., :-1, :]).abs()
+        horizontal = (mask[..., :, 1:] - mask[..., :, :-1]).abs()
+        if self.objective == "paper":
+            return vertical.sum() + horizontal.sum()
+        return vertical.mean() + horizontal.mean()
 
     def _score(self, model: nn.Module, image: Tensor, target: int) -> Tensor:
         self.forwards += 1

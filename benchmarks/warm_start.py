@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     for _ in range(args.epochs - 1):
         train_epoch(model, loader, optimizer)
-    previous_targets, _, _ = predict(model, probes.images)
+    previous_targets = predict(model, probes.images)[0]
     _, previous_masks = SaS.paper(iterations=args.iterations).attribute_from(model, probes.images, previous_targets)
     train_epoch(model, loader, optimizer)
-    targets, _, _ = predict(model, probes.images)
+    targets = predict(model, probes.images)[0]
 
     def measure(
         name: str, method: SaS, initial_mask: torch.Tensor | None, iterations: int

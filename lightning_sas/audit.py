@@ -3,7 +3,9 @@
 Each method runs on its own: one that fails is reported in :attr:`AuditResult.errors` and the
 others' results are kept. A probe whose model output or map is not finite is never scored as
 if its map were meaningful: its map is NaN, its scores are NaN, and it is listed in
-:attr:`AuditResult.nonfinite`.
+:attr:`AuditResult.nonfinite`. A flat (constant) map carries no evidence: its scores are NaN
+too, and it is listed in :attr:`AuditResult.flat`. :meth:`AuditResult.evidence` hands the
+scores to :func:`lightning_sas.verdict.decide` as plain data.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from lightning_sas.cost import method_passes
 from lightning_sas.faithfulness import Faithfulness, FaithfulnessCurves
 from lightning_sas.intervention import Artifacts, InterventionResult, intervene
 from lightning_sas.methods import METHODS, AttributionMethod
-from lightning_sas.metrics import roi_mass, roi_share
+from lightning_sas.metrics import flat_maps, roi_enrichment, roi_mass, roi_share
 from lightning_sas.model_state import attribution_mode
 from lightning_sas.outputs import ClassifierOutput, OutputSelector
 from lightning_sas.probes import Probes
 from lightning_sas.progress import accounted
 from lightning_sas.sanity import SanityResult, cascading_randomization
+from lightning_sas.verdict import DEFAULT_MIN_ROI_PIXELS, Evidence
 
 Target = Literal["pred", "label"]
 
@@ -48,6 +51,10 @@ class AuditResult:
         nonfinite: Per method, the probe positions whose map (or model output) was not
             finite; their maps and scores are NaN.
         chance: ``[N]`` each probe's ROI area share ``|R| / HW`` (NaN without an ROI).
+        roi_pixels: ``[N]`` each probe's ROI pixel count (0 without an ROI).
+        flat: Per method, the probe positions whose map was flat (constant: no evidence);
+            their scores are NaN.
+        logits: ``[N, num_classes]`` the model's output for each probe (float32).
         intervention: What pasting the artifact did (when artifacts were given).
         faithfulness: Per method, the deletion and insertion curves of its maps (when asked).
         sanity: The model-parameter randomisation check (when asked).
@@ -64,6 +71,9 @@ class AuditResult:
     errors: dict[str, str] = field(default_factory=dict)
     nonfinite: dict[str, list[int]] = field(default_factory=dict)
     chance: Tensor | None = None
+    roi_pixels: Tensor | None = None
+    flat: dict[str, list[int]] = field(default_factory=dict)
+    logits: Tensor | None = None
     intervention: InterventionResult | None = None
     faithfulness: dict[str, FaithfulnessCurves] = field(default_factory=dict)
     sanity: SanityResult | None = None
@@ -84,14 +94,43 @@ class AuditResult:
             }
         return means
 
-    def mean_scores(self) -> dict[str, dict[str, float]]:
+    def input_independent(self) -> bool:
+        """Whether the model gave every probe the same output (two probes at least): then no
+        pixel of any probe changes the prediction, and maps and flips mean nothing."""
+        return self.logits is not None and same_output_for_every_probe(self.logits)
+
+    def evidence(self, sanity_flagged: Sequence[str] = ()) -> Evidence:
+        """This audit's results as the plain data :func:`~lightning_sas.verdict.decide` reads.
+
+        Args:
+            sanity_flagged: Methods the sanity check flagged (at this audit or an earlier one).
+        """
+        count = int(self.predictions.shape[0])
+        pixels = self.roi_pixels.cpu().tolist() if self.roi_pixels is not None else [0] * count
+        image_pixels = next((int(maps[0].numel()) for maps in self.maps.values()), 1)
+        intervention = self.intervention
+        return Evidence(
+            image_pixels=image_pixels,
+            roi_pixels=[int(value) for value in pixels],
+            roi_share={name: [float(value) for value in share.cpu()] for name, share in self.roi_share.items()},
+            flat={name: [position in positions for position in range(count)] for name, positions in self.flat.items()},
+            flip_rate=None if intervention is None else intervention.flip_rate,
+            eligible_probes=None if intervention is None else int(intervention.eligible.sum()),
+            artifact_class=None if intervention is None else intervention.target_class,
+            sanity_flagged=tuple(sanity_flagged),
+            input_independent=self.input_independent(),
+        )
+
+    def mean_scores(self, min_roi_pixels: int = DEFAULT_MIN_ROI_PIXELS) -> dict[str, dict[str, float]]:
         """Per method: ``roi_share``, ``roi_mass`` and ``roi_lift`` averaged over the probes
-        that have an ROI (and a finite map).
+        that have an ROI (and a finite, non-flat map), and ``roi_enrichment`` pooled over those
+        whose ROI has at least ``min_roi_pixels`` pixels (the alert rule's statistic,
+        :func:`~lightning_sas.metrics.roi_enrichment`).
 
         ``roi_lift`` is each probe's ``roi_share`` divided by its chance level ``|R| / HW``:
         how many times more of the top-ranked pixels fall on the ROI than a map that knows
-        nothing would put there, comparable across artifacts of different sizes. Methods are
-        left out when no probe has an ROI.
+        nothing would put there (at most ``HW / |R|``). Methods are left out when no probe has
+        a scored ROI.
         """
         means: dict[str, dict[str, float]] = {}
         for method in self.maps:
@@ -101,6 +140,11 @@ class AuditResult:
             means[method] = {"roi_share": float(share.nanmean()), "roi_mass": float(mass.nanmean())}
             if self.chance is not None:
                 means[method]["roi_lift"] = float((share / self.chance.to(share.device)).nanmean())
+            if self.roi_pixels is not None:
+                pixels = self.roi_pixels.to(share.device)
+                counted = torch.where(pixels >= min_roi_pixels, share, float("nan"))
+                image_pixels = int(self.maps[method][0].numel())
+                means[method]["roi_enrichment"] = float(roi_enrichment(counted, pixels, image_pixels))
         return means
 
 
@@ -147,10 +191,26 @@ class WarmStartable(Protocol):
     ) -> tuple[Tensor, Tensor]: ...
 
 
-def predict(model: nn.Module, images: Tensor, output: OutputSelector = None) -> tuple[Tensor, Tensor, Tensor]:
-    """``(predicted class, its softmax probability, finite)`` per image, without side effects.
+def same_output_for_every_probe(logits: Tensor) -> bool:
+    """Whether ``logits`` ``[N, C]`` are the same for every probe (``N >= 2``), to float precision.
 
-    ``finite`` is ``[N]`` bool: whether every logit of the image is finite.
+    One host sync. A model whose output does not depend on its input (dead units, a collapsed
+    training run) gives bit-identical or nearly identical rows.
+    """
+    if logits.shape[0] < 2:
+        return False
+    logits = logits.float()
+    spread = (logits.amax(dim=0) - logits.amin(dim=0)).amax()
+    scale = logits.abs().amax()
+    # Relative: an untrained network's logits can all be tiny (1e-10) and still differ.
+    return bool(torch.isfinite(scale) & (spread <= 1e-6 * scale))
+
+
+def predict(model: nn.Module, images: Tensor, output: OutputSelector = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(predicted class, its softmax probability, finite, logits)`` per image, without side effects.
+
+    ``finite`` is ``[N]`` bool: whether every logit of the image is finite; ``logits`` the
+    float32 output ``[N, C]``.
 
     Raises:
         ValueError: If the model's output cannot be read as class logits (the message names
@@ -160,7 +220,7 @@ def predict(model: nn.Module, images: Tensor, output: OutputSelector = None) -> 
         logits = forward_module(images).float()
     finite = torch.isfinite(logits).all(dim=1)
     confidences, predictions = logits.softmax(dim=1).max(dim=1)
-    return predictions, confidences, finite
+    return predictions, confidences, finite, logits
 
 
 def explain(
@@ -197,7 +257,7 @@ def explain(
     """
     started = time.perf_counter()
     adapter = ClassifierOutput.wrap(model, output)
-    predictions, confidences, finite_logits = predict(adapter, probes.images)
+    predictions, confidences, finite_logits, logits = predict(adapter, probes.images)
     if target == "label":
         if bool((probes.labels < 0).any()):
             raise ValueError("`target`='label' needs a label for every probe; some probes have none.")
@@ -262,6 +322,7 @@ def explain(
         masks=masks,
         errors=errors,
         nonfinite={name: nonfinite_positions(method_maps) for name, method_maps in maps.items()},
+        logits=logits,
         intervention=intervention,
         faithfulness=curves,
         sanity=sanity,
@@ -275,12 +336,17 @@ def nonfinite_positions(maps: Tensor) -> list[int]:
 
 def score(result: AuditResult, roi: Tensor) -> AuditResult:
     """Fill in ``roi_share`` / ``roi_mass`` per method (NaN for probes without an ROI or with a
-    non-finite map), and the chance level ``|R| / HW`` of each probe (NaN without an ROI)."""
+    non-finite or flat map), the flat maps, and each probe's ROI size: its pixel count and its
+    chance level ``|R| / HW`` (NaN without an ROI)."""
     area = roi.flatten(1).float().mean(dim=1)
     result.chance = torch.where(area > 0, area, torch.full_like(area, float("nan")))
+    result.roi_pixels = roi.flatten(1).sum(dim=1).long()
     for name, maps in result.maps.items():
         probe_roi = roi.to(maps.device)
-        finite = torch.isfinite(maps.flatten(1)).all(dim=1)
+        flat = flat_maps(maps)
+        result.flat[name] = torch.nonzero(flat).flatten().tolist()
+        # A flat map ranks nothing: scored like a non-finite one (NaN), never at chance.
+        finite = torch.isfinite(maps.flatten(1)).all(dim=1) & ~flat
         # The rank scores need finite values; NaN rows are scored on zeros and then masked.
         safe = torch.where(finite[:, None, None], maps, torch.zeros_like(maps))
         nan = torch.full(finite.shape, float("nan"), device=maps.device)
@@ -338,17 +404,24 @@ def run_audit(
 
 
 def problems(result: AuditResult, names: Sequence[str]) -> list[str]:
-    """One sentence per failed method and per method with non-finite probes (for warnings and reports)."""
+    """One sentence per failed method, per method with non-finite or flat maps, and for a model whose
+    output ignores its input (for warnings and reports)."""
     parts = {"faithfulness": "faithfulness could not be scored", "sanity": "the sanity check failed"}
     lines = [
         f"{parts.get(method, f'{method} failed and has no maps')} ({error})" for method, error in result.errors.items()
     ]
-    for method, positions in result.nonfinite.items():
-        if not positions:
-            continue
-        listed = ", ".join(names[i] for i in positions)
+    kinds = (
+        (result.nonfinite, "the model's output or the map is not finite (NaN/inf)", "their scores are NaN"),
+        (result.flat, "no evidence (a flat, constant map)", "they are left out of its scores and of the alert rule"),
+    )
+    for per_method, what, consequence in kinds:
+        for method, positions in per_method.items():
+            if positions:
+                listed = ", ".join(names[i] for i in positions)
+                lines.append(f"{method}: {what} for {len(positions)} probe(s): {listed}; {consequence}")
+    if result.input_independent():
         lines.append(
-            f"{method}: the model's output or the map is not finite (NaN/inf) for {len(positions)} probe(s): "
-            f"{listed}; their scores are NaN"
+            "the model gives every probe the same output: nothing in the images changes its prediction, so the "
+            "maps and the intervention carry no evidence and the audit cannot tell whether it uses a shortcut"
         )
     return lines

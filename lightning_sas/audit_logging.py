@@ -25,6 +25,7 @@ failures are raised together afterwards).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -128,8 +129,9 @@ def audit_scalars(result: AuditResult, previous_maps: Mapping[str, torch.Tensor]
     for method, means in result.mean_scores().items():
         scalars[f"audit/{method}/roi_share"] = means["roi_share"]
         scalars[f"audit/{method}/roi_mass"] = means["roi_mass"]
-        if "roi_lift" in means:
-            scalars[f"audit/{method}/roi_lift"] = means["roi_lift"]
+        for name in ("roi_lift", "roi_enrichment"):
+            if name in means and math.isfinite(means[name]):
+                scalars[f"audit/{method}/{name}"] = means[name]
     for method, maps in result.maps.items():
         previous = (previous_maps or {}).get(method)
         if previous is not None and previous.shape == maps.shape:
@@ -352,7 +354,7 @@ def write_manifest(loggers: Sequence[Logger], manifest: Sequence[Mapping], step:
 
 #: Scores that get a chart of their own in TensorBoard's custom-scalars layout, every method on it.
 _METHOD_CHARTS = {
-    "roi": ("roi_share", "roi_lift", "roi_mass"),
+    "roi": ("roi_enrichment", "roi_share", "roi_lift", "roi_mass"),
     "faithfulness": ("insertion_minus_deletion", "deletion_auc", "insertion_auc"),
     "drift": ("agreement",),
 }
@@ -363,7 +365,7 @@ def scalar_layout(
 ) -> dict[str, dict[str, list]]:
     """TensorBoard's custom-scalars layout: one chart per score with every method on it.
 
-    Charts hold ``roi_share``, ``roi_lift``, ``roi_mass`` (with ``roi``), the faithfulness
+    Charts hold ``roi_enrichment``, ``roi_share``, ``roi_lift``, ``roi_mass`` (with ``roi``), the faithfulness
     scores (with ``faithfulness``), ``agreement`` (drift), and the intervention's
     ``flip_rate`` and ``probability_change`` (with ``intervention``). Tags are exact
     (escaped, anchored regular expressions, which is what the plugin matches).

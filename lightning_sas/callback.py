@@ -280,6 +280,7 @@ class SASAuditCallback(Callback):
         self.manifest: list[dict] = []
         self.alerts: list[dict] = []
         self.verdicts: list[dict] = []
+        self._cannot_tell_warned: set[str] = set()
         self.audited_epochs: list[int] = []
         self.probe_changes: list[dict] = []
         self.history: list[dict[str, float]] = []
@@ -417,11 +418,13 @@ class SASAuditCallback(Callback):
         self._write_manifest(trainer)
 
     def _audit_passes(self, num_probes: int) -> dict[str, tuple[int, bool]]:
+        """The passes of the next audit: with the sanity check while it has not run yet."""
         return audit_passes(
             self.methods,
             num_probes,
             faithfulness_steps=None if self.faithfulness is None else self.faithfulness.steps,
             intervention_trials=None if self.artifacts is None else self.artifacts.trials,
+            sanity_stages=self.sanity_stages if self.sanity is None else 0,
         )
 
     def _estimate_cost(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -433,6 +436,15 @@ class SASAuditCallback(Callback):
         with trainer.precision_plugin.forward_context():
             self.cost = estimate_audit(pl_module, images, self._audit_passes(per_rank), self.output)
         message = f"SASAuditCallback: each audit of {len(self.probes)} probes will take {self.cost.describe()}."
+        sanity = self.cost.passes.get("sanity")
+        if sanity is not None:
+            # The sanity check runs once, with the first audit: said apart, not spread over every audit.
+            first_only = sanity[0] * self.cost.seconds_per_pass[0]
+            self.cost = replace(self.cost, seconds=self.cost.seconds - first_only)
+            message = (
+                f"SASAuditCallback: each audit of {len(self.probes)} probes will take {self.cost.describe()}; "
+                f"the first one ≈ {first_only:,.0f} s more for the sanity check (its passes are listed)."
+            )
         batch_size = getattr(trainer.train_dataloader, "batch_size", None)
         batches = trainer.num_training_batches
         if isinstance(batch_size, int) and isinstance(batches, int | float) and math.isfinite(batches):
@@ -501,9 +513,10 @@ class SASAuditCallback(Callback):
             raise RuntimeError("; ".join(reported))
         if reported:
             rank_zero_warn(f"SASAuditCallback: the audit at epoch {epoch} is incomplete: " + "; ".join(reported) + ".")
-        self._check_shortcut(trainer, result, epoch)
         if result.sanity is not None:
             self._record_sanity(trainer, result.sanity, epoch)
+        # After the sanity check: a method it flags does not vote, from this audit on.
+        self._check_shortcut(trainer, result, epoch)
         with self._failures_reported(f"at epoch {epoch} ran but could not be written"):
             self._publish(trainer, result, scalars, epoch, reported)
 
@@ -617,6 +630,7 @@ class SASAuditCallback(Callback):
             "predictions": pl_module.all_gather(local.predictions),
             "confidences": pl_module.all_gather(local.confidences),
             "targets": pl_module.all_gather(local.targets),
+            "logits": pl_module.all_gather(local.logits),
             **{f"map_{name}": pl_module.all_gather(maps) for name, maps in local.maps.items()},
             **{f"mask_{name}": pl_module.all_gather(mask) for name, mask in local.masks.items()},
         }
@@ -645,6 +659,7 @@ class SASAuditCallback(Callback):
             predictions=reassemble(gathered["predictions"]),
             confidences=reassemble(gathered["confidences"]),
             targets=reassemble(gathered["targets"]),
+            logits=reassemble(gathered["logits"]),
             roi_share={},
             roi_mass={},
             seconds=0.0,
@@ -729,11 +744,31 @@ class SASAuditCallback(Callback):
         if self.alert_rule is None or self.probes is None:
             return
         intervention = result.intervention
-        means = result.mean_scores()
-        verdict = decide(means, self.alert_rule, None if intervention is None else intervention.flip_rate)
+        means = result.mean_scores(self.alert_rule.min_roi_pixels)
+        flagged = (self.sanity or {}).get("flagged") or []
+        verdict = decide(result.evidence(sanity_flagged=flagged), self.alert_rule)
         self.verdicts.append(
-            {"epoch": epoch, "step": trainer.global_step, "alert": verdict.alert, "checked": verdict.checked}
+            {
+                "epoch": epoch,
+                "step": trainer.global_step,
+                "alert": verdict.alert,
+                "status": verdict.status,
+                "checked": verdict.checked,
+                "not_checkable": verdict.not_checkable,
+                "excluded": verdict.excluded,
+            }
         )
+        if verdict.status == "cannot tell" and verdict.not_checkable:
+            reasons = "; ".join(verdict.not_checkable.values())
+            if reasons not in self._cannot_tell_warned:
+                self._cannot_tell_warned.add(reasons)
+                message = (
+                    f"SASAuditCallback: the audit at epoch {epoch} cannot tell whether the model uses a shortcut: "
+                    f"{reasons}."
+                )
+                rank_zero_warn(message)
+                with self._failures_reported(f"at epoch {epoch} could not write its verdict"):
+                    self._write_text(trainer, "audit/verdict", message)
         if not verdict.alert:
             return
         leaning: list[str] = []

@@ -4,21 +4,23 @@ The same audit as the training callback, on a checkpoint and a folder of probe i
 nightly jobs: TensorBoard event files with the callback's tags, ``report.html`` for people,
 ``summary.json`` for machines, and an exit status a scheduler can act on:
 
-* 0: the audit ran completely and no criterion of the alert rule was crossed (or there was
-  nothing to check: no probe has a mask and no artifact was given);
-* 1: the audit ran completely and the alert rule fired: :func:`lightning_sas.verdict.decide`,
-  the rule the training callback applies, found a method's mean ``roi_lift`` above
-  ``--min-lift``, the artifact's flip rate above ``--min-flip-rate`` (with ``--artifacts``), or
-  a method's mean ``roi_share`` above ``--shortcut-threshold`` (when given); this status means
-  exactly that and nothing else;
+* 0: every criterion the inputs allow was checked and none was crossed (or there was nothing
+  to check: no probe has a mask and no artifact was given);
+* 1: the alert rule fired: :func:`lightning_sas.verdict.decide`, the rule the training
+  callback applies, found a voting method's ROI enrichment above ``--min-enrichment``, the
+  artifact's flip rate above ``--min-flip-rate`` (with ``--artifacts``), or a method's mean
+  ``roi_share`` above ``--shortcut-threshold`` (when given). Status 1 wins over an incomplete
+  audit: a criterion that fired is never hidden by a part that failed;
 * 2: anything else: a usage or input error (bad path, a file that is no checkpoint, a model
   output that is not logits, no readable image, a bad ``--artifacts`` folder or
   ``--artifact-class``, an ``--out`` folder that already holds an audit without
   ``--overwrite``), an unexpected exception (the model's forward raising, the model module
-  failing at import, a bug), or an incomplete audit (a method, the faithfulness scores or the
-  sanity check failed, a method has no finite score on any probe with a mask, or no probe was
-  eligible for the intervention; ``summary.json`` and ``report.html`` are still written and
-  list the problem). Status 2 wins over 1.
+  failing at import, a bug), an incomplete audit (a method, the faithfulness scores or the
+  sanity check failed, a method has no finite score on any probe with a mask), or a verdict
+  that cannot tell (masks or artifacts were given but could not be checked: every ROI too
+  small, every voting map flat or flagged by the sanity check, every probe already predicted as
+  the artifact's class, a model whose output does not depend on its input); ``summary.json``
+  and ``report.html`` are still written and say why.
 
 Every error is one line on stderr, ``lightning-sas: error: ...``. For an unexpected exception
 that line names the exception and where it happened, and the full traceback is written to
@@ -75,7 +77,7 @@ from lightning_sas.probe_folder import (
     ProbeFolder,
     ProbeFolderError,
 )
-from lightning_sas.verdict import DEFAULT_MIN_FLIP_RATE, DEFAULT_MIN_LIFT, AlertRule
+from lightning_sas.verdict import DEFAULT_MIN_ENRICHMENT, DEFAULT_MIN_FLIP_RATE, DEFAULT_MIN_ROI_PIXELS, AlertRule
 
 if TYPE_CHECKING:
     import numpy as np
@@ -87,6 +89,10 @@ if TYPE_CHECKING:
 
 PROGRAM = "lightning-sas"
 EXIT_OK = 0
+#: The default per-method ROI enrichment thresholds, in words (for --help).
+_ENRICHMENT_DEFAULTS = ", ".join(
+    f"{'other methods' if name == '*' else name} {value:g}" for name, value in DEFAULT_MIN_ENRICHMENT.items()
+)
 EXIT_SHORTCUT = 1
 EXIT_ERROR = 2
 #: The former name of :data:`EXIT_ERROR`.
@@ -145,11 +151,14 @@ artifacts folder (--artifacts DIR):
   moves the prediction to that class. lightning_sas.export.export_artifacts writes this layout.
 
 alert rule (exit status 1), shared with the training callback (lightning_sas.verdict):
-  a method's mean roi_lift (roi_share over the chance level, the mask's area share) above
-  --min-lift (default {DEFAULT_MIN_LIFT:g}); the flip rate above --min-flip-rate
-  (default {DEFAULT_MIN_FLIP_RATE:g}; only with --artifacts); a method's mean roi_share above
-  --shortcut-threshold (off unless given).
-  "off" switches --min-lift or --min-flip-rate off.
+  a voting method's ROI enrichment (how far its top-ranked pixels lie on the masks beyond
+  chance, pooled over the probes whose mask has at least --min-roi-pixels pixels; 0 is chance,
+  1 is every top pixel on the mask) above --min-enrichment (default: per method, measured in
+  the alert study: {_ENRICHMENT_DEFAULTS}; a number sets one threshold for every method);
+  the flip rate above --min-flip-rate (default {DEFAULT_MIN_FLIP_RATE:g}; only with --artifacts);
+  a method's mean roi_share above --shortcut-threshold (off unless given). Methods flagged by
+  --sanity do not vote, nor do flat maps (no evidence). "off" switches --min-enrichment or
+  --min-flip-rate off.
 
 model output (--output):
   [B, C] logits, or one logit [B] / [B, 1] for a binary classifier, need no --output. For a
@@ -175,15 +184,16 @@ output (in --out):
   A folder that already holds an audit is refused; --overwrite replaces that audit's files.
 
 exit status:
-  0  audit ran completely, the alert rule did not fire (or there was nothing to check)
-  1  audit ran completely and the alert rule fired (stdout and the report give the reasons
-     and the probes); only this. A sanity-check flag is a warning, not status 1
+  0  the alert rule was checked and did not fire (or there was nothing to check)
+  1  the alert rule fired (stdout and the report give the reasons and the probes), also when
+     another part of the audit failed. A sanity-check flag is a warning, not status 1
   2  anything else, in one line on stderr: usage or input error (bad path, a file that is no
      checkpoint, model output that is not logits, no readable image, a bad --artifacts folder
      or --artifact-class, --out holding an audit); an unexpected exception (traceback in
-     <out>/{ERROR_LOG}); or an incomplete audit (a method, faithfulness or the sanity check
-     failed, a method has no finite score, no probe eligible for the intervention;
-     summary.json and report.html are still written)
+     <out>/{ERROR_LOG}); an incomplete audit (a method, faithfulness or the sanity check
+     failed, a method has no finite score); or a verdict that cannot tell (masks or
+     artifacts given but not checkable, a model whose output ignores its input); summary.json
+     and report.html are still written)
 """
 
 _EXPORT_EPILOG = f"""\
@@ -297,16 +307,6 @@ def _off_or(parse: Callable[[str], float]) -> Callable[[str], float | None]:
 
     parse_or_off.__name__ = parse.__name__
     return parse_or_off
-
-
-def _lift(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1 or 'off', got {text!r}") from None
-    if not value >= 1.0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 1 (a multiple of chance) or 'off', got {text!r}")
-    return value
 
 
 def _steps(text: str) -> int:
@@ -478,13 +478,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trust = audit.add_argument_group("alert rule and trust checks")
     trust.add_argument(
-        "--min-lift",
-        type=_off_or(_lift),
-        default=DEFAULT_MIN_LIFT,
-        metavar="X",
-        help="exit 1 when a method's mean roi_lift (its roi_share over the chance level, the mask's area "
-        f"share) is above X, e.g. --min-lift 4 (default: {DEFAULT_MIN_LIFT:g}, the training callback's rule; "
-        "'off' switches it off).",
+        "--min-enrichment",
+        type=_off_or(_unit_float),
+        default=DEFAULT_MIN_ENRICHMENT,
+        metavar="E",
+        help="exit 1 when a voting method's ROI enrichment (0 = chance, 1 = every top-ranked pixel on the "
+        f"masks) is above E, e.g. --min-enrichment 0.3 (default: per method, {_ENRICHMENT_DEFAULTS}, the training "
+        "callback's rule; 'off' switches it off).",
+    )
+    trust.add_argument(
+        "--min-roi-pixels",
+        type=_positive_int,
+        default=DEFAULT_MIN_ROI_PIXELS,
+        metavar="N",
+        help="probes whose mask has fewer pixels are left out of the ROI criteria, e.g. --min-roi-pixels 25 "
+        f"(default: {DEFAULT_MIN_ROI_PIXELS}).",
     )
     trust.add_argument(
         "--min-flip-rate",
@@ -781,7 +789,12 @@ def read_inputs(args: argparse.Namespace) -> AuditInputs:
             baseline = load_summary(args.baseline)
         except (ValueError, OSError) as error:
             raise UsageError(f"--baseline: {error}") from None
-    rule = AlertRule(min_lift=args.min_lift, min_flip_rate=args.min_flip_rate, max_roi_share=args.shortcut_threshold)
+    rule = AlertRule(
+        min_enrichment=args.min_enrichment,
+        min_flip_rate=args.min_flip_rate,
+        max_roi_share=args.shortcut_threshold,
+        min_roi_pixels=args.min_roi_pixels,
+    )
     artifacts, artifact_class = None, None
     if args.artifacts is not None:
         from lightning_sas.probe_folder import class_index, read_artifact_folder
@@ -1163,12 +1176,6 @@ def _incomplete(summary: dict[str, Any]) -> list[str]:
         else:
             failed.append(f"{name} failed ({_one_line(message)})")
     failed += [f"{name} has no finite score on any probe with a mask" for name in _unchecked_methods(summary)]
-    intervention = summary.get("intervention")
-    if intervention and intervention["flip_rate"] is None and summary["verdict"]["rule"]["min_flip_rate"] is not None:
-        failed.append(
-            f"the flip rate could not be measured: no probe is predicted as a class other than "
-            f"{intervention['target_class_name']} (the --artifact-class)"
-        )
     return failed
 
 
@@ -1306,8 +1313,8 @@ def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
         from lightning_sas.audit_logging import audit_scalars, render_audit, scalar_layout
         from lightning_sas.verdict import decide
 
-        intervention = result.intervention
-        verdict = decide(result.mean_scores(), inputs.rule, None if intervention is None else intervention.flip_rate)
+        flagged = [] if result.sanity is None else result.sanity.flagged
+        verdict = decide(result.evidence(sanity_flagged=flagged), inputs.rule)
         summary = report.build_summary(
             result,
             probes,
@@ -1352,12 +1359,16 @@ def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
     incomplete = _incomplete(summary)
     if incomplete:
         print(
-            f"{PROGRAM}: error: the audit is incomplete: {'; '.join(incomplete)}; "
+            f"{PROGRAM}: {'warning' if verdict.alert else 'error'}: the audit is incomplete: {'; '.join(incomplete)}; "
             f"{out / 'summary.json'} and {out / 'report.html'} list it.",
             file=sys.stderr,
         )
+    if verdict.alert:  # a criterion that fired is never hidden by a part that failed
+        return EXIT_SHORTCUT
+    if verdict.status == "cannot tell" and verdict.not_checkable:
+        print(f"{PROGRAM}: error: {verdict.summary()}.", file=sys.stderr)
         return EXIT_ERROR
-    return EXIT_SHORTCUT if verdict.alert else EXIT_OK
+    return EXIT_ERROR if incomplete else EXIT_OK
 
 
 def _format_number(value: float | None, digits: int = 3) -> str:
@@ -1387,7 +1398,8 @@ def _print_summary(summary: dict[str, Any], issues: Sequence[str], out: Path) ->
                 f"insertion AUC {_format_number(means['insertion_auc'])}"
             )
         print(
-            f"  {name}: mean roi_share {_format_number(means['roi_share'])} "
+            f"  {name}: roi_enrichment {_format_number(means.get('roi_enrichment'))}, "
+            f"mean roi_share {_format_number(means['roi_share'])} "
             f"(lift {_format_number(means.get('roi_lift'), 2)}x chance), "
             f"roi_mass {_format_number(means['roi_mass'])} "
             f"({means['probes_with_mask']} probe(s) with a mask{scored}){faithfulness}"

@@ -14,6 +14,10 @@ The shortcut score (see docs/design.md, "Shortcut score"):
   level is ``|R| / HW``.
 * :func:`roi_mass` -- the share of the map's total mass that falls in ``R`` (relevance
   mass accuracy), for reference.
+* :func:`roi_enrichment` -- the alert statistic: ``roi_share``'s excess over chance, pooled
+  over the probes and normalised to the most that is attainable, so 0 is chance and 1 means
+  every top-ranked pixel lies on the ROI, whatever the ROI's size.
+* :func:`flat_maps` -- which maps carry no evidence at all (constant: no ordering).
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from torch import Tensor
 
 from lightning_sas.tensor_checks import require_tensor, shape_of
 
-__all__ = ["rank_average", "spearman", "roi_share", "roi_mass"]
+__all__ = ["rank_average", "spearman", "roi_share", "roi_mass", "roi_enrichment", "flat_maps"]
+
+#: A map whose value range (on its [0, 1] scale) is at most this is constant: no evidence.
+FLAT_MAP_RANGE = 1e-6
 
 
 def _result_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -263,3 +270,58 @@ def roi_mass(maps: Tensor, roi: Tensor) -> Tensor:
     defined = inside.any(dim=-1) & (total > 0)
     share = in_roi / torch.where(defined, total, torch.ones_like(total))
     return torch.where(defined, share, torch.full_like(share, float("nan")))
+
+
+def flat_maps(maps: Tensor) -> Tensor:
+    """``[B]`` bool: the maps ``[B, H, W]`` that are constant (all zero, say), so rank nothing.
+
+    A constant map scores exactly at chance under :func:`roi_share` and has no mass for
+    :func:`roi_mass`; it is "no evidence", not "evidence of no shortcut", and the audit
+    leaves such maps out of its scores. Non-finite maps are not flat (they are reported
+    as non-finite).
+
+    Example:
+        >>> flat_maps(torch.stack([torch.zeros(4, 4), torch.eye(4)])).tolist()
+        [True, False]
+    """
+    rows = maps.flatten(1).float()
+    finite = torch.isfinite(rows).all(dim=1)
+    return finite & ((rows.amax(dim=1) - rows.amin(dim=1)) <= FLAT_MAP_RANGE)
+
+
+def roi_enrichment(share: Tensor, roi_pixels: Tensor, image_pixels: int | Tensor) -> Tensor:
+    """How far the maps' top-ranked pixels are enriched on the ROI, pooled over probes.
+
+    Each probe ``i`` with ``n_i = |R_i|`` ROI pixels out of ``P`` puts ``share_i · n_i`` of its
+    top-``n_i`` pixels on the ROI; a map that knows nothing puts ``n_i² / P`` there on average,
+    a map that points at the ROI exactly, ``n_i``. Pooled over the probes::
+
+        enrichment = Σ_i (share_i · n_i − n_i² / P) / Σ_i (n_i − n_i² / P)
+
+    0 is chance, 1 is every top-ranked pixel on the ROI, negative is avoidance. Unlike the
+    lift ``share / chance``, which cannot exceed ``P / n`` (an ROI over an eighth of the image
+    can never reach a lift of 8), it can reach 1 at any ROI size; and pooling weights each
+    probe by its ROI's pixels, so one probe with a tiny ROI (whose share swings from 0 to 1
+    on a few pixels) cannot decide the mean alone.
+
+    Args:
+        share: ``[N]`` :func:`roi_share` of each probe (NaN entries are left out).
+        roi_pixels: ``[N]`` ROI pixel count of each probe (0 entries are left out).
+        image_pixels: Pixels per image ``P`` (a number, or ``[N]``).
+
+    Returns:
+        A 0-d float tensor; NaN when no probe is left or every ROI covers the whole image.
+
+    Example:
+        >>> share = torch.tensor([1.0, 0.25])
+        >>> float(roi_enrichment(share, torch.tensor([8, 4]), 16))  # (8-4 + 1-1) / (8-4 + 4-1)
+        0.5714285969734192
+    """
+    share = share.float()
+    pixels = roi_pixels.to(device=share.device, dtype=torch.float32)
+    total = torch.as_tensor(image_pixels, device=share.device, dtype=torch.float32).expand_as(pixels)
+    used = torch.isfinite(share) & (pixels > 0)
+    chance_hits = pixels * pixels / total
+    excess = torch.where(used, share.nan_to_num(0.0) * pixels - chance_hits, 0.0).sum()
+    attainable = torch.where(used, pixels - chance_hits, 0.0).sum()
+    return torch.where(attainable > 0, excess / attainable, torch.full_like(attainable, float("nan")))

@@ -1,6 +1,6 @@
 """What a command-line audit leaves behind: ``summary.json`` for machines, ``report.html`` for people.
 
-``summary.json`` (schema version 2) holds the per-method means, the per-probe scores, the probe
+``summary.json`` (schema version 3) holds the per-method means, the per-probe scores, the probe
 manifest with content hashes, the skipped files, the versions and the command line; NaN is
 written as ``null``. A probe's ``sha256`` is :func:`~lightning_sas.probes.content_hash` of the
 tensor the model saw (as in the callback's manifest: it changes with ``--image-size`` and
@@ -8,12 +8,17 @@ tensor the model saw (as in the callback's manifest: it changes with ``--image-s
 as baseline, the changes per method and per probe are added under ``"baseline"``.
 
 The shortcut decision is ``"verdict"``: what :func:`lightning_sas.verdict.decide` concluded
-from the method means and the intervention's flip rate under the alert rule (``"rule"``),
-shared with the training callback: ``alert``, one ``reasons`` sentence per crossed criterion,
-``crossed`` as ``{"criterion", "method"}`` pairs (``method`` is ``null`` for the flip rate),
-the criteria ``checked``, and per crossed method its ``top_probes``.
+from the per-probe scores, the intervention's flip rate and the sanity check under the alert
+rule (``"rule"``), shared with the training callback: ``status`` (``"shortcut"``,
+``"no shortcut"`` or ``"cannot tell"``), ``alert``, one ``reasons`` sentence per crossed
+criterion, ``crossed`` as ``{"criterion", "method"}`` pairs (``method`` is ``null`` for the
+flip rate), the criteria ``checked``, ``not_checkable`` (criterion -> why), ``excluded``
+(method -> why it did not vote), the ``scores`` the rule read, ``input_independent`` (the model
+gave every probe the same output), and per crossed method its ``top_probes``.
 
-Besides ``roi_share``/``roi_mass``, each method has ``roi_lift`` (``roi_share`` over its chance
+Besides ``roi_share``/``roi_mass``, each method has ``roi_enrichment`` (the rule's pooled
+statistic, :func:`lightning_sas.metrics.roi_enrichment`), ``no_evidence`` (the probes whose map
+was flat, left out of its scores) and ``roi_lift`` (``roi_share`` over its chance
 level, the ROI's area share) per probe and as a mean; with faithfulness on (``"faithfulness"``
 not ``null``), ``deletion_auc``/``insertion_auc`` per probe and as means (with
 ``insertion_minus_deletion``); with artifacts, ``"intervention"`` (flip rate, mean
@@ -21,7 +26,9 @@ probability change, per-probe flips); with the sanity check, ``"sanity"`` (simil
 randomisation stage and the flagged methods).
 
 Version 2 replaced version 1's ``threshold``, ``threshold_checked``, ``crossed`` and
-``shortcuts`` by ``verdict``; :func:`load_summary` reads both versions as baselines.
+``shortcuts`` by ``verdict``; version 3 added the verdict's ``status`` and the enrichment, and
+replaced the rule's ``min_lift`` by ``min_enrichment``; :func:`load_summary` reads every
+version as a baseline.
 
 An audit can be incomplete: ``"errors"`` maps each method that failed (and ``faithfulness``
 or ``sanity`` when that part failed) to its error (a failed method has no scores), and
@@ -82,9 +89,9 @@ __all__ = [
 ]
 
 #: Version of the ``summary.json`` layout; bumped when a field changes meaning.
-SUMMARY_VERSION = 2
+SUMMARY_VERSION = 3
 #: Summary versions :func:`load_summary` accepts as a baseline.
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 #: How many probes the shortcut message names per method.
 TOP_PROBES = 3
 #: Names in ``"errors"`` that are parts of the audit rather than methods.
@@ -104,26 +111,40 @@ def method_errors(summary: Mapping[str, Any]) -> dict[str, str]:
     return {name: message for name, message in (summary.get("errors") or {}).items() if name not in AUDIT_PARTS}
 
 
-def rule_record(rule: AlertRule) -> dict[str, float | None]:
+def rule_record(rule: AlertRule) -> dict[str, Any]:
     """The alert rule as it goes into ``summary.json``.
 
     Example:
-        >>> rule_record(AlertRule())
-        {'min_lift': 8.0, 'min_flip_rate': 0.25, 'max_roi_share': None}
+        >>> rule_record(AlertRule(min_enrichment=0.3))
+        {'min_enrichment': 0.3, 'min_flip_rate': 0.1, 'max_roi_share': None, 'min_roi_pixels': 9, 'voters': None}
     """
-    return {"min_lift": rule.min_lift, "min_flip_rate": rule.min_flip_rate, "max_roi_share": rule.max_roi_share}
+    return {
+        "min_enrichment": dict(rule.min_enrichment)
+        if isinstance(rule.min_enrichment, Mapping)
+        else rule.min_enrichment,
+        "min_flip_rate": rule.min_flip_rate,
+        "max_roi_share": rule.max_roi_share,
+        "min_roi_pixels": rule.min_roi_pixels,
+        "voters": None if rule.voters is None else list(rule.voters),
+    }
 
 
 def rule_text(rule: Mapping[str, float | None]) -> str:
     """The alert rule in words.
 
     Example:
-        >>> rule_text({"min_lift": 8.0, "min_flip_rate": 0.25, "max_roi_share": None})
-        "a method's mean roi_lift above 8, or the artifact's flip rate above 0.25"
+        >>> rule_text({"min_enrichment": 0.3, "min_flip_rate": 0.25, "max_roi_share": None})
+        "a voting method's ROI enrichment above 0.3, or the artifact's flip rate above 0.25"
     """
     parts = []
-    if rule.get("min_lift") is not None:
-        parts.append(f"a method's mean roi_lift above {rule['min_lift']:g}")
+    thresholds = rule.get("min_enrichment")
+    if isinstance(thresholds, Mapping):
+        listed = ", ".join(
+            f"{value:g} ({'other methods' if name == '*' else name})" for name, value in thresholds.items()
+        )
+        parts.append(f"a voting method's ROI enrichment above its threshold: {listed}")
+    elif thresholds is not None:
+        parts.append(f"a voting method's ROI enrichment above {thresholds:g}")
     if rule.get("max_roi_share") is not None:
         parts.append(f"a method's mean roi_share above {rule['max_roi_share']:g}")
     if rule.get("min_flip_rate") is not None:
@@ -150,11 +171,11 @@ def _top_probes(verdict: Verdict, probe_entries: Sequence[Mapping[str, Any]]) ->
     """Per method that crossed a criterion, the probes with the highest score of that criterion."""
     top: dict[str, list[dict[str, Any]]] = {}
     for criterion, method in verdict.crossed:
-        if method is None or method in top or criterion not in ("roi_lift", "roi_share"):
+        if method is None or method in top or criterion not in ("roi_enrichment", "roi_share"):
             continue
         ranked = sorted(
-            (entry for entry in probe_entries if entry[criterion].get(method) is not None),
-            key=lambda entry: entry[criterion][method],
+            (entry for entry in probe_entries if entry["roi_share"].get(method) is not None),
+            key=lambda entry: entry["roi_share"][method],
             reverse=True,
         )
         top[method] = [
@@ -207,7 +228,7 @@ def build_summary(
     has_roi = probes.has_roi.cpu()
     roi_area = probes.roi.flatten(1).float().mean(dim=1).cpu()
     chance = torch.where(has_roi, roi_area, torch.full_like(roi_area, float("nan")))
-    means = result.mean_scores()
+    means = result.mean_scores(rule.min_roi_pixels)
     faithfulness_means = result.faithfulness_means()
     method_means: dict[str, dict[str, Any]] = {}
     for name in result.maps:
@@ -215,11 +236,14 @@ def build_summary(
         scores = means.get(name, {})
         method_means[name] = {
             # Means over the probes with a mask and a finite map (None when there are none).
+            "roi_enrichment": json_number(scores.get("roi_enrichment")),
             "roi_share": json_number(scores.get("roi_share")),
             "roi_lift": json_number(scores.get("roi_lift")),
             "roi_mass": json_number(scores.get("roi_mass")),
             "probes_with_mask": int(has_roi.sum()),
             "probes_scored": int((has_roi & ~torch.isnan(shares)).sum()),
+            # Flat (constant) maps: no evidence, left out of the scores and the rule.
+            "no_evidence": [probes.names[position] for position in result.flat.get(name, [])],
         }
         if faithfulness is not None:
             for key in ("deletion_auc", "insertion_auc", "insertion_minus_deletion"):
@@ -314,10 +338,15 @@ def build_summary(
         },
         "verdict": {
             "alert": bool(verdict.alert),
+            "status": verdict.status,
             "summary": verdict.summary(),
             "reasons": list(verdict.reasons),
             "crossed": [{"criterion": criterion, "method": method} for criterion, method in verdict.crossed],
             "checked": list(verdict.checked),
+            "not_checkable": dict(verdict.not_checkable),
+            "excluded": dict(verdict.excluded),
+            "scores": verdict.scores,
+            "input_independent": result.input_independent(),
             "rule": rule_record(rule),
             "top_probes": _top_probes(verdict, probe_entries),
         },
@@ -342,7 +371,7 @@ def load_summary(path: os.PathLike[str] | str) -> dict[str, Any]:
     """Read a previous ``summary.json``.
 
     Raises:
-        ValueError: If the file is not JSON or not a summary of a readable version (1 or 2; the
+        ValueError: If the file is not JSON or not a summary of a readable version (1, 2 or 3; the
             message says which).
         OSError: If the file cannot be read.
     """
@@ -526,6 +555,10 @@ def _status(summary: Mapping[str, Any]) -> str:
             lines.append(f"<li><b>{escape(method)}</b>: highest roi_share: {files}</li>")
         parts.append(f"<p>Shortcut alert</p><ul>{''.join(lines)}</ul><p>{rule}</p>")
         css = "alert"
+    elif verdict.get("not_checkable"):
+        reasons = "".join(f"<li>{escape(reason)}</li>" for reason in verdict["not_checkable"].values())
+        parts.append(f"<p>The audit cannot tell</p><ul>{reasons}</ul><p>{rule}</p>")
+        css = "alert"
     elif not verdict["checked"]:
         parts.append(
             "<p>Nothing to check: no probe has a mask and no artifact was given (--masks, --artifacts).</p>"
@@ -603,8 +636,10 @@ def _summary_table(summary: Mapping[str, Any]) -> str:
     sanity = summary.get("sanity")
     crossed = {(item["method"], item["criterion"]) for item in summary["verdict"]["crossed"]}
     header = (
-        "<th>method</th><th>mean roi_share</th><th>mean roi_lift</th><th>mean roi_mass</th><th>probes with a mask</th>"
+        "<th>method</th><th>roi_enrichment</th><th>mean roi_share</th><th>mean roi_lift</th><th>mean roi_mass</th>"
+        "<th>probes with a mask</th>"
     )
+    excluded = summary["verdict"].get("excluded") or {}
     if faithful:
         header += "<th>deletion AUC</th><th>insertion AUC</th><th>insertion − deletion</th>"
     if sanity:
@@ -617,12 +652,15 @@ def _summary_table(summary: Mapping[str, Any]) -> str:
         criteria = [criterion for method, criterion in crossed if method == name]
         if criteria:
             status = f"crossed ({', '.join(sorted(criteria))})"
+        elif name in excluded:
+            status = f"does not vote: {escape(excluded[name])}"
         elif means["roi_share"] is not None:
             status = "ok"
         else:
             status = "no finite score" if means["probes_with_mask"] else "no mask"
         cells = (
-            f"<td>{escape(name)}</td><td class='num'>{_format(means['roi_share'])}</td>"
+            f"<td>{escape(name)}</td><td class='num'>{_format(means.get('roi_enrichment'))}</td>"
+            f"<td class='num'>{_format(means['roi_share'])}</td>"
             f"<td class='num'>{_format(means.get('roi_lift'), 2)}</td>"
             f"<td class='num'>{_format(means['roi_mass'])}</td><td class='num'>{means['probes_with_mask']}</td>"
         )
@@ -646,7 +684,7 @@ def _summary_table(summary: Mapping[str, Any]) -> str:
                 row_class = " flag"
         rows.append(f'<tr class="method{row_class}" data-method="{escape(name)}">{cells}</tr>')
     for name in method_errors(summary):
-        empty = 4 + (3 if faithful else 0) + (1 if sanity else 0)
+        empty = 5 + (3 if faithful else 0) + (1 if sanity else 0)
         cells = f"<td>{escape(name)}</td>" + "<td class='num'>–</td>" * empty
         cells += "<td class='crossed'>failed</td>" + ("<td></td><td></td>" if baseline else "")
         rows.append(f'<tr class="method failed" data-method="{escape(name)}">{cells}</tr>')

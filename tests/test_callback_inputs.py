@@ -223,6 +223,15 @@ class NanForCornerLit(LitClassifier):
         return torch.where(bright[:, None], torch.full_like(logits, float("nan")), logits)
 
 
+def top_pixel_share(heatmap: np.ndarray, roi: np.ndarray) -> float:
+    """Share of the map's |R| highest pixels inside R, ties at the cut shared out evenly (roi_share)."""
+    values, inside = heatmap.ravel().astype(np.float64), roi.ravel()
+    k = int(inside.sum())
+    cut = np.sort(values)[::-1][k - 1]
+    above, at_cut = values > cut, values == cut
+    return float(((above & inside).sum() + (k - above.sum()) * (at_cut & inside).sum() / at_cut.sum()) / k)
+
+
 def test_non_finite_outputs_are_nan_scores_with_a_warning_never_chance(tmp_path: Path) -> None:
     callback = SASAuditCallback(probe=4, methods=cheap())
     L.seed_everything(0, verbose=False)
@@ -237,9 +246,21 @@ def test_non_finite_outputs_are_nan_scores_with_a_warning_never_chance(tmp_path:
     raw = np.load(Path(trainer.logger.log_dir) / "audits" / "epoch=0.npz")
     nan_rows = [bool(np.isnan(m).all()) for m in raw["maps_gradcam"]]
     assert nan_rows == [bool(label == 1) for label in raw["labels"]]
-    # The mean is over the finite probes only: equal to the two healthy probes' mean.
-    share = callback.history[0]["audit/gradcam/roi_share"]
-    assert math.isfinite(share)
+    # The mean is over the finite probes only: equal to the two healthy probes' mean, computed
+    # here from the saved maps and the dataset's ROIs (a NaN probe scored as a blank map would
+    # pull roi_share towards its chance level, 0.25).
+    rois = dataset.tensors[2][raw["indices"]].numpy() > 0
+    for method in ("sas", "gradcam"):
+        maps = raw[f"maps_{method}"]
+        healthy = [i for i in range(len(maps)) if np.isfinite(maps[i]).all()]
+        assert healthy == [i for i, label in enumerate(raw["labels"]) if label == 0], method
+        assert all(maps[i].max() > maps[i].min() for i in healthy), method  # each ranks something
+        shares = [top_pixel_share(maps[i], rois[i]) for i in healthy]
+        masses = [maps[i][rois[i]].sum() / maps[i].sum() for i in healthy]
+        share = callback.history[0][f"audit/{method}/roi_share"]
+        assert math.isfinite(share)
+        assert share == pytest.approx(np.mean(shares), abs=1e-6), (method, share, shares)
+        assert callback.history[0][f"audit/{method}/roi_mass"] == pytest.approx(np.mean(masses), abs=1e-5), method
     problems = texts(trainer, "audit/problems")
     assert problems and "gradcam" in problems[0] and "sas" in problems[0]
 

@@ -13,7 +13,9 @@ from test_callback import fit, read_events
 from lightning_sas import SASAuditCallback
 from lightning_sas.faithfulness import Faithfulness
 from lightning_sas.intervention import Artifacts
+from lightning_sas.methods.base import AttributionMethod, minmax_normalize
 from lightning_sas.sanity import ImageEdges
+from lightning_sas.verdict import DEFAULT_MIN_FLIP_RATE, AlertRule
 
 
 def texts(trainer, tag: str) -> list[str]:
@@ -64,7 +66,7 @@ def test_intervention_is_logged_and_drives_the_alert(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match=r"Shortcut alert at epoch \d+: .*pasting the artifact moves"):
         trainer, _ = fit(tmp_path, callback, max_epochs=3)
     flips = [event.value for event in read_events(trainer.logger.log_dir).Scalars("audit/intervention/flip_rate")]
-    assert len(flips) == 3 and flips[-1] > 0.25
+    assert len(flips) == 3 and flips[-1] > DEFAULT_MIN_FLIP_RATE
     assert any({"criterion": "flip_rate", "method": None} in alert["crossed"] for alert in callback.alerts)
 
 
@@ -77,5 +79,31 @@ def test_an_artifact_the_model_ignores_does_not_alert(tmp_path: Path) -> None:
     callback = SASAuditCallback(probe=8, methods=["gradcam"], artifacts=artifacts, sanity=False, faithfulness=False)
     trainer, _ = fit(tmp_path, callback, max_epochs=3)
     flips = [event.value for event in read_events(trainer.logger.log_dir).Scalars("audit/intervention/flip_rate")]
-    assert flips[-1] <= 0.25
+    assert flips[-1] <= DEFAULT_MIN_FLIP_RATE
     assert not any(item["criterion"] == "flip_rate" for alert in callback.alerts for item in alert["crossed"])
+
+
+class Brightness(AttributionMethod):
+    """A map of each pixel's brightness: it lights up on the bright square (the ROI) whatever the weights."""
+
+    name = "brightness"
+
+    def _attribute(self, model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return minmax_normalize(images.mean(dim=1))
+
+
+def test_a_method_the_sanity_check_flags_does_not_vote(tmp_path: Path) -> None:
+    """Without the sanity check the brightness maps alert; with it they are flagged, do not vote,
+    and the audit says it cannot tell (the only method), in a warning and in TensorBoard."""
+    rule = AlertRule(min_enrichment=0.2)
+    unchecked = SASAuditCallback(probe=8, methods=[Brightness()], sanity=False, faithfulness=False, alert_rule=rule)
+    fit(tmp_path / "unchecked", unchecked, max_epochs=1)
+    assert unchecked.alerts[0]["crossed"] == [{"criterion": "roi_enrichment", "method": "brightness"}]
+
+    checked = SASAuditCallback(probe=8, methods=[Brightness()], sanity=2, faithfulness=False, alert_rule=rule)
+    with pytest.warns(UserWarning, match=r"cannot tell whether the model uses a shortcut: no method could vote"):
+        trainer, _ = fit(tmp_path / "checked", checked, max_epochs=1)
+    assert checked.sanity["flagged"] == ["brightness"] and checked.alerts == []
+    verdict = checked.verdicts[0]
+    assert verdict["status"] == "cannot tell" and "sanity check" in verdict["excluded"]["brightness"]
+    assert "cannot tell" in texts(trainer, "audit/verdict")[0]

@@ -35,6 +35,7 @@ from tensorboard.util import tensor_util
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_sas.cli import build_parser, main
+from lightning_sas.verdict import DEFAULT_MIN_ENRICHMENT, DEFAULT_MIN_FLIP_RATE
 
 TESTS_DIR = Path(__file__).resolve().parent
 CONSOLE_SCRIPT = Path(sys.executable).parent / "lightning-sas"
@@ -215,8 +216,9 @@ def cli_runs(
     """Two audits side by side (most of their time is importing torch and Lightning).
 
     ``nightly``: the installed console script, ``--shortcut-threshold 1.0`` (a mean roi_share cannot
-    be above it; the default lift criterion cannot fire either: the ruler covers 14% of the image,
-    so the lift is at most 7.1).
+    be above it), the default rule otherwise. The model learnt the ruler, which covers 14% of the
+    image: a mean lift over chance could never have reached its old threshold of 8 (at most 7.1);
+    the ROI enrichment can, and does.
     ``refused``: ``python -m lightning_sas`` on the checkpoint that needs unpickling.
     """
     root = tmp_path_factory.mktemp("audits")
@@ -312,7 +314,14 @@ def test_help_explains_every_option_with_an_example(capsys: pytest.CaptureFixtur
         assert action.option_strings[0] in text
         assert "e.g." in (action.help or ""), f"{action.option_strings[0]} has no example"
     assert "lightning-sas audit" in text and "exit status" in text
-    for needle in ("--artifacts", "--artifact-class", "--min-lift", "--min-flip-rate", "--no-faithfulness", "--sanity"):
+    for needle in (
+        "--artifacts",
+        "--artifact-class",
+        "--min-enrichment",
+        "--min-flip-rate",
+        "--no-faithfulness",
+        "--sanity",
+    ):
         assert needle in text
     assert "artifacts folder" in text and "masks/<name>.png" in text and "export-probes" in text
 
@@ -326,12 +335,12 @@ def test_help_explains_every_option_with_an_example(capsys: pytest.CaptureFixtur
     assert "manifest.json" in text and "exit status" in text
 
 
-def test_nightly_audit_exits_0_and_writes_summary(first_audit: Audit, probe_set: ProbeSet) -> None:
-    assert first_audit.process.returncode == 0, first_audit.process.stderr
-    assert "no shortcut criterion crossed" in first_audit.process.stdout
+def test_nightly_audit_flags_the_ruler_model_and_writes_summary(first_audit: Audit, probe_set: ProbeSet) -> None:
+    assert first_audit.process.returncode == 1, first_audit.process.stderr
+    assert "SHORTCUT" in first_audit.process.stdout and "roi_enrichment" in first_audit.process.stdout
     assert_only_estimate(first_audit.process.stderr)
     summary = first_audit.summary
-    assert summary["version"] == 2
+    assert summary["version"] == 3
     for key, kind in {
         "created": str, "lightning_sas": str, "torch": str, "command": list, "checkpoint": str, "model": str,
         "methods": dict, "verdict": dict, "faithfulness": dict, "probes": list, "skipped": list,
@@ -343,9 +352,18 @@ def test_nightly_audit_exits_0_and_writes_summary(first_audit: Audit, probe_set:
     assert summary["model"] == MODEL
     assert summary["command"][:2] == ["lightning-sas", "audit"] and "--shortcut-threshold" in summary["command"]
     verdict = summary["verdict"]
-    assert verdict["alert"] is False and verdict["crossed"] == [] and verdict["reasons"] == []
-    assert verdict["rule"] == {"min_lift": 8.0, "min_flip_rate": 0.25, "max_roi_share": 1.0}
-    assert verdict["checked"] == ["roi_lift", "roi_share"]  # no artifacts: no flip rate
+    assert verdict["alert"] is True and verdict["status"] == "shortcut"
+    assert verdict["crossed"] and all(item["criterion"] == "roi_enrichment" for item in verdict["crossed"])
+    assert verdict["rule"] == {
+        "min_enrichment": dict(DEFAULT_MIN_ENRICHMENT), "min_flip_rate": DEFAULT_MIN_FLIP_RATE, "max_roi_share": 1.0,
+        "min_roi_pixels": 9,
+        "voters": None,
+    }  # fmt: skip
+    assert verdict["checked"] == ["roi_enrichment", "roi_share"]  # no artifacts: no flip rate
+    assert verdict["not_checkable"] == {} and verdict["input_independent"] is False
+    for method, scores in verdict["scores"].items():
+        assert scores["roi_enrichment"] == pytest.approx(summary["methods"][method]["roi_enrichment"], abs=1e-6)
+        assert scores["probes"] == len(probe_set.with_mask)
     assert summary["baseline"] is None and summary["intervention"] is None and summary["sanity"] is None
     assert set(summary["methods"]) == set(METHODS)
     # --sas-iterations and --method-config both reach the method, and the summary records them.
@@ -389,9 +407,10 @@ def test_nightly_audit_exits_0_and_writes_summary(first_audit: Audit, probe_set:
         assert means["roi_lift"] == pytest.approx(sum(lifts) / len(lifts), rel=1e-5)
         assert means["deletion_auc"] == pytest.approx(sum(deletions) / len(deletions), abs=1e-6)
         assert means["probes_with_mask"] == len(probe_set.with_mask)
-        assert f"{method}: mean roi_share {means['roi_share']:.3f} (lift {means['roi_lift']:.2f}x chance)" in (
-            first_audit.process.stdout
-        )
+        assert (
+            f"{method}: roi_enrichment {means['roi_enrichment']:.3f}, mean roi_share {means['roi_share']:.3f} "
+            f"(lift {means['roi_lift']:.2f}x chance)"
+        ) in first_audit.process.stdout
         assert f"deletion AUC {means['deletion_auc']:.3f}" in first_audit.process.stdout
     assert [item["name"] for item in summary["manifest"]] == probe_set.names
     assert [item["sha256"] for item in summary["manifest"]] == [entry["sha256"] for entry in probes]
@@ -415,12 +434,13 @@ def test_report_is_self_contained_and_escaped(first_audit: Audit, probe_set: Pro
     }
     assert set(summary_rows) == set(METHODS)
     header = [cell["text"] for cell in report.tables["summary"][0]["cells"]]
-    assert header[:4] == ["method", "mean roi_share", "mean roi_lift", "mean roi_mass"]
+    assert header[:5] == ["method", "roi_enrichment", "mean roi_share", "mean roi_lift", "mean roi_mass"]
     for method, row in summary_rows.items():
         means = summary["methods"][method]
-        assert row["cells"][1]["text"] == f"{means['roi_share']:.3f}"
-        assert row["cells"][2]["text"] == f"{means['roi_lift']:.2f}"
-        assert row["cells"][3]["text"] == f"{means['roi_mass']:.3f}"
+        assert row["cells"][1]["text"] == f"{means['roi_enrichment']:.3f}"
+        assert row["cells"][2]["text"] == f"{means['roi_share']:.3f}"
+        assert row["cells"][3]["text"] == f"{means['roi_lift']:.2f}"
+        assert row["cells"][4]["text"] == f"{means['roi_mass']:.3f}"
         for key, title in (("deletion_auc", "deletion AUC"), ("insertion_auc", "insertion AUC")):
             assert row["cells"][header.index(title)]["text"] == f"{means[key]:.3f}"
 
@@ -445,8 +465,9 @@ def test_report_is_self_contained_and_escaped(first_audit: Audit, probe_set: Pro
 
     skipped = [row["cells"] for row in report.tables["skipped"] if row["attrs"].get("class") == "skipped"]
     assert [cells[0]["text"] for cells in skipped] == [CORRUPT_NAME]
-    assert "no shortcut criterion crossed" in report.status_text.lower()
-    assert "roi_lift above 8" in report.status_text and "roi_share above 1" in report.status_text
+    assert "shortcut alert" in report.status_text.lower() and "roi_enrichment" in report.status_text
+    assert f"ROI enrichment above its threshold: {DEFAULT_MIN_ENRICHMENT['sas']:g} (sas)" in report.status_text
+    assert "roi_share above 1" in report.status_text
     assert 'id="faithfulness"' in raw and 'id="intervention"' not in raw and 'id="sanity"' not in raw
     probe_header = [cell["text"] for cell in report.tables["probes"][0]["cells"]]
     for entry in summary["probes"]:
@@ -477,14 +498,14 @@ def test_tensorboard_events_use_the_callback_tags(first_audit: Audit, probe_set:
         for score in ("roi_lift", "deletion_auc", "insertion_auc"):
             (event,) = events.Scalars(f"audit/{method}/{score}")
             assert event.value == pytest.approx(summary["methods"][method][score], rel=1e-5)
-    # The callback's text tags: the probe manifest; no alert when nothing crossed.
+    # The callback's text tags: the probe manifest, and the alert (the rule fired).
     assert "audit/manifest/text_summary" in tags["tensors"]
     # And its chart layout: one custom-scalars chart per score with every method on it.
     (config,) = events.Tensors("custom_scalars__config__")
     layout = layout_pb2.Layout.FromString(tensor_util.make_ndarray(config.tensor_proto).item())
     charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
     assert charts["roi_share"] == [f"^audit/{method}/roi_share$" for method in METHODS]
-    assert "audit/alert/text_summary" not in tags["tensors"]
+    assert "audit/alert/text_summary" in tags["tensors"]
 
 
 def test_crossed_threshold_exits_1_and_compares_with_baseline(
@@ -511,7 +532,7 @@ def test_crossed_threshold_exits_1_and_compares_with_baseline(
     process = run_cli(
         *audit_arguments(
             checkpoints.plain, probe_set, out, "--shortcut-threshold", str(threshold), "--baseline", str(baseline),
-            "--no-faithfulness",
+            "--no-faithfulness", "--min-enrichment", "off", "--method-config", "sas.lr=0.02",  # as the first audit
         )
     )  # fmt: skip
     assert process.returncode == 1, process.stderr
@@ -591,7 +612,15 @@ def test_trusted_checkpoint_without_masks_has_nothing_to_check(
     assert summary["verdict"]["checked"] == [] and summary["verdict"]["crossed"] == []
     # --no-faithfulness: no AUCs anywhere.
     assert summary["methods"] == {
-        "gradcam": {"roi_share": None, "roi_lift": None, "roi_mass": None, "probes_with_mask": 0, "probes_scored": 0}
+        "gradcam": {
+            "roi_enrichment": None,
+            "roi_share": None,
+            "roi_lift": None,
+            "roi_mass": None,
+            "probes_with_mask": 0,
+            "probes_scored": 0,
+            "no_evidence": [],
+        }  # fmt: skip
     }
     assert summary["faithfulness"] is None
     assert all("deletion_auc" not in entry and "insertion_auc" not in entry for entry in summary["probes"])

@@ -320,5 +320,5 @@ def test_help_imports_no_heavy_library_and_documents_exit_status() -> None:
     ]
     for needle in ("exit status", "--output", "--overwrite", "error.log", "module:function", "HxW"):
         assert needle in text, needle
-    for needle in ("--artifacts", "masks/<name>.png", "--min-lift", "--sanity", "--dataset", "manifest.json"):
+    for needle in ("--artifacts", "masks/<name>.png", "--min-enrichment", "--sanity", "--dataset", "manifest.json"):
         assert needle in text, needle

@@ -33,6 +33,7 @@ from lightning_sas import cli
 from lightning_sas.cli import main
 from lightning_sas.export import export_artifacts
 from lightning_sas.sanity import DEFAULT_THRESHOLD
+from lightning_sas.verdict import DEFAULT_MIN_FLIP_RATE
 
 CLASS_NAMES = "clean,ruler"
 
@@ -119,22 +120,24 @@ def test_artifact_the_model_uses_exits_1_with_the_flip_rate(
 
     verdict = summary["verdict"]
     assert verdict["alert"] is True
-    # The ruler covers 14% of the image, so no lift can reach 8: the flip rate alone decides.
-    assert verdict["crossed"] == [{"criterion": "flip_rate", "method": None}]
-    assert verdict["checked"] == ["roi_lift", "flip_rate"]
+    # The ruler covers 14% of the image, so the old lift could never reach 8; the enrichment on the
+    # ROI and the flip rate both fire.
+    assert {"criterion": "flip_rate", "method": None} in verdict["crossed"]
+    assert any(item["criterion"] == "roi_enrichment" for item in verdict["crossed"])
+    assert verdict["checked"] == ["roi_enrichment", "flip_rate"]
     record = summary["intervention"]
     assert record["folder"] == str(setup.artifacts) and record["files"] == ["artifact_000.png", "artifact_001.png"]
     assert record["mask_sources"] == ["masks/artifact_000.png", "masks/artifact_001.png"]
     assert record["full_size"] is True and record["trials"] == 4
     assert record["target_class"] == 1 and record["target_class_name"] == "ruler"
     assert record["eligible_probes"] == 3  # the clean probes; the ruler probes already are class 1
-    assert record["flip_rate"] > 0.25 and record["mean_probability_change"] > 0
+    assert record["flip_rate"] > DEFAULT_MIN_FLIP_RATE and record["mean_probability_change"] > 0
     per_probe = [entry["intervention"] for entry in summary["probes"]]
     assert [item["eligible"] for item in per_probe] == [entry["prediction"] == 0 for entry in summary["probes"]]
     eligible = [item for item in per_probe if item["eligible"]]
     assert sum(item["flipped"] for item in eligible) / (4 * len(eligible)) == pytest.approx(record["flip_rate"])
     assert all(item["flipped"] is None for item in per_probe if not item["eligible"])
-    assert "flip_rate" in verdict["reasons"][0]
+    assert any("flip_rate" in reason for reason in verdict["reasons"])
     assert f"flip rate {record['flip_rate']:.3f}" in captured.out and "lightning-sas: SHORTCUT: " in captured.out
 
     report = parse_report(out / "report.html")
@@ -162,24 +165,25 @@ def test_artifact_the_model_uses_exits_1_with_the_flip_rate(
     assert "audit/sas/sanity_similarity" in events.Tags()["scalars"]
 
 
-def test_artifact_the_model_ignores_exits_0(
+def test_artifact_a_blind_model_ignores_cannot_tell(
     setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
 ) -> None:
     # The ruler model's weights behind a forward that cannot see the corner: pasting the ruler
-    # there changes nothing.
+    # there changes nothing (flip rate 0). The ruler was all the model learned, so without it every
+    # probe gets the same output to float precision: the audit says it cannot tell, never "no shortcut".
     out = tmp_path / "blind"
     argv = arguments(
         setup, out, "--artifacts", str(setup.artifacts), "--artifact-class", "1", "--no-faithfulness",
         model="CornerBlind",
     )  # fmt: skip
-    assert main(argv) == 0
+    assert main(argv) == 2
     captured = capsys.readouterr()
-    assert_only_estimate(captured.err)
+    assert "cannot tell: the model gives every probe the same output" in error_lines(captured.err)[-1]
     summary = summary_of(out)
     record = summary["intervention"]
     assert record["flip_rate"] == 0.0 and record["eligible_probes"] == 6
-    assert summary["verdict"]["alert"] is False and "flip_rate" in summary["verdict"]["checked"]
-    assert "no shortcut criterion crossed (checked: roi_lift, flip_rate)" in captured.out
+    verdict = summary["verdict"]
+    assert verdict["alert"] is False and verdict["status"] == "cannot tell" and verdict["input_independent"]
 
 
 def test_small_patches_with_alpha_masks_are_pasted_at_random_positions(
@@ -188,9 +192,9 @@ def test_small_patches_with_alpha_masks_are_pasted_at_random_positions(
     out = tmp_path / "patches"
     argv = arguments(
         setup, out, "--artifacts", str(setup.patches), "--artifact-class", "ruler", "--artifact-trials", "3",
-        "--no-faithfulness", "--min-flip-rate", "off",
+        "--no-faithfulness", "--min-flip-rate", "off", "--min-enrichment", "off",
     )  # fmt: skip
-    assert main(argv) == 0
+    assert main(argv) == 0  # every criterion off: nothing to check
     capsys.readouterr()
     summary = summary_of(out)
     record = summary["intervention"]
@@ -229,27 +233,41 @@ def test_artifacts_folder_reader_resizes_whole_images_and_pads_small_patches(tmp
 # ----------------------------------------------------------------------------- alert rule
 
 
-def test_min_lift_is_the_callbacks_rule(
+def test_min_enrichment_is_the_callbacks_rule(
     setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
 ) -> None:
-    out = tmp_path / "lift"
-    assert main(arguments(setup, out, "--min-lift", "1.5", "--faithfulness-steps", "4")) == 1
+    from lightning_sas.verdict import AlertRule, Evidence, decide
+
+    low = tmp_path / "low"
+    assert main(arguments(setup, low, "--min-enrichment", "0.05", "--faithfulness-steps", "4")) == 1
     captured = capsys.readouterr()
-    summary = summary_of(out)
-    lift = summary["methods"]["gradcam"]["roi_lift"]
-    assert lift > 1.5
-    assert summary["verdict"]["crossed"] == [{"criterion": "roi_lift", "method": "gradcam"}]
-    assert summary["verdict"]["rule"] == {"min_lift": 1.5, "min_flip_rate": 0.25, "max_roi_share": None}
+    summary = summary_of(low)
+    enrichment = summary["methods"]["gradcam"]["roi_enrichment"]
+    assert enrichment > 0.05
+    assert summary["verdict"]["crossed"] == [{"criterion": "roi_enrichment", "method": "gradcam"}]
+    assert summary["verdict"]["rule"]["min_enrichment"] == 0.05
     assert summary["faithfulness"]["steps"] == 4
-    assert f"gradcam puts {lift:.1f}x chance" in captured.out
+    assert f"roi_enrichment {enrichment:.2f} > 0.05" in captured.out
+    # Above the measured enrichment, the same audit passes.
+    high = tmp_path / "high"
+    assert main(arguments(setup, high, "--min-enrichment", f"{min(1.0, enrichment + 0.01):.3f}")) == 0
+    capsys.readouterr()
 
-    # The callback's own decision on the same scores agrees.
-    from lightning_sas.verdict import AlertRule, decide
-
-    means = {name: {key: value for key, value in scores.items() if value is not None} for name, scores in
-             summary["methods"].items()}  # fmt: skip
-    assert decide(means, AlertRule(min_lift=1.5)).alert
-    assert not decide(means, AlertRule()).alert
+    # The callback's own decision on the per-probe scores of summary.json agrees.
+    probes = summary["probes"]
+    pixels = IMAGE_SIZE * IMAGE_SIZE
+    evidence = Evidence(
+        image_pixels=pixels,
+        roi_pixels=[round(entry["roi_area"] * pixels) if entry["has_mask"] else 0 for entry in probes],
+        roi_share={
+            "gradcam": [
+                float("nan") if e["roi_share"]["gradcam"] is None else e["roi_share"]["gradcam"] for e in probes
+            ]
+        },
+    )
+    verdict = decide(evidence, AlertRule(min_enrichment=0.05))
+    assert verdict.alert and verdict.scores["gradcam"]["roi_enrichment"] == pytest.approx(enrichment, abs=1e-6)
+    assert not decide(evidence, AlertRule(min_enrichment=min(1.0, enrichment + 0.01))).alert
 
 
 # ----------------------------------------------------------------------------- sanity check
@@ -260,13 +278,20 @@ def test_sanity_flags_maps_that_do_not_depend_on_the_weights(
 ) -> None:
     out = tmp_path / "sanity"
     argv = arguments(setup, out, "--sanity", "--sanity-stages", "2", "--no-faithfulness", model="WeightBlind")
-    assert main(argv) == 0  # a warning, not an alert
+    # Grad-CAM's brightness map lies on the bright ruler, but a flagged method does not vote; it
+    # was the only method, so the audit cannot tell (never a pass, never an alert from it).
+    assert main(argv) == 2
     captured = capsys.readouterr()
+    assert "cannot tell" in error_lines(captured.err)[0] and "sanity check" in error_lines(captured.err)[0]
     summary = summary_of(out)
     sanity = summary["sanity"]
     assert sanity["flagged"] == ["gradcam"]
     assert sanity["similarity"]["gradcam"] == [pytest.approx(1.0), pytest.approx(1.0)]
-    assert summary["verdict"]["alert"] is False
+    assert summary["verdict"]["alert"] is False and summary["verdict"]["status"] == "cannot tell"
+    assert "sanity check" in summary["verdict"]["excluded"]["gradcam"]
+    # Without the sanity check the same maps would have voted, and fired.
+    assert main(arguments(setup, tmp_path / "unchecked", "--no-faithfulness", model="WeightBlind")) == 1
+    capsys.readouterr()
     assert "do not depend on the model's weights" in captured.out
     report = parse_report(out / "report.html")
     assert "do not depend on the model's weights" in report.status_text
@@ -347,7 +372,8 @@ def test_bad_artifact_options_exit_2_with_one_line(
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("--min-lift", "0.5"), ("--min-flip-rate", "2"), ("--faithfulness-steps", "1")]
+    ("option", "value"),
+    [("--min-enrichment", "1.5"), ("--min-roi-pixels", "0"), ("--min-flip-rate", "2"), ("--faithfulness-steps", "1")],
 )
 def test_out_of_range_rule_options_are_usage_errors(
     option: str, value: str, setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -356,20 +382,29 @@ def test_out_of_range_rule_options_are_usage_errors(
     assert option in capsys.readouterr().err
 
 
-def test_nan_flip_rate_makes_the_audit_incomplete(
+def test_every_probe_predicted_as_the_artifact_class_cannot_tell(
     setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
 ) -> None:
-    """Every probe already predicted as the artifact's class: the flip rate cannot be measured."""
-    out = tmp_path / "nan"
-    argv = arguments(setup, out, "--artifacts", str(setup.artifacts), "--artifact-class", "clean", "--no-faithfulness")
-    argv[argv.index("lit_classifier:LitClassifier")] = "lit_classifier:WeightBlind"  # predicts class 0 only
-    assert main(argv) == 2
+    """Every probe already predicted as the artifact's class: the flip rate cannot be measured,
+    and the audit says so (exit 2); a map criterion that fires still wins (exit 1)."""
+    argv = arguments(setup, tmp_path / "nan", "--artifacts", str(setup.artifacts), "--artifact-class", "clean",
+                     "--no-faithfulness", "--min-enrichment", "off", model="WeightBlind")  # fmt: skip
+    assert main(argv) == 2  # WeightBlind predicts class 0 ("clean") only
     captured = capsys.readouterr()
     (line,) = error_lines(captured.err)
-    assert "the audit is incomplete" in line and "flip rate could not be measured" in line
-    summary = summary_of(out)
+    assert line.startswith("lightning-sas: error: cannot tell: every probe is already predicted as the artifact's")
+    summary = summary_of(tmp_path / "nan")
     assert summary["intervention"]["flip_rate"] is None and summary["intervention"]["eligible_probes"] == 0
     assert summary["intervention"]["mean_probability_change"] is None
+    assert summary["verdict"]["status"] == "cannot tell" and "flip_rate" in summary["verdict"]["not_checkable"]
+    assert "The audit cannot tell" in parse_report(tmp_path / "nan" / "report.html").status_text
+
+    argv = arguments(setup, tmp_path / "fires", "--artifacts", str(setup.artifacts), "--artifact-class", "clean",
+                     "--no-faithfulness", model="WeightBlind")  # fmt: skip
+    assert main(argv) == 1  # Grad-CAM's brightness map fires on the bright ruler: exit 1 wins
+    capsys.readouterr()
+    verdict = summary_of(tmp_path / "fires")["verdict"]
+    assert verdict["status"] == "shortcut" and "flip_rate" in verdict["not_checkable"]
 
 
 @pytest.mark.parametrize("part", ["faithfulness", "sanity"])
@@ -393,10 +428,11 @@ def test_a_failing_part_makes_the_audit_incomplete(
 
         monkeypatch.setattr(lightning_sas.audit, "cascading_randomization", broken)
     out = tmp_path / part
-    assert main(arguments(setup, out, "--sanity", "--sanity-stages", "1", "--faithfulness-steps", "3")) == 2
+    extra = ("--sanity", "--sanity-stages", "1", "--faithfulness-steps", "3")
+    assert main(arguments(setup, out, *extra, "--min-enrichment", "off")) == 2
     captured = capsys.readouterr()
     (line,) = error_lines(captured.err)
-    assert "the audit is incomplete" in line and f"{part} broke on purpose" in line
+    assert line.startswith("lightning-sas: error: the audit is incomplete") and f"{part} broke on purpose" in line
     summary = summary_of(out)
     assert summary["errors"] == {part: f"RuntimeError: {part} broke on purpose"}
     assert set(summary["methods"]) == {"gradcam"}  # the method's own results stand
@@ -405,3 +441,7 @@ def test_a_failing_part_makes_the_audit_incomplete(
         captured.out
     )
     assert "Audit incomplete" in parse_report(out / "report.html").status_text
+    # A criterion that fires wins over the failed part: exit 1, the failure as a warning.
+    assert main(arguments(setup, tmp_path / "fires", *extra)) == 1
+    (line,) = error_lines(capsys.readouterr().err)
+    assert line.startswith("lightning-sas: warning: the audit is incomplete")

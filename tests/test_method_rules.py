@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from models import NaNForBrightImages, RecordsDtypes, SingleLogit, SmallCNN, TupleAndDictOutputs, TwoLogitsFrom
+from scipy.stats import spearmanr
 from torch import nn
 from torch._dynamo.utils import counters as dynamo_counters
 
@@ -42,6 +43,10 @@ RANDOMISED = {
 }
 METHODS = {
     "sas": lambda: SaS(iterations=2, num_masks=4),
+    # The rules hold for both objectives; the scale-free one also gives this file's tiny random
+    # models maps worth comparing across precisions and logit scales (the paper's loss is
+    # dominated by total variation at their logit scale).
+    "sas_scale_free": lambda: SaS(iterations=2, num_masks=4, objective="scale_free"),
     "gradcam": lambda: GradCAM(),
     "gradcam_named": lambda: GradCAM("features.6"),
     "saliency": lambda: Saliency(),
@@ -173,6 +178,15 @@ def test_same_result_inside_no_grad_and_inference_mode(method: AttributionMethod
     torch.testing.assert_close(under_inference.clone(), plain)
 
 
+#: Smallest Spearman (min over the 2 images) of the bf16-autocast maps with the float32 maps.
+#: Measured here (torch 2.14, CPU), at this test's seed and at seeds 1 and 2: Grad-CAM 0.9999;
+#: saliency, SmoothGrad, IG, GradientSHAP and occlusion 0.979-0.998 (default bound 0.95); LIME
+#: (16 draws, a small regression) 0.79 here, 1.00 at the other seeds; SaS (2 iterations) 0.50 here,
+#: 0.60 and 0.83 at the other seeds, no further from float32 than float32 is from itself with
+#: another SaS seed (0.47 and 0.68 here; at 30 iterations bf16 and another seed both give 0.96).
+AUTOCAST_SPEARMAN_AT_LEAST = {"GradCAM": 0.999, "LIME": 0.65, "SaS": 0.35}
+
+
 def test_autocast_runs_the_model_in_bfloat16(method: AttributionMethod) -> None:
     """An enclosing autocast reaches the model's forwards: its convolutions and linears run in bf16."""
     model = RecordsDtypes(num_classes=4).eval()
@@ -185,6 +199,11 @@ def test_autocast_runs_the_model_in_bfloat16(method: AttributionMethod) -> None:
     model.seen.clear()
     full_precision = method.attribute(model, images, targets)
     assert model.seen and set(model.seen) == {torch.float32}
+    # bf16 rounding moves the maps, but they must still rank the pixels as the float32 maps do.
+    pairs = zip(maps.numpy(), full_precision.numpy(), strict=True)
+    agreement = min(spearmanr(a.ravel(), b.ravel())[0] for a, b in pairs)
+    if getattr(method, "objective", None) != "paper":  # total-variation noise here, in either precision
+        assert agreement >= AUTOCAST_SPEARMAN_AT_LEAST.get(type(method).__name__, 0.95), agreement
     if isinstance(method, GradCAM):
         # One forward and one gradient: bf16 rounding moves the map by far less than it is.
         torch.testing.assert_close(maps, full_precision, atol=0.05, rtol=0)
@@ -313,8 +332,11 @@ def test_single_logit_binary_model(method: AttributionMethod, squeeze: bool) -> 
     assert maps.shape == (3, 16, 16) and bool(torch.isfinite(maps).all())
     half = method.attribute(TwoLogitsFrom(binary, 0.5), images, targets)
     torch.testing.assert_close(maps, half, atol=0, rtol=0)
-    # Every method ignores the score's scale: the usual two-class model (-z, z) gives the same maps.
-    torch.testing.assert_close(maps, method.attribute(TwoLogitsFrom(binary, 1.0), images, targets), atol=1e-5, rtol=0)
+    # Every method but SaS's paper objective (whose loss is in raw logits) ignores the score's scale:
+    # the usual two-class model (-z, z) gives the same maps.
+    if getattr(method, "objective", None) != "paper":
+        doubled = method.attribute(TwoLogitsFrom(binary, 1.0), images, targets)
+        torch.testing.assert_close(maps, doubled, atol=1e-5, rtol=0)
     other = method.attribute(binary, images, 1 - targets)
     if method.sign == "absolute":
         # |d(-z)/dx| = |dz/dx|: a magnitude-only method gives both classes the same map, by design.

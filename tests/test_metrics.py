@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from lightning_sas.metrics import rank_average, roi_mass, roi_share, spearman
+from lightning_sas.metrics import flat_maps, rank_average, roi_enrichment, roi_mass, roi_share, spearman
 from lightning_sas.tensor_checks import require_tensor, shape_of
 
 
@@ -378,3 +378,40 @@ def test_metrics_run_on_cuda_deterministically_and_match_cpu() -> None:
     for on_cuda, on_cpu in zip(cuda_results, cpu_results, strict=True):
         assert on_cuda.is_cuda
         torch.testing.assert_close(on_cuda.cpu(), on_cpu, atol=1e-6, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- roi_enrichment, flat_maps
+
+
+def test_roi_enrichment_is_pooled_excess_over_chance_normalised_to_the_maximum() -> None:
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.rand(5, 16, 16, generator=generator)
+    roi = torch.zeros(5, 16, 16, dtype=torch.bool)
+    for index, side in enumerate([2, 3, 5, 8, 12]):
+        roi[index, :side, :side] = True
+    share = roi_share(maps, roi)
+    pixels = roi.flatten(1).sum(dim=1)
+    # The definition, probe by probe in plain Python.
+    hits = sum(float(s) * int(n) for s, n in zip(share, pixels, strict=True))
+    chance = sum(int(n) ** 2 / 256 for n in pixels)
+    expected = (hits - chance) / (sum(int(n) for n in pixels) - chance)
+    assert float(roi_enrichment(share, pixels, 256)) == pytest.approx(expected, rel=1e-5)
+    # A map exactly on the ROI is 1 at every ROI size; a map that avoids it is below 0.
+    assert float(roi_enrichment(roi_share(roi.float(), roi), pixels, 256)) == pytest.approx(1.0)
+    assert float(roi_enrichment(roi_share((~roi).float(), roi), pixels, 256)) < 0
+
+
+def test_roi_enrichment_leaves_out_nan_and_empty_rois_and_says_nan_when_nothing_is_left() -> None:
+    share = torch.tensor([1.0, math.nan, 0.3])
+    pixels = torch.tensor([10, 10, 0])
+    assert float(roi_enrichment(share, pixels, 100)) == pytest.approx(1.0)
+    assert math.isnan(float(roi_enrichment(torch.tensor([math.nan]), torch.tensor([10]), 100)))
+    assert math.isnan(float(roi_enrichment(torch.tensor([1.0]), torch.tensor([100]), 100)))  # the whole image
+
+
+def test_flat_maps_are_constant_finite_maps() -> None:
+    maps = torch.stack([torch.zeros(4, 4), torch.full((4, 4), 0.5), torch.eye(4), torch.full((4, 4), math.nan)])
+    assert flat_maps(maps).tolist() == [True, True, False, False]
+    nearly = torch.zeros(1, 4, 4)
+    nearly[0, 0, 0] = 1e-3
+    assert flat_maps(nearly).tolist() == [False]

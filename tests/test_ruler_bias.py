@@ -67,18 +67,24 @@ def test_demo_writes_the_audit_and_a_checkpoint(runs: dict[str, dict]) -> None:
         assert sorted(Path(path).name for path in summary["grids"]) == ["last_gradcam_grid.png", "last_sas_grid.png"]
 
 
+@pytest.mark.parametrize("seed", [4242, 4243])
 def test_nightly_audit_flags_the_biased_checkpoint_on_a_fresh_probe_set(
-    runs: dict[str, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    seed: int, runs: dict[str, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    """The CLI, on probes neither model saw, decides as the behaviour says (the shared alert rule)."""
+    """The CLI at its defaults (methods, SaS settings, the default alert rule), on probes neither model
+    saw with rulers on 75% of both classes as nightly probe sets have them, decides as the behaviour
+    says: exit 1 for the biased checkpoint, 0 for the clean one, with and without ruler examples."""
     from lightning_sas.cli import main
 
     monkeypatch.syspath_prepend(str(TRAIN_SCRIPT.parent))
     data = importlib.import_module("data")
     from lightning_sas.export import export_artifacts, export_probes
 
-    fresh = data.make_splits(n_train=200, n_val=200, n_counterfactual=1, image_size=32, seed=4242)
-    probes = export_probes(fresh["val"], tmp_path / "probes", count=16, seed=4242, mean=data.MEAN, std=data.STD)
+    fresh = data.make_splits(
+        n_train=200, n_val=200, n_counterfactual=1, image_size=32, p_ruler_malignant=0.75, p_ruler_benign=0.75,
+        seed=seed,
+    )  # fmt: skip
+    probes = export_probes(fresh["val"], tmp_path / "probes", count=16, seed=seed, mean=data.MEAN, std=data.STD)
     with_ruler = fresh["train"].has_ruler.nonzero().flatten()[:16]
     export_artifacts(
         fresh["train"].normalised_images()[with_ruler], fresh["train"].ruler_masks[with_ruler] > 0,
@@ -86,11 +92,13 @@ def test_nightly_audit_flags_the_biased_checkpoint_on_a_fresh_probe_set(
     )  # fmt: skip
     codes = {}
     for name, summary in runs.items():
-        codes[name] = main([
-            "audit", "--checkpoint", summary["checkpoint"], "--model", "model:LesionClassifier",
-            "--probe", str(probes), "--masks", str(probes / "masks"), "--labels", str(probes / "labels.csv"),
-            "--artifacts", str(probes / "artifacts"), "--artifact-class", "1", "--image-size", "32",
-            "--mean", *map(str, data.MEAN), "--std", *map(str, data.STD), "--sas-iterations", "10",
-            "--no-faithfulness", "--device", "cpu", "--out", str(tmp_path / name),
-        ])  # fmt: skip
-    assert codes == {"biased": 1, "clean": 0}, capsys.readouterr()
+        for artifacts in (False, True):
+            extra = ["--artifacts", str(probes / "artifacts"), "--artifact-class", "1"] if artifacts else []
+            codes[name, artifacts] = main([
+                "audit", "--checkpoint", summary["checkpoint"], "--model", "model:LesionClassifier",
+                "--probe", str(probes), "--masks", str(probes / "masks"), "--labels", str(probes / "labels.csv"),
+                *extra, "--image-size", "32", "--mean", *map(str, data.MEAN), "--std", *map(str, data.STD),
+                "--no-faithfulness", "--device", "cpu", "--out", str(tmp_path / f"{name}_{artifacts}"),
+            ])  # fmt: skip
+    expected = {("biased", False): 1, ("biased", True): 1, ("clean", False): 0, ("clean", True): 0}
+    assert codes == expected, capsys.readouterr()

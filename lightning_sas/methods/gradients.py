@@ -119,6 +119,12 @@ def _to_map(per_channel: Tensor, finite: Tensor, reduce: Literal["max_abs", "sum
     return _nan_where_not_finite(minmax_normalize(maps), finite)
 
 
+def require_sign(sign: object) -> None:
+    """``sign`` is a map policy of a method whose evidence is signed (IG, GradientSHAP)."""
+    if sign not in ("positive", "absolute"):
+        raise ValueError(f"`sign` must be 'positive' or 'absolute', got {sign!r}.")
+
+
 def _gaussian_draws(seed: int, draws: int, shape: torch.Size, images: Tensor) -> Tensor:
     """``[draws, C, H, W]`` standard normal noise from a local CPU generator, on the images' device."""
     noise = torch.randn((draws, *shape), generator=local_generator(seed), dtype=torch.float32)
@@ -389,7 +395,9 @@ class IntegratedGradients(AttributionMethod):
         rule: str = "gausslegendre",
         blur_kernel: int | None = None,
         max_batch: int | None = None,
+        sign: Literal["positive", "absolute"] = "positive",
     ) -> None:
+        require_sign(sign)
         if isinstance(baseline, Tensor):
             if not baseline.is_floating_point() or baseline.dim() > 4:
                 raise TypeError(
@@ -412,6 +420,7 @@ class IntegratedGradients(AttributionMethod):
         self.rule = rule
         self.blur_kernel = blur_kernel
         self.max_batch = max_batch
+        self.sign = sign
 
     def passes_per_probe(self) -> int:
         """``steps`` forward + backward passes per probe (the path points).
@@ -492,7 +501,7 @@ class IntegratedGradients(AttributionMethod):
 
     def _attribute(self, model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
         attributions, finite = self._raw_and_finite(model, images, targets)
-        return _to_map(attributions, finite, "sum_positive")
+        return _to_map(attributions, finite, "sum_positive" if self.sign == "positive" else "max_abs")
 
 
 # ---------------------------------------------------------------------------------- GradientSHAP
@@ -551,7 +560,9 @@ class GradientSHAP(AttributionMethod):
         stdevs: float = 0.0,
         max_batch: int | None = None,
         seed: int = 0,
+        sign: Literal["positive", "absolute"] = "positive",
     ) -> None:
+        require_sign(sign)
         if isinstance(background, Tensor):
             if not background.is_floating_point() or background.dim() != 4 or background.shape[0] == 0:
                 raise TypeError(
@@ -569,6 +580,7 @@ class GradientSHAP(AttributionMethod):
         self.stdevs = float(stdevs)
         self.max_batch = max_batch
         self.seed = seed
+        self.sign = sign
 
     def passes_per_probe(self) -> int:
         """``samples`` forward + backward passes per probe.
@@ -639,4 +651,4 @@ class GradientSHAP(AttributionMethod):
 
     def _attribute(self, model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
         attributions, finite = self._raw_and_finite(model, images, targets)
-        return _to_map(attributions, finite, "sum_positive")
+        return _to_map(attributions, finite, "sum_positive" if self.sign == "positive" else "max_abs")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,11 +40,14 @@ class _Schedule:
     weight: Tensor  # [N] loss weight: -1 (insertion) / +1 (deletion), scale-free per image
 
 
-def tv_per_pixel(mask: Tensor) -> Tensor:
-    """Anisotropic total variation of ``[B, 1, h, w]`` as a per-pixel mean, one value per image."""
-    vertical = (mask[..., 1:, :] - mask[..., :-1, :]).abs().flatten(1).mean(dim=1)
-    horizontal = (mask[..., :, 1:] - mask[..., :, :-1]).abs().flatten(1).mean(dim=1)
-    return vertical + horizontal
+def total_variation(mask: Tensor, reduce: Literal["mean", "sum"] = "mean") -> Tensor:
+    """Anisotropic total variation of ``[B, 1, h, w]``, one value per image: a per-pixel mean
+    (the scale-free objective) or the plain sum over pixels (the paper's)."""
+    vertical = (mask[..., 1:, :] - mask[..., :-1, :]).abs().flatten(1)
+    horizontal = (mask[..., :, 1:] - mask[..., :, :-1]).abs().flatten(1)
+    if reduce == "sum":
+        return vertical.sum(dim=1) + horizontal.sum(dim=1)
+    return vertical.mean(dim=1) + horizontal.mean(dim=1)
 
 
 def schedule_thresholds(importance: Tensor, fractions: Tensor, previous: Tensor | None = None) -> Tensor:
@@ -97,16 +101,28 @@ class SaS(AttributionMethod):
     masks; the bisection runs vectorised on the device; nothing in the loop waits for the
     host. The endpoint masks (all OFF, all ON) carry no gradient and are never forwarded.
 
-    Scale-free objective: each image's score terms are divided by its own dynamic range
-    ``|score(x) - score(blur(x))|`` and averaged over the schedule, and the total variation
-    is a per-pixel mean, so one set of defaults works from 32 to 224 px and for any logit
-    scale.
+    Two objectives (``objective=``):
+
+    * ``"paper"`` (default): the source's loss exactly, ``Σ_k [score(deletion_k) -
+      score(insertion_k)] + tv_weight · Σ_pixels TV(m)``, raw scores summed over the schedule
+      and the total variation summed over pixels. It separated the alert study's biased runs
+      from its clean ones far better than the scale-free objective (README, "Alert study"),
+      which is why it is the default. Its balance between the two terms depends on the logit
+      scale and the image size: when an image's score changes by less than
+      ``tv_weight × side / (K − 1)`` between the image and its blur, total variation wins and
+      the map carries little evidence (a model with logits 100× smaller than usual), and
+      SaS warns (once per method object).
+    * ``"scale_free"``: each image's score terms are divided by its own dynamic range
+      ``|score(x) - score(blur(x))|`` and averaged over the schedule, and the total variation
+      is a per-pixel mean, so one set of defaults works from 32 to 224 px and for any logit
+      scale (ground truth is found at logits ×0.01 and ×100 alike).
 
     Cost: ``iterations × 2 × schedule_subset`` model passes per probe, 950 at the defaults: 95
     iterations, each forwarding a random 5 of the 19 interior masks (an unbiased estimate of the
     full schedule's gradient). That is a quarter of the paper's 3,800 (100 iterations over all
-    19, :meth:`paper`) for the same maps: Spearman 0.999 with the paper's maps, as high
-    ground-truth shares and faithfulness AUCs within 0.002 (``docs/sas_cost.md``).
+    19, :meth:`paper`); with the scale-free objective the quarter schedule was measured to give
+    the full schedule's maps (Spearman 0.999, as high ground-truth shares, faithfulness AUCs
+    within 0.002, ``docs/sas_cost.md``); the alert study measured the paper objective on it.
 
     Kernel sizes: ``None`` scales the reference sizes (17 for smoothing, 51 for the blur, at
     224 px) to the image: the nearest odd integer to ``reference × side / 224``, at least 3
@@ -138,6 +154,7 @@ class SaS(AttributionMethod):
             passes instead of ``iterations × 2 (K - 1)``.
         lr_schedule: ``"constant"`` or ``"cosine"`` (the step size decays from ``lr`` to 0 over
             the call's iterations, half a cosine).
+        objective: ``"scale_free"`` or ``"paper"`` (see above).
 
     Raises:
         ValueError: If an argument is out of range (the message names it and its value).
@@ -168,6 +185,7 @@ class SaS(AttributionMethod):
         seed: int = 0,
         schedule_subset: int | None = 5,
         lr_schedule: Literal["constant", "cosine"] = "constant",
+        objective: Literal["scale_free", "paper"] = "paper",
     ) -> None:
         require_int("iterations", iterations, minimum=1)
         require_int("num_masks", num_masks, minimum=2)
@@ -192,6 +210,8 @@ class SaS(AttributionMethod):
             require_int("schedule_subset", schedule_subset, minimum=1)
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"`lr_schedule` must be 'constant' or 'cosine', got {lr_schedule!r}.")
+        if objective not in ("scale_free", "paper"):
+            raise ValueError(f"`objective` must be 'scale_free' or 'paper', got {objective!r}.")
         self.iterations = iterations
         self.num_masks = num_masks
         self.lr = float(lr)
@@ -206,19 +226,22 @@ class SaS(AttributionMethod):
         self.seed = seed
         self.schedule_subset = schedule_subset
         self.lr_schedule = lr_schedule
+        self.objective = objective
+        self._warned_total_variation = False
 
     # ------------------------------------------------------------------ public helpers
 
     @classmethod
     def paper(cls, **overrides: object) -> SaS:
-        """The paper's configuration: 100 iterations over the full schedule of ``K = 20`` masks.
+        """The paper's method: its objective and its configuration, 100 iterations over the full
+        schedule of ``K = 20`` masks.
 
         Args:
             **overrides: Other constructor arguments (e.g. ``max_batch``, ``autocast_dtype``).
 
         Returns:
-            ``SaS(iterations=100, num_masks=20, lr=0.01, schedule_subset=None,
-            lr_schedule="constant", ...)``.
+            ``SaS(objective="paper", iterations=100, num_masks=20, lr=0.01,
+            schedule_subset=None, lr_schedule="constant", ...)``.
 
         Example:
             >>> SaS.paper().passes_per_probe()
@@ -232,6 +255,7 @@ class SaS(AttributionMethod):
             "tv_weight": 0.08,
             "schedule_subset": None,
             "lr_schedule": "constant",
+            "objective": "paper",
         }
         return cls(**{**config, **overrides})
 
@@ -349,6 +373,8 @@ class SaS(AttributionMethod):
         # The floor keeps a blur-invariant score (range 0) from giving huge loss weights.
         score_range = (reference[:batch] - reference[batch:]).abs()
         score_range = score_range.clamp_min(1e-6 * reference.view(2, batch).abs().amax(dim=0) + 1e-12)
+        if self.objective == "paper":
+            self._warn_if_total_variation_dominates(score_range, min(mask.shape[-2:]))
 
         schedule = self._schedule(batch, self.steps_per_iteration(), score_range)
         # Counts, per image, the scores that were not finite (kept on the device: no sync). A NaN
@@ -364,6 +390,29 @@ class SaS(AttributionMethod):
             importance = self._importance(mask, self.kernel_sizes(height, width)[0], (height, width))
             maps = minmax_normalize(importance[:, 0])
         return torch.where(nonfinite[:, None, None] > 0, float("nan"), maps), mask
+
+    def _warn_if_total_variation_dominates(self, score_range: Tensor, mask_side: int) -> None:
+        """The paper's loss balances raw scores against summed total variation. Over the schedule
+        the score terms can gain about ``(K − 1) × |score(x) − score(blur(x))|``; a mask that orders
+        anything pays total variation of the order ``tv_weight × side`` per unit of height. When
+        the gain is the smaller, the cheapest mask is a flat one and the map carries little
+        evidence (logits too small for the paper's balance): say so (one host read, before the loop)."""
+        if self._warned_total_variation:
+            return
+        least = self.tv_weight * mask_side / (self.num_masks - 1)
+        weak = int((score_range < least).sum())
+        # An image whose score the blur hardly moves is common (nothing in it matters to the
+        # model); most of the images being so points at the logit scale, which is worth a warning.
+        if 2 * weak > score_range.numel():
+            self._warned_total_variation = True  # once per method object: an audit repeats it every epoch
+            warnings.warn(
+                f"SaS(objective='paper'): for {weak} of {score_range.numel()} image(s) the target score changes by "
+                f"less than tv_weight x side / (num_masks - 1) = {least:.3g} "
+                "between the image and its blur, so total variation dominates the paper's loss and the map carries "
+                "little evidence; SaS(objective='scale_free') does not depend on the logit scale.",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _optimise_mask(
         self,
@@ -409,7 +458,8 @@ class SaS(AttributionMethod):
                 chunk,
                 nonfinite,
             )
-            surrogate = (schedule_masks * mask_grad).sum() + self.tv_weight * tv_per_pixel(mask).sum()
+            tv_reduce = "sum" if self.objective == "paper" else "mean"
+            surrogate = (schedule_masks * mask_grad).sum() + self.tv_weight * total_variation(mask, tv_reduce).sum()
             (grad,) = torch.autograd.grad(surrogate, mask)
             # Adam by hand: elementwise, so each image's update is independent of the batch,
             # and no optimizer state object or host-side step counter is involved.
@@ -464,6 +514,12 @@ class SaS(AttributionMethod):
         within = item % per_image
         is_deletion = within >= slots
         sign = torch.where(is_deletion, 1.0, -1.0)
+        if self.objective == "paper":
+            # Raw scores summed over the K - 1 interior steps (the endpoints carry no gradient);
+            # a subset's terms are scaled up so the sum stays an unbiased estimate.
+            return _Schedule(
+                image=image, slot=within % slots, is_deletion=is_deletion, weight=sign * (self.num_masks - 1) / slots
+            )
         # Mean over the forwarded steps (not a sum), so the balance with TV depends neither on K
         # nor on the subset: a uniform subset's mean is an unbiased estimate of the full mean.
         weight = sign / (score_range[image] * slots)
