@@ -282,7 +282,7 @@ def _check_roi(evidence: Evidence, rule: AlertRule, verdict: Verdict) -> None:
             "probes": int(counted.sum()),
         }
     if not bool(large_enough.any()):
-        reason = f"every probe's ROI is smaller than {rule.min_roi_pixels} pixels (AlertRule.min_roi_pixels)"
+        reason = f"every probe's ROI is empty or smaller than {rule.min_roi_pixels} pixels (AlertRule.min_roi_pixels)"
     elif not verdict.scores:
         reason = (
             "no method could vote on the ROIs (" + "; ".join(f"{m}: {why}" for m, why in verdict.excluded.items()) + ")"

@@ -56,7 +56,7 @@ def test_rois_below_the_minimum_size_are_not_checkable_never_passed() -> None:
     verdict = decide(evidence({"sas": [1.0, 1.0]}, [4, 6]), AlertRule())
     assert verdict.status == "cannot tell" and not verdict.checked
     assert f"smaller than {DEFAULT_MIN_ROI_PIXELS} pixels" in verdict.not_checkable["roi_enrichment"]
-    assert verdict.summary().startswith("cannot tell: every probe's ROI is smaller")
+    assert verdict.summary().startswith("cannot tell: every probe's ROI is empty or smaller")
     # Lowering the minimum makes them count.
     assert decide(evidence({"sas": [1.0, 1.0]}, [4, 6]), AlertRule(min_roi_pixels=4)).alert
 
