@@ -65,16 +65,17 @@ from lightning_sas.methods import (
     SaS,
     SmoothGrad,
 )
-from lightning_sas.metrics import flat_maps, roi_enrichment
+from lightning_sas.metrics import flat_maps
 from lightning_sas.probes import Probes, stratified_indices
+from lightning_sas.verdict import DEFAULT_MIN_ROI_PIXELS, AlertRule, Evidence, decide
 
 KINDS = ("ruler", "patch")
 #: Counterfactual accuracy drop from which a run counts as "uses the shortcut".
 USES_SHORTCUT_DROP = 0.10
 #: Artifact rate of both classes in the probe split (nightly probe sets carry it on both).
 PROBE_ARTIFACT_RATE = 0.75
-#: ROIs smaller than this many pixels are not scored (lightning_sas.verdict's default).
-MIN_ROI_PIXELS = 9
+#: ROIs smaller than this many pixels are not scored (the rule's default).
+MIN_ROI_PIXELS = DEFAULT_MIN_ROI_PIXELS
 
 
 def variants() -> dict[str, Callable[[], object]]:
@@ -227,14 +228,15 @@ def one_run(kind: str, biased: bool, seed: int, args: argparse.Namespace) -> dic
 # ----------------------------------------------------------------------------- analysis
 
 
-def enrichment(run: dict, method: str, min_roi_pixels: int = MIN_ROI_PIXELS) -> float:
-    """The rule's statistic for one run and method: pooled over the probes with an ROI of at least
-    ``min_roi_pixels`` and a map that is not flat."""
+def enrichment(run: dict, method: str) -> float:
+    """The rule's statistic for one run and method, as :func:`lightning_sas.verdict.decide` computes
+    it (probes with an ROI of at least ``min_roi_pixels``, maps that are not flat), NaN if none count."""
     record = run["methods"][method]
-    pixels = torch.tensor(run["roi_pixels"], dtype=torch.float32)
-    share = torch.tensor(record["roi_share"])
-    keep = (pixels >= min_roi_pixels) & ~torch.tensor(record["flat"])
-    return float(roi_enrichment(torch.where(keep, share, float("nan")), pixels, run["image_pixels"]))
+    # Flat maps score NaN in the audit (these runs recorded their share and the flag apart).
+    shares = [math.nan if flat else share for share, flat in zip(record["roi_share"], record["flat"], strict=True)]
+    evidence = Evidence(image_pixels=run["image_pixels"], roi_pixels=run["roi_pixels"], roi_share={method: shares})
+    verdict = decide(evidence, AlertRule(min_enrichment=0.0, min_flip_rate=None, min_roi_pixels=MIN_ROI_PIXELS))
+    return verdict.scores.get(method, {}).get("roi_enrichment", math.nan)
 
 
 def mean_lift(run: dict, method: str) -> float:
