@@ -49,7 +49,7 @@ def demo_probes(clean: bool, seed: int = SEED):
     """The probes the demo's callback audits in a run: its stratified choice from that run's validation split."""
     splits = make_splits(n_train=2000, n_val=400, n_counterfactual=400, image_size=64, clean=clean, seed=seed)
     val = splits["val"]
-    return probes_from_dataset(val, choose_probes(val, PROBES, seed))
+    return probes_from_dataset(val, choose_probes(val, PROBES, seed), keys={"mask": 2})  # (image, label, ruler)
 
 
 def measure(model: torch.nn.Module, probes, name: str) -> dict:

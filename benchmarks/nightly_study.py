@@ -43,7 +43,9 @@ def export_fresh(out: Path, seed: int, image_size: int, count: int) -> Path:
         p_ruler_benign=PROBE_RULER_RATE,
         seed=seed,
     )
-    export_probes(fresh["val"], out, count=count, seed=seed, mean=MEAN, std=STD, class_names=CLASS_NAMES)
+    export_probes(
+        fresh["val"], out, count=count, seed=seed, mean=MEAN, std=STD, class_names=CLASS_NAMES, item_keys={"mask": 2}
+    )
     with_ruler = fresh["train"].has_ruler.nonzero().flatten()[:16]
     images, masks = fresh["train"].normalised_images()[with_ruler], fresh["train"].ruler_masks[with_ruler] > 0
     export_artifacts(images, masks, out / "artifacts", mean=MEAN, std=STD)

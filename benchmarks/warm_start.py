@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     model = LesionClassifier()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     labels = [int(splits["val"][i][1]) for i in range(len(splits["val"]))]
-    probes = probes_from_dataset(splits["val"], stratified_indices(labels, args.probes, args.seed))
+    probes = probes_from_dataset(splits["val"], stratified_indices(labels, args.probes, args.seed), keys={"mask": 2})
     with_roi = probes.has_roi
 
     for _ in range(args.epochs - 1):

@@ -11,7 +11,9 @@ scores to :func:`lightning_sas.verdict.decide` as plain data.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sas.cost import method_passes
+from lightning_sas.distributed import failing_together
 from lightning_sas.faithfulness import Faithfulness, FaithfulnessCurves
 from lightning_sas.intervention import Artifacts, InterventionResult, intervene
 from lightning_sas.methods import METHODS, AttributionMethod
@@ -210,7 +213,8 @@ def predict(model: nn.Module, images: Tensor, output: OutputSelector = None) -> 
     """``(predicted class, its softmax probability, finite, logits)`` per image, without side effects.
 
     ``finite`` is ``[N]`` bool: whether every logit of the image is finite; ``logits`` the
-    float32 output ``[N, C]``.
+    float32 output ``[N, C]``. Warns when the output looks like probabilities (every row
+    non-negative and summing to 1): the methods explain logits.
 
     Raises:
         ValueError: If the model's output cannot be read as class logits (the message names
@@ -218,9 +222,36 @@ def predict(model: nn.Module, images: Tensor, output: OutputSelector = None) -> 
     """
     with attribution_mode(ClassifierOutput.wrap(model, output)) as forward_module, torch.no_grad():
         logits = forward_module(images).float()
+    if looks_like_probabilities(logits):
+        warnings.warn(
+            "the model's output looks like probabilities, not logits: every probe's output row is non-negative "
+            "and sums to 1. The maps explain the output as logits (gradients through a softmax saturate, and the "
+            "confidences become a softmax of probabilities); pass `output=` to pick the logits out of the model's "
+            "output, or return logits from forward.",
+            stacklevel=2,
+        )
     finite = torch.isfinite(logits).all(dim=1)
     confidences, predictions = logits.softmax(dim=1).max(dim=1)
     return predictions, confidences, finite, logits
+
+
+def looks_like_probabilities(logits: Tensor) -> bool:
+    """Whether every row of ``logits`` ``[N, C]`` is non-negative and sums to 1 (to 1e-4): a
+    softmax output passed as logits (one host sync)."""
+    rows_sum_to_one = ((logits.sum(dim=1) - 1).abs() <= 1e-4).all()
+    return logits.shape[0] > 0 and bool((logits >= 0).all() & rows_sum_to_one)
+
+
+@contextmanager
+def _recorded(errors: dict[str, str], part: str, device: torch.device) -> Iterator[None]:
+    """Run one part of the audit on its own: its failure, on this rank or on another rank of a
+    distributed audit (all ranks agree, see :func:`~lightning_sas.distributed.failing_together`),
+    is recorded as ``errors[part]`` and the audit goes on."""
+    try:
+        with failing_together(device, part):
+            yield
+    except Exception as error:  # noqa: BLE001 - one part's failure must not lose the others' results
+        errors[part] = f"{type(error).__name__}: {error}"
 
 
 def explain(
@@ -245,11 +276,17 @@ def explain(
     ``progress``, if given, is called with each method's name before it runs. Methods that
     are :class:`WarmStartable` and have an entry in ``initial_states`` start from it and run
     ``warm_start_iterations`` steps (their own ``iterations`` when ``None``); their final
-    state is returned in ``masks``. With ``artifacts``, the intervention is measured too;
-    with ``faithfulness``, the deletion / insertion curves of every method's maps (all methods
-    in shared chunked forwards; a failure there is reported under ``errors["faithfulness"]``);
-    with ``sanity_stages``, the cascading model-parameter randomisation check of the methods
-    that succeeded (``errors["sanity"]`` on failure).
+    state is returned in ``masks``. With ``artifacts``, the intervention is measured too
+    (``errors["intervention"]`` on failure); with ``faithfulness``, the deletion / insertion
+    curves of every method's maps (all methods in shared chunked forwards; a failure there is
+    reported under ``errors["faithfulness"]``); with ``sanity_stages``, the cascading
+    model-parameter randomisation check of the methods that succeeded (``errors["sanity"]`` on
+    failure).
+
+    Inside :func:`~lightning_sas.distributed.all_ranks_together` (a DDP audit, each rank on its
+    shard) the ranks agree on every part: a part that fails on one rank fails on all of them
+    (``"... failed on another rank"``), so every rank returns the same parts and makes the same
+    collectives, and none waits for a failed one.
 
     Raises:
         ValueError: If ``target="label"`` and a probe has no label, or the model's output is
@@ -257,60 +294,43 @@ def explain(
     """
     started = time.perf_counter()
     adapter = ClassifierOutput.wrap(model, output)
-    predictions, confidences, finite_logits, logits = predict(adapter, probes.images)
-    if target == "label":
-        if bool((probes.labels < 0).any()):
+    device = probes.images.device
+    # Under DDP every rank raises if one does (a shard's missing label, an unreadable output).
+    with failing_together(device, "reading the model's output"):
+        predictions, confidences, finite_logits, logits = predict(adapter, probes.images)
+        if target == "label" and bool((probes.labels < 0).any()):
             raise ValueError("`target`='label' needs a label for every probe; some probes have none.")
-        targets = probes.labels.to(predictions.device)
-    else:
-        targets = predictions
-    maps: dict[str, Tensor] = {}
-    masks: dict[str, Any] = {}
+    targets = probes.labels.to(predictions.device) if target == "label" else predictions
     errors: dict[str, str] = {}
-    for name, method in methods.items():
-        if progress is not None:
-            progress(name)
-        try:
-            with accounted(method_passes(method) * len(probes)):
-                if isinstance(method, WarmStartable):
-                    start = (initial_states or {}).get(name)
-                    if start is not None and start.shape[0] != len(probes):
-                        start = None  # the probe set changed: start cold
-                    iterations = warm_start_iterations if start is not None else None
-                    maps[name], masks[name] = method.attribute_from(adapter, probes.images, targets, start, iterations)
-                else:
-                    maps[name] = method.attribute(adapter, probes.images, targets)
-        except Exception as error:  # noqa: BLE001 - one method's failure must not lose the others' results
-            errors[name] = f"{type(error).__name__}: {error}"
+    maps, masks = _explain_methods(
+        adapter, probes, methods, targets, errors, progress, initial_states, warm_start_iterations
+    )
     for name, method_maps in maps.items():
         bad = ~finite_logits.to(method_maps.device)
         # NaN, never a zero map scored at chance: the probe's scores become NaN too.
         maps[name] = torch.where(bad[:, None, None], torch.full_like(method_maps, float("nan")), method_maps)
+    # Each part on its own (all ranks agree on which failed): the maps stand without it.
     curves: dict[str, FaithfulnessCurves] = {}
     if faithfulness is not None and maps:
         if progress is not None:
             progress("faithfulness")
-        try:
-            with accounted((2 + 2 * (faithfulness.steps - 1) * len(maps)) * len(probes)):
-                curves = faithfulness(adapter, probes.images, targets, maps)
-        except Exception as error:  # noqa: BLE001 - the maps stand without their faithfulness scores
-            errors["faithfulness"] = f"{type(error).__name__}: {error}"
+        passes = (2 + 2 * (faithfulness.steps - 1) * len(maps)) * len(probes)
+        with _recorded(errors, "faithfulness", device), accounted(passes):
+            curves = faithfulness(adapter, probes.images, targets, maps)
     intervention = None
     if artifacts is not None:
-        with accounted((artifacts.trials + 1) * len(probes)):
+        with _recorded(errors, "intervention", device), accounted((artifacts.trials + 1) * len(probes)):
             intervention = intervene(adapter, probes.images, artifacts)
     sanity = None
     explained = {name: method for name, method in methods.items() if name in maps}
     if sanity_stages and explained:
         if progress is not None:
             progress("sanity check")
-        try:
-            with accounted((sanity_stages + 1) * sum(method_passes(m) for m in explained.values()) * len(probes)):
-                sanity = cascading_randomization(
-                    adapter, probes.images, targets, explained, stages=sanity_stages, seed=sanity_seed
-                )
-        except Exception as error:  # noqa: BLE001 - the audit's results stand without the sanity check
-            errors["sanity"] = f"{type(error).__name__}: {error}"
+        passes = (sanity_stages + 1) * sum(method_passes(m) for m in explained.values()) * len(probes)
+        with _recorded(errors, "sanity", device), accounted(passes):
+            sanity = cascading_randomization(
+                adapter, probes.images, targets, explained, stages=sanity_stages, seed=sanity_seed
+            )
     return AuditResult(
         maps=maps,
         predictions=predictions,
@@ -327,6 +347,34 @@ def explain(
         faithfulness=curves,
         sanity=sanity,
     )
+
+
+def _explain_methods(
+    adapter: nn.Module,
+    probes: Probes,
+    methods: Mapping[str, AttributionMethod],
+    targets: Tensor,
+    errors: dict[str, str],
+    progress: Callable[[str], None] | None,
+    initial_states: Mapping[str, Any] | None,
+    warm_start_iterations: int | None,
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(maps, final states)`` of each method that succeeded; the others' errors go to ``errors``."""
+    maps: dict[str, Tensor] = {}
+    masks: dict[str, Any] = {}
+    for name, method in methods.items():
+        if progress is not None:
+            progress(name)
+        with _recorded(errors, name, probes.images.device), accounted(method_passes(method) * len(probes)):
+            if isinstance(method, WarmStartable):
+                start = (initial_states or {}).get(name)
+                if start is not None and start.shape[0] != len(probes):
+                    start = None  # the probe set changed: start cold
+                iterations = warm_start_iterations if start is not None else None
+                maps[name], masks[name] = method.attribute_from(adapter, probes.images, targets, start, iterations)
+            else:
+                maps[name] = method.attribute(adapter, probes.images, targets)
+    return maps, masks
 
 
 def nonfinite_positions(maps: Tensor) -> list[int]:
@@ -406,7 +454,11 @@ def run_audit(
 def problems(result: AuditResult, names: Sequence[str]) -> list[str]:
     """One sentence per failed method, per method with non-finite or flat maps, and for a model whose
     output ignores its input (for warnings and reports)."""
-    parts = {"faithfulness": "faithfulness could not be scored", "sanity": "the sanity check failed"}
+    parts = {
+        "faithfulness": "faithfulness could not be scored",
+        "sanity": "the sanity check failed",
+        "intervention": "the intervention could not be measured",
+    }
     lines = [
         f"{parts.get(method, f'{method} failed and has no maps')} ({error})" for method, error in result.errors.items()
     ]

@@ -29,6 +29,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,7 +37,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch import loggers as lightning_loggers
+from lightning.pytorch.loggers import Logger, WandbLogger
 from torch import Tensor
 
 from lightning_sas.audit import AuditResult
@@ -164,6 +166,36 @@ def describe_error(error: BaseException) -> str:
     return str(error) if isinstance(error, AuditWriteError) else f"{type(error).__name__}: {error}"
 
 
+#: The logger classes written in their own form, by name in ``lightning.pytorch.loggers``.
+NATIVE_LOGGERS = ("TensorBoardLogger", "WandbLogger", "MLFlowLogger", "CSVLogger")
+
+
+def is_logger(logger: object, kind: str) -> bool:
+    """Whether ``logger`` is a ``kind`` logger (e.g. ``"TensorBoardLogger"``) of either Lightning namespace.
+
+    ``lightning.pytorch.loggers.TensorBoardLogger`` and ``pytorch_lightning.loggers.TensorBoardLogger``
+    are separate classes with the same behaviour; published projects use both. The classic
+    namespace is looked up only when the user's code already imported it (never imported here).
+
+    Example:
+        >>> from lightning.pytorch.loggers import CSVLogger
+        >>> is_logger(CSVLogger("logs"), "CSVLogger"), is_logger(CSVLogger("logs"), "TensorBoardLogger")
+        (True, False)
+    """
+    if kind not in NATIVE_LOGGERS:
+        raise ValueError(f"`kind` must be one of {NATIVE_LOGGERS}, got {kind!r}.")
+    classes = [getattr(lightning_loggers, kind)]
+    classic = sys.modules.get("pytorch_lightning.loggers")
+    if classic is not None and hasattr(classic, kind):
+        classes.append(getattr(classic, kind))
+    return isinstance(logger, tuple(classes))
+
+
+def _is_native_store(logger: object) -> bool:
+    """W&B and MLflow: written through their own APIs, never as loose files."""
+    return is_logger(logger, "WandbLogger") or is_logger(logger, "MLFlowLogger")
+
+
 def logger_directory(logger: Logger) -> Path | None:
     """Where a logger keeps its files (its run directory), or ``None`` if it has none.
 
@@ -171,7 +203,7 @@ def logger_directory(logger: Logger) -> Path | None:
     store) have no local directory. W&B and MLflow loggers are written through their own
     APIs instead (:func:`write_pictures`), never as loose files.
     """
-    if isinstance(logger, WandbLogger | MLFlowLogger):
+    if _is_native_store(logger):
         return None
     try:
         directory = logger.log_dir or logger.save_dir
@@ -236,12 +268,12 @@ def write_pictures(
     captions = captions or {}
 
     def write(logger: Logger) -> None:
-        if isinstance(logger, TensorBoardLogger):
+        if is_logger(logger, "TensorBoardLogger"):
             for tag, picture in pictures.items():
                 logger.experiment.add_image(tag, picture, global_step=step, dataformats="HWC")
             logger.experiment.flush()
             return
-        if isinstance(logger, WandbLogger):
+        if is_logger(logger, "WandbLogger"):
             import wandb
 
             _wandb_log(
@@ -253,7 +285,7 @@ def write_pictures(
                 step,
             )
             return
-        if isinstance(logger, MLFlowLogger):
+        if is_logger(logger, "MLFlowLogger"):
             for tag, picture in pictures.items():
                 # Synchronous, so a failure is this logger's failure and a reader sees every image.
                 logger.experiment.log_image(logger.run_id, picture, key=tag, step=step, synchronous=True)
@@ -290,14 +322,14 @@ def write_text(loggers: Sequence[Logger], tag: str, text: str, step: int) -> lis
     skipped: list[Logger] = []
 
     def write(logger: Logger) -> None:
-        if isinstance(logger, TensorBoardLogger):
+        if is_logger(logger, "TensorBoardLogger"):
             logger.experiment.add_text(tag, text, global_step=step)
             logger.experiment.flush()
             return
-        if isinstance(logger, WandbLogger):
+        if is_logger(logger, "WandbLogger"):
             logger.experiment.summary[tag] = text
             return
-        if isinstance(logger, MLFlowLogger):
+        if is_logger(logger, "MLFlowLogger"):
             logger.experiment.log_text(logger.run_id, text, mlflow_text_path(tag, step))
             return
         directory = logger_directory(logger)
@@ -317,7 +349,9 @@ def write_text(loggers: Sequence[Logger], tag: str, text: str, step: int) -> lis
 MANIFEST_COLUMNS = ("probe", "index", "label", "sha256")
 
 
-def write_manifest(loggers: Sequence[Logger], manifest: Sequence[Mapping], step: int) -> list[Logger]:
+def write_manifest(
+    loggers: Sequence[Logger], manifest: Sequence[Mapping], step: int, tag: str = "audit/manifest"
+) -> list[Logger]:
     """The probe manifest under ``audit/manifest``: a ``wandb.Table`` for W&B (and the Markdown
     table in its summary), the Markdown table (:func:`manifest_markdown`) for every other logger.
 
@@ -328,11 +362,11 @@ def write_manifest(loggers: Sequence[Logger], manifest: Sequence[Mapping], step:
         AuditWriteError: After every logger was tried, if some failed.
     """
     text = manifest_markdown(manifest)
-    others = [logger for logger in loggers if not isinstance(logger, WandbLogger)]
+    others = [logger for logger in loggers if not is_logger(logger, "WandbLogger")]
     failures: list[str] = []
     skipped: list[Logger] = []
     try:
-        skipped = write_text(others, "audit/manifest", text, step)
+        skipped = write_text(others, tag, text, step)
     except AuditWriteError as error:
         failures.append(str(error))
 
@@ -340,11 +374,11 @@ def write_manifest(loggers: Sequence[Logger], manifest: Sequence[Mapping], step:
         import wandb
 
         rows = [[entry["name"], entry["index"], str(entry["label"]), entry["sha256"]] for entry in manifest]
-        _wandb_log(logger, {"audit/manifest": wandb.Table(columns=list(MANIFEST_COLUMNS), data=rows)}, step)
-        logger.experiment.summary["audit/manifest_markdown"] = text
+        _wandb_log(logger, {tag: wandb.Table(columns=list(MANIFEST_COLUMNS), data=rows)}, step)
+        logger.experiment.summary[f"{tag}_markdown"] = text
 
     try:
-        _each_logger([logger for logger in loggers if isinstance(logger, WandbLogger)], write)
+        _each_logger([logger for logger in loggers if is_logger(logger, "WandbLogger")], write)
     except AuditWriteError as error:
         failures.append(str(error))
     if failures:
@@ -386,6 +420,30 @@ def scalar_layout(
     return {"audit: methods side by side": charts}
 
 
+def retag(tag: str, name: str) -> str:
+    """``tag`` under the audit named ``name``: ``audit/sas/roi_share`` -> ``<name>/sas/roi_share``.
+
+    Example:
+        >>> retag("audit/sas/roi_share", "audit_fast"), retag("audit/sas/roi_share", "audit")
+        ('audit_fast/sas/roi_share', 'audit/sas/roi_share')
+    """
+    return f"{name}/{tag.removeprefix('audit/')}" if tag.startswith("audit/") else tag
+
+
+def retag_layout(layout: Mapping[str, Mapping[str, list]], name: str) -> dict[str, dict[str, list]]:
+    """A :func:`scalar_layout` for the audit named ``name`` (its group title and tag patterns)."""
+    if name == "audit":
+        return {group: dict(charts) for group, charts in layout.items()}
+    prefix = f"^{re.escape(name)}/"
+    return {
+        group.replace("audit", name, 1): {
+            chart: [kind, [pattern.replace("^audit/", prefix, 1) for pattern in patterns]]
+            for chart, (kind, patterns) in charts.items()
+        }
+        for group, charts in layout.items()
+    }
+
+
 def write_layout(loggers: Sequence[Logger], layout: Mapping[str, Mapping[str, list]]) -> None:
     """The custom-scalars ``layout`` to every TensorBoard logger (others have no such thing).
 
@@ -394,7 +452,7 @@ def write_layout(loggers: Sequence[Logger], layout: Mapping[str, Mapping[str, li
     """
 
     def write(logger: Logger) -> None:
-        if isinstance(logger, TensorBoardLogger):
+        if is_logger(logger, "TensorBoardLogger"):
             logger.experiment.add_custom_scalars(dict(layout))
             logger.experiment.flush()
 
@@ -406,9 +464,11 @@ def first_directory(loggers: Sequence[Logger]) -> Path | None:
     return next((directory for directory in map(logger_directory, loggers) if directory is not None), None)
 
 
-def save_raw_maps(directory: os.PathLike[str] | str, epoch: int, result: AuditResult, probes: Probes) -> Path:
-    """``audits/epoch=<E>.npz`` with every method's maps and the probe identities, for diffing."""
-    path = Path(directory) / "audits" / f"epoch={epoch}.npz"
+def save_raw_maps(
+    directory: os.PathLike[str] | str, epoch: int, result: AuditResult, probes: Probes, folder: str = "audits"
+) -> Path:
+    """``<folder>/epoch=<E>.npz`` with every method's maps and the probe identities, for diffing."""
+    path = Path(directory) / folder / f"epoch={epoch}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"maps_{name}": maps.detach().float().cpu().numpy() for name, maps in result.maps.items()}
     arrays.update(
@@ -423,7 +483,9 @@ def save_raw_maps(directory: os.PathLike[str] | str, epoch: int, result: AuditRe
     return path
 
 
-def write_raw_maps(loggers: Sequence[Logger], epoch: int, result: AuditResult, probes: Probes) -> None:
+def write_raw_maps(
+    loggers: Sequence[Logger], epoch: int, result: AuditResult, probes: Probes, folder: str = "audits"
+) -> None:
     """Raw maps (:func:`save_raw_maps`) once per run store: under the first logger directory,
     as the artifact ``audits/epoch=<E>.npz`` of every MLflow run, and as a file of every W&B run.
 
@@ -431,20 +493,20 @@ def write_raw_maps(loggers: Sequence[Logger], epoch: int, result: AuditResult, p
         AuditWriteError: After every logger was tried, if some failed.
     """
     directory = first_directory(loggers)
-    native = [logger for logger in loggers if isinstance(logger, WandbLogger | MLFlowLogger)]
+    native = [logger for logger in loggers if _is_native_store(logger)]
     if directory is not None:
-        save_raw_maps(directory, epoch, result, probes)
+        save_raw_maps(directory, epoch, result, probes, folder)
     if not native:
         return
     with tempfile.TemporaryDirectory(prefix="lightning_sas_") as scratch:
-        path = save_raw_maps(scratch, epoch, result, probes)
+        path = save_raw_maps(scratch, epoch, result, probes, folder)
 
         def write(logger: Logger) -> None:
-            if isinstance(logger, MLFlowLogger):
-                logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="audits")
+            if is_logger(logger, "MLFlowLogger"):
+                logger.experiment.log_artifact(logger.run_id, str(path), artifact_path=folder)
             else:
                 # Files in the run directory are the run's files (uploaded when the run syncs).
-                destination = Path(logger.experiment.dir) / "audits" / path.name
+                destination = Path(logger.experiment.dir) / folder / path.name
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, destination)
 

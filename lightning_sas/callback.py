@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
@@ -14,21 +15,23 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
-from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
+from lightning_utilities.core.overrides import is_overridden
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from tqdm.auto import tqdm
 from typing_extensions import override
 
-from lightning_sas.audit import AuditResult, explain, nonfinite_positions, problems, resolve_methods, score
+from lightning_sas.audit import AuditResult, explain, problems, resolve_methods, score
 from lightning_sas.audit_logging import (
     AuditWriteError,
     audit_captions,
     audit_scalars,
     describe_error,
     render_audit,
+    retag,
+    retag_layout,
     scalar_layout,
     write_layout,
     write_manifest,
@@ -38,16 +41,19 @@ from lightning_sas.audit_logging import (
     write_text,
 )
 from lightning_sas.cost import TIMED_PROBES, AuditCost, audit_passes, estimate_audit
-from lightning_sas.distributed import all_ranks_together
-from lightning_sas.faithfulness import Faithfulness, FaithfulnessCurves
-from lightning_sas.intervention import Artifacts, InterventionResult
+from lightning_sas.distributed import all_ranks_together, failing_together
+from lightning_sas.faithfulness import Faithfulness
+from lightning_sas.intervention import Artifacts
 from lightning_sas.methods.base import AttributionMethod
+from lightning_sas.methods.gradcam import GradCAM
+from lightning_sas.model_state import attribution_mode
 from lightning_sas.normalization import check_normalization, per_channel
-from lightning_sas.outputs import OutputSelector, check_output_selector
+from lightning_sas.outputs import ClassifierOutput, OutputSelector, check_output_selector
 from lightning_sas.probes import Probes, choose_probes, probes_from_dataset
 from lightning_sas.probes import item_keys as checked_item_keys
 from lightning_sas.progress import reporting
 from lightning_sas.sanity import DEFAULT_STAGES, SanityResult
+from lightning_sas.sharding import gather_result, shard_positions
 from lightning_sas.verdict import AlertRule, decide
 
 
@@ -108,16 +114,26 @@ class SASAuditCallback(Callback):
     ``on_error="raise"``. A method that fails loses only its own results.
 
     The probe set is chosen once, before the first training step, from the validation dataset
-    (or is the ``probe`` Dataset): deterministic for ``seed`` and stratified over classes.
-    Dataset items may be ``image``, ``(image, label)``, ``(image, label, roi_mask)`` or a
-    mapping (keys ``"image"``, ``"label"``, ``"mask"`` unless ``item_keys`` says otherwise),
-    where ``roi_mask`` (``H×W``, 0/1) marks a region that must not drive the decision, e.g. a
-    ruler. The module's ``forward(images)`` returns class logits ``[B, num_classes]``, a single
-    binary logit ``[B]`` / ``[B, 1]``, or a tuple/list/dict from which ``output`` picks them.
+    (or the ``probe`` Dataset): deterministic for ``seed`` and stratified over classes. Each
+    probe is what ``validation_step`` would receive: the item is collated with the validation
+    loader's ``collate_fn`` and passed through the batch hooks (``on_before_batch_transfer``,
+    ``transfer_batch_to_device``, ``on_after_batch_transfer``, the datamodule's where it
+    overrides them), so a module that normalises there is audited on normalised inputs.
+    Items may be ``image``, ``(image, label, ...)`` (further elements such as a file name or
+    metadata are ignored; a file name is shown with the probe) or a mapping (keys ``"image"``,
+    ``"label"``, ``"mask"``); labels a class index or a one-hot vector. An ROI mask (``H×W``,
+    0/1: a region that must not drive the decision, e.g. a ruler) is read from mapping items'
+    ``"mask"`` key, and from tuple items only where ``item_keys`` puts it (``{"mask": 2}``): a
+    third element may as well be the lesion's own mask. The module's ``forward(images)`` returns
+    class logits ``[B, num_classes]``, a single binary logit ``[B]`` / ``[B, 1]``, or a
+    tuple/list/dict from which ``output`` picks them.
 
     Args:
         probe: How many validation images to pick (``int``), the indices into the validation
-            dataset to use, or a ``Dataset`` whose items are the probes.
+            dataset to use, or a ``Dataset`` to take the probes from (all its items, or
+            ``probe_count`` of them).
+        probe_count: With ``probe=<Dataset>``: audit this many of its items, chosen as from
+            the validation data (seeded, balanced over classes); ``None``: all of them.
         every_n_epochs: Audit every this many training epochs.
         methods: Method names (``"sas"``, ``"gradcam"``) or method objects (anything with
             ``.attribute(model, images, targets)`` and a ``name``).
@@ -162,8 +178,20 @@ class SASAuditCallback(Callback):
             iterations instead of their own (see the README for the measured trade-off).
         output: Where the logits are in the module's output: ``None`` (the output is the
             logits), an index (tuple/list outputs), a key (dict outputs) or a callable.
-        item_keys: For mapping items, the keys of ``"image"``, ``"label"`` and ``"roi"``,
-            e.g. ``{"image": "pixels", "roi": "ruler_mask"}``.
+        item_keys: Where the fields ``"image"``, ``"label"`` and ``"mask"`` (or ``"roi"``) are:
+            a key of mapping items or a position in tuple items, e.g.
+            ``{"image": "pixels", "mask": "ruler_mask"}`` or ``{"mask": 2}``.
+        batch_hooks: Pass each probe through the collate function and the batch hooks, as
+            validation does (``False``: read the dataset items as they are).
+        name: The audit's name: the prefix of its TensorBoard tags (``"<name>/..."``) and part
+            of its checkpoint key. Two callbacks in one Trainer (e.g. Grad-CAM every epoch and
+            SaS every 5) need different names.
+        checkpoint_maps: Keep the last audit's maps (float16) and SaS masks in the callback's
+            checkpoint state, so that drift scores and warm starts carry over a resume. They
+            cost ``probes × H × W × 2`` bytes per method (≈ 1.6 MB for 16 probes of 224² per
+            method; ≈ 13 MB with all eight methods); ``False``
+            keeps only the small records (manifest, history, alerts), and a resumed run
+            starts drift and warm starts afresh.
 
     Raises:
         ValueError: If an argument is invalid (the message names it and its value).
@@ -204,6 +232,10 @@ class SASAuditCallback(Callback):
         cost_warning_share: float | None = 0.5,
         progress_bar: bool | None = None,
         sanity: bool | int = True,
+        probe_count: int | None = None,
+        batch_hooks: bool = True,
+        name: str = "audit",
+        checkpoint_maps: bool = True,
     ) -> None:
         if isinstance(probe, bool) or not isinstance(probe, int | Sequence | Dataset):
             raise ValueError(f"`probe` must be an int, a list of indices or a Dataset, got {type(probe).__name__}.")
@@ -213,6 +245,17 @@ class SASAuditCallback(Callback):
             len(probe) == 0 or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in probe)
         ):
             raise ValueError(f"`probe` indices must be a non-empty list of integers >= 0, got {list(probe)!r}.")
+        if probe_count is not None and (
+            isinstance(probe_count, bool) or not isinstance(probe_count, int) or probe_count < 1
+        ):
+            raise ValueError(f"`probe_count` must be an integer >= 1 or None, got {probe_count!r}.")
+        if probe_count is not None and not isinstance(probe, Dataset):
+            raise ValueError(
+                f"`probe_count`={probe_count} chooses probes from a `probe` Dataset; with probe={probe!r} "
+                "say how many validation images to pick with `probe` itself."
+            )
+        if not isinstance(name, str) or not name or any(c in name for c in "/\\ \t\n"):
+            raise ValueError(f"`name` must be a non-empty string without '/' or spaces, got {name!r}.")
         if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError(f"`every_n_epochs` must be an integer >= 1, got {every_n_epochs!r}.")
         if target not in ("pred", "label"):
@@ -275,6 +318,10 @@ class SASAuditCallback(Callback):
         self.warm_start_iterations = warm_start_iterations
         self.output = check_output_selector(output)
         self.item_keys = checked_item_keys(item_keys)
+        self.probe_count = probe_count
+        self.batch_hooks = bool(batch_hooks)
+        self.name = name
+        self.checkpoint_maps = bool(checkpoint_maps)
 
         self.probes: Probes | None = None
         self.manifest: list[dict] = []
@@ -288,6 +335,9 @@ class SASAuditCallback(Callback):
         self._previous_masks: dict[str, Tensor] = {}
         self._loaded_manifest: list[dict] | None = None
         self._loggers_without_files: set[int] = set()
+        #: Per Grad-CAM method, the dotted name of the layer it explains (set before training).
+        self.layers: dict[str, str] = {}
+        self._run_trainer: weakref.ref[pl.Trainer] | None = None  # the Trainer of the run audited so far
 
     @property
     @override
@@ -296,7 +346,9 @@ class SASAuditCallback(Callback):
         # whatever else changed (`every_n_epochs`, methods, seed, probe count: the manifest wins
         # and a changed count is reported).
         source = f"dataset:{type(self.probe).__qualname__}" if isinstance(self.probe, Dataset) else "validation"
-        return self._generate_state_key(probes=source)
+        if self.name == "audit":  # the key of checkpoints written before `name` existed
+            return self._generate_state_key(probes=source)
+        return self._generate_state_key(probes=source, name=self.name)
 
     # ------------------------------------------------------------------ checks and probe set
 
@@ -309,6 +361,26 @@ class SASAuditCallback(Callback):
                 "Cannot use `SASAuditCallback` with a Trainer that has no logger: the audit's heatmaps and "
                 "scores are written through it. Pass e.g. `Trainer(logger=TensorBoardLogger('logs'))`."
             )
+        if self._run_trainer is not None and self._run_trainer() is not trainer:
+            # A new Trainer is a new run: the last run's audited epochs would otherwise skip this
+            # run's audits. A checkpoint given to `fit(ckpt_path=...)` is loaded after `setup`.
+            if self.audited_epochs:
+                rank_zero_info(
+                    f"SASAuditCallback: a new Trainer; the audit starts a new history (the previous run's "
+                    f"{len(self.audited_epochs)} audit(s) are not carried over)."
+                )
+            self._reset_run()
+        self._run_trainer = weakref.ref(trainer)
+
+    def _reset_run(self) -> None:
+        """Forget what a previous ``fit`` audited (probes are chosen again at the next train start)."""
+        self.probes = None
+        self.manifest, self.alerts, self.verdicts = [], [], []
+        self.audited_epochs, self.probe_changes, self.history = [], [], []
+        self.sanity = None
+        self._cannot_tell_warned = set()
+        self._previous_maps, self._previous_masks = {}, {}
+        self._loaded_manifest = None
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -323,8 +395,10 @@ class SASAuditCallback(Callback):
                 self._check_manifest(trainer)
             with self._failures_reported("could not estimate its cost"), isolate_rng():
                 self._estimate_cost(trainer, pl_module)
+            with self._failures_reported("could not locate its Grad-CAM layer"), isolate_rng():
+                self._record_layers(trainer, pl_module)
 
-    def _validation_dataset(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Dataset:
+    def _validation_loader(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> DataLoader:
         loaders = trainer.val_dataloaders
         if loaders is None and trainer.limit_val_batches != 0:
             loaders = _unloaded_validation_dataloaders(trainer, pl_module)
@@ -333,7 +407,7 @@ class SASAuditCallback(Callback):
         elif isinstance(loaders, Sequence) and not isinstance(loaders, DataLoader):
             loaders = loaders[0] if loaders else None
         dataset = getattr(loaders, "dataset", None)
-        if dataset is None:
+        if loaders is None or dataset is None:
             raise MisconfigurationException(
                 "`SASAuditCallback` needs validation data to pick probes from, and the Trainer has none "
                 "(no val_dataloader, or limit_val_batches=0). Pass `probe=<a Dataset>` instead."
@@ -344,7 +418,44 @@ class SASAuditCallback(Callback):
                 f"{type(dataset).__name__} (an IterableDataset or without len()), which has no indices. "
                 "Pass `probe=<a Dataset>` (a map-style Dataset holding the probe images) instead."
             )
-        return dataset
+        return loaders  # type: ignore[return-value]
+
+    def _prepare(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, collate: Callable[[list], object] | None
+    ) -> Callable[[object], object] | None:
+        """One item -> the batch ``validation_step`` would receive (``None``: read items as they are)."""
+        if not self.batch_hooks:
+            return None
+        hooks = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+        owners = {
+            hook: trainer.datamodule
+            if trainer.datamodule is not None and overrides(hook, trainer.datamodule)
+            else pl_module
+            for hook in hooks
+        }
+        hooked = any(overrides(hook, owner) for hook, owner in owners.items())
+        custom_collate = collate is not None and collate is not default_collate
+
+        def prepare(item: object) -> object:
+            try:
+                batch = (collate or default_collate)([item])
+            except (TypeError, RuntimeError) as error:
+                if not (hooked or custom_collate):
+                    return item  # nothing to reproduce: read the item as it is (e.g. a PIL image)
+                raise MisconfigurationException(
+                    f"SASAuditCallback: could not collate a probe item as the validation loader does ({error}). "
+                    "Pass `probe=<a Dataset>` with items the collate function takes, or `batch_hooks=False`."
+                ) from error
+            stage = trainer.state.stage
+            trainer.validating = True  # hooks that augment only while training see validation
+            try:
+                batch = owners["on_before_batch_transfer"].on_before_batch_transfer(batch, 0)
+                batch = owners["transfer_batch_to_device"].transfer_batch_to_device(batch, pl_module.device, 0)
+                return owners["on_after_batch_transfer"].on_after_batch_transfer(batch, 0)
+            finally:
+                trainer.state.stage = stage
+
+        return prepare
 
     def _select_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Probes:
         keys = self.item_keys
@@ -353,10 +464,22 @@ class SASAuditCallback(Callback):
                 raise MisconfigurationException(
                     f"`probe` must be a map-style Dataset (with len() and indexing), got {type(self.probe).__name__}."
                 )
-            positions = list(range(len(self.probe)))  # type: ignore[arg-type]
-            probes = probes_from_dataset(self.probe, positions, prefix="probe", keys=keys)
+            size = len(self.probe)  # type: ignore[arg-type]
+            if self._loaded_manifest and all(entry["index"] < size for entry in self._loaded_manifest):
+                positions = [entry["index"] for entry in self._loaded_manifest]
+            elif self.probe_count is None:
+                positions = list(range(size))
+            elif self.probe_count > size:
+                raise MisconfigurationException(
+                    f"`probe_count`={self.probe_count} asks for more images than the `probe` Dataset has ({size})."
+                )
+            else:
+                positions = choose_probes(self.probe, self.probe_count, self.seed, keys)
+            prepare = self._prepare(trainer, pl_module, None)
+            probes = probes_from_dataset(self.probe, positions, prefix="probe", keys=keys, prepare=prepare)
         else:
-            dataset = self._validation_dataset(trainer, pl_module)
+            loader = self._validation_loader(trainer, pl_module)
+            dataset = loader.dataset
             size = len(dataset)  # type: ignore[arg-type]
             if self._loaded_manifest:
                 positions = [entry["index"] for entry in self._loaded_manifest]
@@ -378,7 +501,8 @@ class SASAuditCallback(Callback):
                 raise MisconfigurationException(
                     f"`probe` indices {out_of_range} are out of range for the validation set of {size} items."
                 )
-            probes = probes_from_dataset(dataset, positions, keys=keys)
+            prepare = self._prepare(trainer, pl_module, getattr(loader, "collate_fn", None))
+            probes = probes_from_dataset(dataset, positions, keys=keys, prepare=prepare)
         channels = probes.images.shape[1]
         for name, values in (("mean", self.mean), ("std", self.std)):
             if values is not None:
@@ -390,7 +514,47 @@ class SASAuditCallback(Callback):
             raise MisconfigurationException(
                 "`target`='label' needs labelled probes, and some probe items have no label."
             )
+        if probes.integer_input:
+            self._check_integer_input(pl_module, probes)
         return probes
+
+    def _record_layers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Say which layer each Grad-CAM explains (text ``audit/<method>/layer``; kept in :attr:`layers`).
+
+        A given layer that is not in the model fails here, before any training step, with the
+        nearest valid names; the automatic choice is located once and reused by the audits.
+        """
+        grad_cams = {name: method for name, method in self.methods.items() if isinstance(method, GradCAM)}
+        if not grad_cams or self.probes is None:
+            return
+        images = trainer.precision_plugin.convert_input(self.probes.images[:2].to(pl_module.device))
+        with attribution_mode(pl_module) as model, trainer.precision_plugin.forward_context():
+            classifier = ClassifierOutput.wrap(model, self.output)
+            for name, method in grad_cams.items():
+                try:
+                    self.layers[name] = method.layer_name(classifier, images)
+                except ValueError as error:
+                    if method.target_layer is None:
+                        raise  # the automatic search failed: audit work, reported per `on_error`
+                    # A given layer is only looked up: a name not in the model is a configuration error.
+                    raise MisconfigurationException(f"SASAuditCallback: method {name!r}: {error}") from error
+        for name, layer in self.layers.items():
+            how = "given" if grad_cams[name].target_layer is not None else "chosen automatically"
+            self._write_text(trainer, f"audit/{name}/layer", f"{name} explains the layer `{layer}` ({how}).")
+
+    def _check_integer_input(self, pl_module: pl.LightningModule, probes: Probes) -> None:
+        """Attribution needs float inputs: refuse a model that reads integer and float images differently."""
+        images = probes.images[:TIMED_PROBES].to(pl_module.device)
+        with attribution_mode(pl_module) as model, torch.no_grad():
+            classifier = ClassifierOutput.wrap(model, self.output)
+            as_float, as_stored = classifier(images).float(), classifier(images.to(torch.uint8)).float()
+        if not torch.allclose(as_float, as_stored, rtol=1e-3, atol=1e-4):
+            raise MisconfigurationException(
+                "SASAuditCallback: the probes are integer (uint8) images, which the audit explains as float tensors "
+                "with the same values, and the model's output changes when they are given as float (max difference "
+                f"{float((as_float - as_stored).abs().max()):.3g}). Convert them to float in the dataset or in "
+                "`on_after_batch_transfer`, where the audit sees it too."
+            )
 
     def _check_manifest(self, trainer: pl.Trainer) -> None:
         if self.probes is None:
@@ -490,6 +654,8 @@ class SASAuditCallback(Callback):
         """Audit work never kills training by default: warn and go on (``on_error="raise"`` re-raises)."""
         try:
             yield
+        except MisconfigurationException:
+            raise  # a configuration error is the user's to fix before training, never a warning
         except Exception as error:
             if self.on_error == "raise":
                 raise
@@ -578,17 +744,17 @@ class SASAuditCallback(Callback):
         probes = self.probes
         if probes is None:
             raise RuntimeError("SASAuditCallback: no probe set was selected before the audit.")
-        device = pl_module.device
-        world_size, rank = trainer.world_size, trainer.global_rank
-        count = len(probes)
-        per_rank = math.ceil(count / world_size)
-        # Strided shards padded to the same length (all_gather needs equal shapes, and every
-        # rank must make the same forward calls).
-        mine = list(range(rank, count, world_size)) or [rank % count]
-        mine += [mine[-1]] * (per_rank - len(mine))
-        failure: Exception | None = None
-        local = shard = None
-        try:
+        device, count = pl_module.device, len(probes)
+        mine = shard_positions(count, trainer.world_size, trainer.global_rank)
+        # Any failure in here raises on every rank: none waits in a collective.
+        with failing_together(device, "the audit"):
+            # Methods that read the whole probe set (GradientSHAP's background) see all of it,
+            # not the rank's shard: the maps do not depend on the number of ranks.
+            everything = trainer.precision_plugin.convert_input(probes.images.to(device))
+            bound = {
+                name: method.bind_probe_set(everything) if hasattr(method, "bind_probe_set") else method
+                for name, method in self.methods.items()
+            }
             shard = probes.subset(mine).to(device)
             shard.images = trainer.precision_plugin.convert_input(shard.images)
             initial_states = {name: mask[mine].to(device) for name, mask in self._previous_masks.items()}
@@ -596,7 +762,7 @@ class SASAuditCallback(Callback):
                 local = explain(
                     pl_module,
                     shard,
-                    self.methods,
+                    bound,
                     self.target,
                     initial_states=initial_states,
                     warm_start_iterations=self.warm_start_iterations,
@@ -606,90 +772,7 @@ class SASAuditCallback(Callback):
                     sanity_stages=self.sanity_stages if self.sanity is None else 0,
                     sanity_seed=self.seed,
                 )
-        except Exception as error:  # noqa: BLE001 - ranks must agree before raising
-            failure = error
-        if world_size == 1:
-            if failure is not None:
-                raise failure
-            return score(local, shard.roi)  # type: ignore[arg-type,union-attr]
-        failed = pl_module.all_gather(torch.tensor(float(failure is not None), device=device))
-        if bool(failed.sum() > 0):
-            raise failure or RuntimeError("the audit failed on another rank")
-        if local is None:  # cannot happen without a failure; keeps type checkers informed
-            raise RuntimeError("the audit produced no result")
-        # A method that failed on any rank is dropped everywhere: gathering needs the same maps.
-        succeeded = torch.tensor([float(name in local.maps) for name in self.methods], device=device)
-        everywhere = pl_module.all_gather(succeeded).reshape(world_size, -1).amin(dim=0)
-        errors = dict(local.errors)
-        for name, ok in zip(self.methods, everywhere.tolist(), strict=True):
-            if not ok:
-                local.maps.pop(name, None)
-                local.masks.pop(name, None)
-                errors.setdefault(name, "failed on another rank")
-        gathered = {
-            "predictions": pl_module.all_gather(local.predictions),
-            "confidences": pl_module.all_gather(local.confidences),
-            "targets": pl_module.all_gather(local.targets),
-            "logits": pl_module.all_gather(local.logits),
-            **{f"map_{name}": pl_module.all_gather(maps) for name, maps in local.maps.items()},
-            **{f"mask_{name}": pl_module.all_gather(mask) for name, mask in local.masks.items()},
-        }
-        for name, curves in local.faithfulness.items():
-            if name in local.maps:
-                gathered[f"deletion_{name}"] = pl_module.all_gather(curves.deletion)
-                gathered[f"insertion_{name}"] = pl_module.all_gather(curves.insertion)
-        if local.sanity is not None:
-            for name, per_probe in local.sanity.per_probe.items():  # [stages, per_rank] -> gathered by probe
-                gathered[f"sanity_{name}"] = pl_module.all_gather(per_probe.t().contiguous().to(device))
-        if local.intervention is not None:
-            for part in ("eligible", "flipped", "probability_change"):
-                gathered[f"intervention_{part}"] = pl_module.all_gather(getattr(local.intervention, part).to(device))
-        # [world, per_rank, ...] -> probe order: rank r's j-th item is probe r + j * world.
-        order = [r + j * world_size for j in range(per_rank) for r in range(world_size)]
-        keep = [i for i, position in enumerate(order) if position < count]
-        sort = sorted(keep, key=lambda i: order[i])
-
-        def reassemble(value: Tensor) -> Tensor:
-            interleaved = value.transpose(0, 1).reshape(world_size * per_rank, *value.shape[2:])
-            return interleaved[torch.tensor(sort, device=value.device)]
-
-        maps = {name: reassemble(gathered[f"map_{name}"]) for name in local.maps}
-        result = AuditResult(
-            maps=maps,
-            predictions=reassemble(gathered["predictions"]),
-            confidences=reassemble(gathered["confidences"]),
-            targets=reassemble(gathered["targets"]),
-            logits=reassemble(gathered["logits"]),
-            roi_share={},
-            roi_mass={},
-            seconds=0.0,
-            masks={name: reassemble(gathered[f"mask_{name}"]) for name in local.masks},
-            errors=errors,
-            nonfinite={name: nonfinite_positions(method_maps) for name, method_maps in maps.items()},
-            faithfulness={
-                name: FaithfulnessCurves(
-                    reassemble(gathered[f"deletion_{name}"]), reassemble(gathered[f"insertion_{name}"])
-                )
-                for name in local.maps
-                if f"deletion_{name}" in gathered
-            },
-        )
-        if local.sanity is not None:
-            per_probe = {name: reassemble(gathered[f"sanity_{name}"]).t() for name in local.sanity.per_probe}
-            result.sanity = SanityResult(
-                stages=local.sanity.stages,
-                similarity={name: values.nanmedian(dim=1).values for name, values in per_probe.items()},
-                per_probe=per_probe,
-                threshold=local.sanity.threshold,
-            )
-        if local.intervention is not None:
-            result.intervention = InterventionResult(
-                eligible=reassemble(gathered["intervention_eligible"]),
-                flipped=reassemble(gathered["intervention_flipped"]),
-                probability_change=reassemble(gathered["intervention_probability_change"]),
-                target_class=local.intervention.target_class,
-            )
-        return score(result, probes.roi)
+        return score(gather_result(local, count, trainer.world_size, pl_module.all_gather), probes.roi)
 
     @rank_zero_only
     def _publish(
@@ -702,10 +785,11 @@ class SASAuditCallback(Callback):
         loggers = trainer.loggers
         failures: list[str] = []
         # Scalars first: they need no directory and are what the curves and alerts show.
-        writes: list[tuple[str, Callable[[], object]]] = [("scalars", lambda: write_scalars(loggers, scalars, step))]
+        tagged = {retag(tag, self.name): value for tag, value in scalars.items()}
+        writes: list[tuple[str, Callable[[], object]]] = [("scalars", lambda: write_scalars(loggers, tagged, step))]
         if reported:
             text = "\n".join(f"- {line}" for line in reported)
-            writes.append(("problems", lambda: self._note_skipped(write_text(loggers, "audit/problems", text, step))))
+            writes.append(("problems", lambda: self._write_text(trainer, "audit/problems", text)))
 
         def pictures() -> None:
             title = f"epoch {epoch}"
@@ -713,10 +797,12 @@ class SASAuditCallback(Callback):
                 result, probes, mean=self.mean, std=self.std, class_names=self.class_names, title=title
             )
             captions = audit_captions(result, probes, self.class_names, title)
+            rendered = {retag(tag, self.name): picture for tag, picture in rendered.items()}
+            captions = {retag(tag, self.name): caption for tag, caption in captions.items()}
             self._note_skipped(write_pictures(loggers, rendered, step, captions))
 
         def raw_maps() -> None:
-            write_raw_maps(loggers, epoch, result, probes)
+            write_raw_maps(loggers, epoch, result, probes, self._raw_maps_folder)
 
         writes += [("pictures", pictures), ("raw maps", raw_maps)]
         for what, write in writes:
@@ -810,8 +896,10 @@ class SASAuditCallback(Callback):
             "audited_epochs": self.audited_epochs,
             "probe_changes": self.probe_changes,
             "history": self.history,
-            "previous_maps": {name: maps.half() for name, maps in self._previous_maps.items()},
-            "previous_masks": self._previous_masks,
+            "previous_maps": (
+                {name: maps.half() for name, maps in self._previous_maps.items()} if self.checkpoint_maps else {}
+            ),
+            "previous_masks": self._previous_masks if self.checkpoint_maps else {},
         }
 
     @override
@@ -828,19 +916,41 @@ class SASAuditCallback(Callback):
 
     @rank_zero_only
     def _write_text(self, trainer: pl.Trainer, tag: str, text: str) -> None:
-        self._note_skipped(write_text(trainer.loggers, tag, text, trainer.global_step))
+        self._note_skipped(write_text(trainer.loggers, retag(tag, self.name), text, trainer.global_step))
 
     @rank_zero_only
     def _write_manifest(self, trainer: pl.Trainer) -> None:
         """The manifest, and TensorBoard's chart layout (one chart per score, every method on it)."""
-        self._note_skipped(write_manifest(trainer.loggers, self.manifest, trainer.global_step))
+        tag = retag("audit/manifest", self.name)
+        self._note_skipped(write_manifest(trainer.loggers, self.manifest, trainer.global_step, tag))
         layout = scalar_layout(
             list(self.methods),
             roi=self.probes is not None and bool(self.probes.roi.any()),
             faithfulness=self.faithfulness is not None,
             intervention=self.artifacts is not None,
         )
-        write_layout(trainer.loggers, layout)
+        write_layout(trainer.loggers, retag_layout(layout, self.name))
+
+    @property
+    def _raw_maps_folder(self) -> str:
+        return "audits" if self.name == "audit" else f"audits/{self.name}"
+
+
+def overrides(method: str, instance: object) -> bool:
+    """Whether ``instance`` (a module or datamodule of either Lightning namespace) overrides ``method``.
+
+    Lightning's own helper knows only its namespace's base classes; the base is found here by
+    name in the instance's class hierarchy, so ``pytorch_lightning`` modules are read alike.
+    """
+    if instance is None:
+        return False
+    bases = [
+        base
+        for base in type(instance).__mro__
+        if base.__name__ in ("LightningModule", "LightningDataModule")
+        and base.__module__.split(".")[0] in ("lightning", "pytorch_lightning")
+    ]
+    return bool(bases) and is_overridden(method, instance, parent=bases[0])
 
 
 def _unloaded_validation_dataloaders(trainer: pl.Trainer, pl_module: pl.LightningModule) -> object:
@@ -853,7 +963,7 @@ def _unloaded_validation_dataloaders(trainer: pl.Trainer, pl_module: pl.Lightnin
     itself does before a validating epoch, and is tested on the supported Lightning versions.
     """
     for source in (trainer.datamodule, pl_module):
-        if source is not None and is_overridden("val_dataloader", source):
+        if source is not None and overrides("val_dataloader", source):
             return source.val_dataloader()
     trainer.validating = True
     try:

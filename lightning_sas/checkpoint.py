@@ -1,30 +1,41 @@
 """Import a model class by name and load a Lightning checkpoint into it, with errors that say what is wrong.
 
 * :func:`import_object` / :func:`import_model_class`: ``package.module:Name`` as an object /
-  a ``LightningModule`` subclass (the CLI's ``--model`` and ``--output module:function``).
+  a ``LightningModule`` subclass of ``lightning.pytorch`` or of the classic ``pytorch_lightning``
+  (the CLI's ``--model`` and ``--output module:function``).
+* :func:`parse_init_args` / :func:`read_config` / :func:`check_init_args`: constructor arguments
+  for the model, as ``key=value`` or a JSON/YAML mapping, or from a LightningCLI config file
+  (``model:`` with ``init_args:``), checked against the constructor's signature.
 * :func:`check_checkpoint_file`: a cheap look at the file's first bytes that recognises what
   it is when it is no checkpoint: a folder, an empty file, an image, a text file, a Git LFS
   pointer, a zip archive cut short, a plain pickle, ... (torch's own errors for those are
   ``IndexError: pop from empty list``, ``EOFError`` or advice to unpickle arbitrary code).
+* :func:`check_module_name`: a module name (e.g. Grad-CAM's layer) looked up in the loaded
+  model, with the closest name when it is not there.
 * :func:`load_checkpoint`: ``load_from_checkpoint``, weights only unless trusted, with
-  torch's and Lightning's errors for damaged or foreign checkpoints translated.
+  constructor arguments that override the saved hyper-parameters, and torch's and Lightning's
+  errors for damaged or foreign checkpoints (or a constructor argument nobody saved) translated.
 
 Expected problems raise :class:`ModelLoadError` (a ``ValueError``) with a message that names
 the path or spec; callers add which option it came from. Anything else (an exception raised
 by the user's module at import, or by the model's ``__init__``) propagates unchanged, with its
 traceback, because only that traceback can explain it.
 
-Only the standard library is imported with this module; torch and Lightning are imported by
-the functions that need them.
+Only the standard library is imported with this module; torch, Lightning and PyYAML are imported
+by the functions that need them, and ``pytorch_lightning`` never: a class of that namespace can
+only come from a module that imported it already.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import os
 import re
+import sys
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +43,19 @@ if TYPE_CHECKING:
     import torch
     from lightning.pytorch import LightningModule
 
-__all__ = ["ModelLoadError", "check_checkpoint_file", "import_model_class", "import_object", "load_checkpoint"]
+__all__ = [
+    "ModelLoadError",
+    "check_checkpoint_file",
+    "check_init_args",
+    "check_module_name",
+    "import_model_class",
+    "import_object",
+    "lightning_module_classes",
+    "load_checkpoint",
+    "merge_init_args",
+    "parse_init_args",
+    "read_config",
+]
 
 #: ``package.module:Name`` (dotted attribute paths allowed after the colon).
 SPEC_PATTERN = r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*"
@@ -105,8 +128,23 @@ def import_object(spec: str) -> Any:
     return target
 
 
+def lightning_module_classes() -> tuple[type, ...]:
+    """``lightning.pytorch.LightningModule``, and ``pytorch_lightning.LightningModule`` once imported.
+
+    The classic namespace is looked up in ``sys.modules``, never imported: a class derived from
+    it comes from a module that imported it already.
+    """
+    from lightning.pytorch import LightningModule
+
+    classic = getattr(sys.modules.get("pytorch_lightning"), "LightningModule", None)
+    return (LightningModule,) if classic is None else (LightningModule, classic)
+
+
 def import_model_class(spec: str) -> type[LightningModule]:
     """The ``LightningModule`` subclass named by ``package.module:ClassName``.
+
+    Subclasses of ``lightning.pytorch.LightningModule`` and of ``pytorch_lightning.LightningModule``
+    (the classic namespace, same API) are accepted.
 
     Raises:
         ModelLoadError: As :func:`import_object`, or if the object is not a ``LightningModule``
@@ -114,12 +152,190 @@ def import_model_class(spec: str) -> type[LightningModule]:
     """
     # The user's module first: when it cannot be imported, the answer comes without Lightning's import time.
     target = import_object(spec)
-    from lightning.pytorch import LightningModule
-
-    if not (isinstance(target, type) and issubclass(target, LightningModule)):
+    if not (isinstance(target, type) and issubclass(target, lightning_module_classes())):
         kind = "a class" if isinstance(target, type) else f"a {type(target).__name__}"
-        raise ModelLoadError(f"{spec} is {kind}, not a LightningModule subclass.")
+        raise ModelLoadError(
+            f"{spec} is {kind}, not a LightningModule subclass (of lightning.pytorch or pytorch_lightning)."
+        )
     return target
+
+
+# ----------------------------------------------------------------------------- constructor arguments
+
+#: Keyword arguments of ``load_from_checkpoint`` itself: a constructor argument of that name
+#: would be taken by Lightning, never reach the model.
+_LOADER_ARGUMENTS = ("checkpoint_path", "map_location", "hparams_file", "strict", "weights_only")
+#: LightningCLI subcommands, whose sections may hold the ``model:`` section of a config file.
+_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _load_yaml(text: str, name: str) -> Any:
+    """``text`` read by PyYAML's safe loader, with YAML 1.2 floats (``1e-3`` is a number, as in LightningCLI).
+
+    Raises:
+        ModelLoadError: If ``text`` is not YAML (JSON is YAML); the message starts with ``name``.
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """The safe loader (plain data only); PyYAML alone reads ``1e-3`` as a string."""
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+)$"),
+        list("-+0123456789."),
+    )
+    try:
+        return yaml.load(text, Loader=Loader)  # safe_load with one more resolver: plain data only
+    except yaml.YAMLError as error:
+        raise ModelLoadError(f"{name} is not valid YAML or JSON ({_first_line(str(error))}).") from None
+
+
+def _argument_names(values: dict[Any, Any], name: str) -> dict[str, Any]:
+    bad = [key for key in values if not (isinstance(key, str) and key.isidentifier())]
+    if bad:
+        raise ModelLoadError(f"{name} has the key {bad[0]!r}, which is not an argument name.")
+    return values
+
+
+def parse_init_args(text: str) -> dict[str, Any]:
+    """Constructor arguments from ``key=value`` (the value read as YAML) or a JSON / YAML mapping.
+
+    Raises:
+        ModelLoadError: If ``text`` is neither (the message quotes it and says what it reads as).
+
+    Example:
+        >>> parse_init_args("num_classes=3"), parse_init_args('{"lr": 1e-3, "names": ["a", "b"]}')
+        ({'num_classes': 3}, {'lr': 0.001, 'names': ['a', 'b']})
+    """
+    key, equals, value = text.partition("=")
+    if equals and key.strip().isidentifier() and not text.lstrip().startswith("{"):
+        return {key.strip(): _load_yaml(value.strip(), repr(text))}
+    parsed = _load_yaml(text, repr(text))
+    if not isinstance(parsed, dict):
+        raise ModelLoadError(
+            f"{text!r} is neither key=value nor a mapping of argument names to values (it reads as a "
+            f"{type(parsed).__name__}); e.g. num_classes=3 or '{{\"num_classes\": 3}}'."
+        )
+    return _argument_names(parsed, repr(text))
+
+
+def read_config(path: os.PathLike[str] | str) -> tuple[dict[str, Any], str | None]:
+    """The model's constructor arguments and ``class_path`` from a LightningCLI config file.
+
+    The ``model:`` section (at the top, or under a subcommand such as ``fit:``) holds either
+    ``init_args:`` (with an optional ``class_path:``) or the arguments directly, as LightningCLI
+    writes and reads them. Other sections (``trainer:``, ``data:``, ...) are ignored. Values are
+    passed on as they are: a nested ``class_path:`` / ``init_args:`` object is instantiated by
+    Lightning's own instantiator for checkpoints that LightningCLI saved.
+
+    Returns:
+        ``(init_args, class_path)``; ``class_path`` is ``None`` when the file has none.
+
+    Raises:
+        ModelLoadError: If the file cannot be read, is not YAML, or has no ``model:`` mapping
+            of argument names (the message starts with the path).
+    """
+    try:
+        content = _load_yaml(Path(path).read_text(encoding="utf-8"), str(path))
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: no such file.") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ModelLoadError(f"{path} cannot be read ({getattr(error, 'strerror', None) or error}).") from None
+    if not isinstance(content, dict):
+        kind = type(content).__name__
+        raise ModelLoadError(f"{path} is not a LightningCLI config (a mapping of sections) but a {kind}.")
+    sections = [content, *(content[name] for name in _SUBCOMMANDS if isinstance(content.get(name), dict))]
+    model = next((section["model"] for section in sections if "model" in section), None)
+    if isinstance(model, str):  # "model: my_project.Net", a class path without arguments
+        return {}, model
+    if not isinstance(model, dict):
+        found = "no model: section" if model is None else f"a model: section that is a {type(model).__name__}"
+        raise ModelLoadError(f"{path} has {found}; expected model: with init_args: or the model's arguments.")
+    if "class_path" not in model and "init_args" not in model:
+        return _argument_names(dict(model), f"{path}: model:"), None
+    init_args = model.get("init_args") or {}
+    if not isinstance(init_args, dict):
+        raise ModelLoadError(f"{path} has model.init_args: {init_args!r}, not a mapping of argument names to values.")
+    class_path = model.get("class_path")
+    arguments = _argument_names(dict(init_args), f"{path}: model.init_args:")
+    return arguments, None if class_path is None else str(class_path)
+
+
+def check_init_args(model_class: type, init_args: Mapping[str, Any], class_path: str | None = None) -> None:
+    """Check constructor arguments against ``model_class.__init__``'s signature, before any loading.
+
+    Args:
+        model_class: The model's class.
+        init_args: Argument names and values.
+        class_path: A config file's ``model.class_path``: it must name ``model_class``.
+
+    Raises:
+        ModelLoadError: If ``class_path`` names another class, or an argument is not one the
+            constructor takes (with the closest name) or is one ``load_from_checkpoint`` takes itself.
+    """
+    name = model_class.__name__
+    if class_path is not None and class_path.rsplit(".", 1)[-1] != name:
+        raise ModelLoadError(f"model.class_path is {class_path!r}, another class than the model's, {name}.")
+    parameters = list(inspect.signature(model_class.__init__).parameters.values())[1:]
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        accepted = None  # **kwargs takes any name
+    else:
+        accepted = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key in init_args:
+        if key in _LOADER_ARGUMENTS:
+            raise ModelLoadError(
+                f"{key!r} is an argument of load_from_checkpoint itself; it cannot be passed to {name}.__init__."
+            )
+        if accepted is not None and key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"its arguments: {', '.join(accepted) or 'none'}."
+            raise ModelLoadError(f"{name}.__init__ takes no argument {key!r}; {hint}")
+
+
+def merge_init_args(
+    model_class: type, sources: Sequence[tuple[str, Mapping[str, Any], str | None]]
+) -> dict[str, Any]:
+    """Constructor arguments from several ``(source, init_args, class_path)``, checked and merged in order.
+
+    A later source wins over an earlier one (the CLI passes ``--config`` first, then each ``--init-args``).
+
+    Raises:
+        ModelLoadError: As :func:`check_init_args`, the message starting with the source (``"--init-args 'x=1'"``).
+    """
+    merged: dict[str, Any] = {}
+    for source, init_args, class_path in sources:
+        try:
+            check_init_args(model_class, init_args, class_path)
+        except ModelLoadError as error:
+            raise ModelLoadError(f"{source}: {error}") from None
+        merged.update(init_args)
+    return merged
+
+
+# ----------------------------------------------------------------------------- the loaded model
+
+
+def check_module_name(model: torch.nn.Module, name: str) -> None:
+    """Check that ``name`` is a submodule of ``model``, as :func:`~lightning_sas.methods.layers.resolve_layer` finds it.
+
+    Raises:
+        ModelLoadError: If it is not, with the closest name (or a module whose name ends with
+            ``.name``, e.g. ``model.layer4`` for ``layer4``), else the first names.
+    """
+    from lightning_sas.methods.layers import resolve_layer
+
+    try:
+        resolve_layer(model, name)
+    except ValueError:
+        names = [module_name for module_name, _ in model.named_modules() if module_name]
+        close = [known for known in names if known.endswith(f".{name}")] or difflib.get_close_matches(name, names, n=1)
+        hint = (
+            f"did you mean {' or '.join(map(repr, close[:3]))}?"
+            if close
+            else f"its modules are {', '.join(names[:8])}{', ...' if len(names) > 8 else ''} (model.named_modules())."
+        )
+        raise ModelLoadError(f"{type(model).__name__} has no module named {name!r}; {hint}") from None
 
 
 # ----------------------------------------------------------------------------- checkpoint file
@@ -268,6 +484,14 @@ def _state_dict_detail(message: str) -> str:
     return _first_line(message)
 
 
+def _missing_arguments(model_class: type, error: TypeError) -> str | None:
+    """The arguments named by ``error`` if it is the model's constructor called without them, else ``None``."""
+    constructor = next((cls for cls in model_class.__mro__ if "__init__" in vars(cls)), model_class)
+    pattern = rf"{re.escape(constructor.__qualname__)}\.__init__\(\) missing \d+ required \S+ arguments?: (.+)"
+    found = re.fullmatch(pattern, str(error).strip())
+    return None if found is None else found.group(1)
+
+
 def load_checkpoint(
     model_class: type[LightningModule],
     path: os.PathLike[str] | str,
@@ -275,11 +499,14 @@ def load_checkpoint(
     *,
     trust: bool = False,
     trust_hint: str = "load it with trust=True",
+    init_args: Mapping[str, Any] | None = None,
+    init_args_hint: str = "pass it in `init_args`",
 ) -> LightningModule:
     """Load ``path`` with ``model_class.load_from_checkpoint``, weights only unless ``trust``.
 
     :func:`check_checkpoint_file` runs first, so files that are no checkpoint at all get a
-    message saying what they are.
+    message saying what they are. ``init_args`` go to the constructor with the hyper-parameters
+    saved in the checkpoint (``save_hyperparameters()``); a given argument wins over a saved one.
 
     Args:
         model_class: The ``LightningModule`` subclass the checkpoint was saved from.
@@ -289,22 +516,28 @@ def load_checkpoint(
             Unpickling can run code from the file: only for trusted checkpoints.
         trust_hint: How the message tells a user to trust a checkpoint (the CLI says
             ``re-run with --trust-checkpoint``).
+        init_args: Constructor arguments (checked first with :func:`check_init_args`).
+        init_args_hint: How the message tells a user to give a constructor argument that the
+            checkpoint does not hold (the CLI names ``--init-args`` and ``--config``).
 
     Returns:
         The model on ``device``.
 
     Raises:
         ModelLoadError: If the file is no checkpoint, is damaged, needs unpickling without
-            ``trust``, is not a Lightning checkpoint (a bare ``state_dict``), or its weights do
-            not fit ``model_class``.
+            ``trust``, is not a Lightning checkpoint (a bare ``state_dict``), its weights do
+            not fit ``model_class``, an ``init_args`` name is not a constructor argument, or the
+            constructor needs an argument that neither the checkpoint nor ``init_args`` holds.
     """
     import pickle
 
     path = Path(path)
     check_checkpoint_file(path)
+    init_args = dict(init_args or {})
+    check_init_args(model_class, init_args)
     name = model_class.__name__
     try:
-        model = model_class.load_from_checkpoint(path, map_location=device, weights_only=not trust)
+        model = model_class.load_from_checkpoint(path, map_location=device, weights_only=not trust, **init_args)
     except pickle.UnpicklingError as error:
         message = str(error)
         if not trust and "Unsupported global" in message:
@@ -328,6 +561,14 @@ def load_checkpoint(
                 "state_dict or model saved with torch.save?); save it with Trainer.save_checkpoint."
             ) from None
         raise
+    except TypeError as error:
+        missing = _missing_arguments(model_class, error)
+        if missing is None:
+            raise
+        raise ModelLoadError(
+            f"{path}: {name}.__init__ needs {missing}, which the checkpoint's hyper-parameters do not hold (not "
+            f"saved with save_hyperparameters()); {init_args_hint}."
+        ) from None
     except RuntimeError as error:
         message = str(error)
         if "PytorchStreamReader" in message or "Invalid magic number" in message:

@@ -14,13 +14,17 @@ from typing import TypeVar
 
 import torch
 
-from lightning_sas.distributed import agreed_minimum, any_rank
+from lightning_sas.distributed import FailedOnAnotherRank, agreed_minimum, any_rank, tell_the_other_ranks
 
 T = TypeVar("T")
 
 
 def retry_out_of_memory(attempt: Callable[[int], T], chunk: int, device: torch.device, what: str) -> T:
     """``attempt(chunk)``, retried with half the chunk after an out-of-memory error.
+
+    Under :func:`~lightning_sas.distributed.all_ranks_together` the ranks agree after every
+    attempt, on *any* error: a rank that raises tells the others before raising, and they raise
+    :class:`~lightning_sas.distributed.FailedOnAnotherRank`, so no rank waits for another.
 
     Args:
         attempt: Runs the whole computation with at most ``chunk`` images per forward.
@@ -33,17 +37,31 @@ def retry_out_of_memory(attempt: Callable[[int], T], chunk: int, device: torch.d
 
     Raises:
         torch.OutOfMemoryError: If even one image per forward does not fit.
+        FailedOnAnotherRank: If the attempt failed on another rank only.
     """
+    try:
+        return _retried(attempt, chunk, device, what)
+    except FailedOnAnotherRank:
+        raise FailedOnAnotherRank(f"{what} failed on another rank") from None
+
+
+def _retried(attempt: Callable[[int], T], chunk: int, device: torch.device, what: str) -> T:
     chunk = agreed_minimum(chunk, device)
     while True:
         out_of_memory = False
         result = None
         try:
             result = attempt(chunk)
-        except torch.OutOfMemoryError:
+        except torch.OutOfMemoryError as error:
             if chunk <= 1:
+                tell_the_other_ranks(error, device)
                 raise
             out_of_memory = True
+        except FailedOnAnotherRank:
+            raise  # the ranks already agree: this failure was the agreement
+        except Exception as error:  # any error: the other ranks must learn it before it is raised
+            tell_the_other_ranks(error, device)
+            raise
         # Outside the except block, so the failed attempt's tensors (held by the traceback)
         # are freed before the cache is emptied and the retry starts.
         if not any_rank(out_of_memory, device):
@@ -52,4 +70,4 @@ def retry_out_of_memory(attempt: Callable[[int], T], chunk: int, device: torch.d
         chunk = max(1, agreed_minimum(chunk // 2, device))
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        warnings.warn(f"{what} ran out of memory; retrying with max_batch={chunk}.", stacklevel=3)
+        warnings.warn(f"{what} ran out of memory; retrying with max_batch={chunk}.", stacklevel=4)

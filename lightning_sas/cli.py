@@ -39,9 +39,15 @@ list outputs), a dict key, or ``module:function`` (a callable mapping the output
 imported like ``--model``). Models returning ``[B, C]`` logits or a single binary logit
 (``[B]`` or ``[B, 1]``, e.g. trained with ``BCEWithLogitsLoss``) need no ``--output``.
 
-``--overwrite`` lets ``--out`` be a folder that already holds an audit: the previous audit's
-files (``summary.json``, ``report.html``, ``events.out.tfevents.*``, ``hparams.yaml``,
-``error.log``) are removed once the inputs check out, before the model is loaded.
+``--overwrite`` lets ``--out`` be a folder that already holds an audit. Every audit is written
+into a new folder beside ``--out`` first and put in its place (renamed) only once it is
+complete, so a run that fails leaves the previous audit as it was.
+
+``--init-args`` and ``--config`` (a LightningCLI config file) give the model's constructor
+arguments that the checkpoint's hyper-parameters lack or that should differ; they are checked
+against the constructor's signature before the checkpoint is loaded. A ``--gradcam-layer`` is
+looked up as soon as the model is loaded, before any method runs; the layer Grad-CAM explained
+(given or found automatically) is recorded in ``summary.json``, the report and TensorBoard.
 
 ``lightning-sas export-probes --dataset MODULE:CALLABLE --out DIR`` writes a probe folder
 (images, ``masks/``, ``labels.csv``, ``manifest.json``) from a map-style data set returned by
@@ -60,15 +66,16 @@ import argparse
 import ast
 import datetime
 import re
+import shutil
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning_sas.checkpoint import SPEC_PATTERN, ModelLoadError
+from lightning_sas.checkpoint import SPEC_PATTERN, ModelLoadError, merge_init_args
 from lightning_sas.probe_folder import (
     ARTIFACT_MASK_SUFFIX,
     ARTIFACT_MASKS_FOLDER,
@@ -160,6 +167,12 @@ alert rule (exit status 1), shared with the training callback (lightning_sas.ver
   --sanity do not vote, nor do flat maps (no evidence). "off" switches --min-enrichment or
   --min-flip-rate off.
 
+model constructor (--init-args, --config):
+  The model is built by load_from_checkpoint with the hyper-parameters saved in the checkpoint
+  (save_hyperparameters()), updated by the model: section of --config (init_args:, or the
+  arguments directly), then by each --init-args in turn: a given argument wins over a saved one.
+  A name the constructor does not take is refused before the checkpoint is loaded.
+
 model output (--output):
   [B, C] logits, or one logit [B] / [B, 1] for a binary classifier, need no --output. For a
   tuple, list or dict output, --output picks the logits: an index (--output 0), a key
@@ -181,7 +194,8 @@ output (in --out):
                          "sanity", probe manifest with content hashes, versions, command;
                          "errors" (failed parts) and "nonfinite" (probes with NaN/inf)
   error.log              only after an unexpected error: its full traceback
-  A folder that already holds an audit is refused; --overwrite replaces that audit's files.
+  A folder that already holds an audit is refused; --overwrite replaces that audit once this one
+  is written (in a new folder beside --out, then renamed): a run that fails leaves it as it was.
 
 exit status:
   0  the alert rule was checked and did not fire (or there was nothing to check)
@@ -206,9 +220,12 @@ example:
 
 data set:
   --dataset names a callable taking no arguments (a function or a class) that returns a
-  map-style Dataset (__len__ and __getitem__), imported like --model. Items are image,
-  (image, label), (image, label, roi_mask) or a mapping with "image", "label", "mask" keys;
-  images are float [C, H, W] tensors with 1 or 3 channels, normalised as the model expects.
+  map-style Dataset (__len__ and __getitem__), imported like --model. Items are an image, a
+  tuple (image, label, ...) or a mapping with "image", "label" and "mask" (or "roi") keys;
+  --image-key, --label-key and --mask-key give other keys, or positions in tuple items. A
+  tuple's ROI mask is read only with --mask-key (e.g. --mask-key 2 for (image, label, roi_mask)):
+  a third element may be metadata or an object mask. Images are float [C, H, W] tensors with 1
+  or 3 channels, normalised as the model expects.
 
 written (in --out: new, empty, or a previous export, which is replaced):
   probe_<index>.png      the images, de-normalised (x * std + mean), clipped to [0, 1], 8-bit
@@ -386,6 +403,23 @@ def build_parser() -> argparse.ArgumentParser:
         "By default only weights and plain types are loaded.",
     )
     inputs.add_argument(
+        "--init-args",
+        action="append",
+        default=[],
+        metavar="ARGS",
+        help="constructor arguments of --model, for those the checkpoint does not hold (not saved with "
+        "save_hyperparameters()) or that should differ: key=value (the value read as YAML) or a JSON/YAML "
+        "mapping, repeatable, e.g. --init-args num_classes=3 or --init-args '{\"num_classes\": 3}'. "
+        "They win over the saved hyper-parameters and --config.",
+    )
+    inputs.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help="a LightningCLI config file; its model: section (init_args:, with an optional class_path: naming "
+        "--model's class, or the arguments directly) gives constructor arguments that win over the saved "
+        "hyper-parameters, e.g. --config configs/train.yaml (other sections are ignored).",
+    )
+    inputs.add_argument(
         "--probe", required=True, metavar="DIR", help="folder of probe images (png/jpg/...), e.g. probes/images."
     )
     inputs.add_argument(
@@ -460,8 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit_options.add_argument(
         "--gradcam-layer",
         metavar="NAME",
-        help="module name of the layer Grad-CAM explains, e.g. --gradcam-layer model.layer4 "
-        "(default: found automatically, the last spatial feature map).",
+        help="module name of the layer Grad-CAM explains, checked once the model is loaded, e.g. "
+        "--gradcam-layer model.layer4 (default: found automatically, the last spatial feature map; the "
+        "layer explained is in summary.json, the report and TensorBoard).",
     )
     audit_options.add_argument(
         "--target",
@@ -582,8 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     outputs.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace the audit already in --out: its summary.json, report.html, event files and error.log "
-        "are removed before this audit runs, e.g. --out audits/latest --overwrite.",
+        help="replace the audit already in --out once this audit is written (into a new folder beside --out, "
+        "then renamed into place); a run that fails leaves the previous audit as it was, with its error.log "
+        "beside it, e.g. --out audits/latest --overwrite.",
     )
     _add_export_parser(commands)
     return parser
@@ -643,6 +679,18 @@ def _add_export_parser(commands: argparse._SubParsersAction) -> None:
         metavar="NAMES",
         help="comma-separated class names by index, written in labels.csv, e.g. --class-names benign,malignant.",
     )
+    for name, what, default, example in (
+        ("image", "image", '"image" / 0', "--image-key pixels"),
+        ("label", "label", '"label" / 1', "--label-key target"),
+        ("mask", "ROI mask", '"mask", else "roi" / none: a tuple\'s mask is read only when given',
+         "--mask-key 2 for (image, label, roi_mask) items, or --mask-key ruler_mask"),
+    ):  # fmt: skip
+        export.add_argument(
+            f"--{name}-key",
+            metavar="KEY|POSITION",
+            help=f"where the {what} of an item is: a key of mapping items or a position in tuple items "
+            f"(default: {default}), e.g. {example}.",
+        )
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -695,7 +743,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
     for option, value in (("--probe", args.probe), ("--masks", args.masks), ("--artifacts", args.artifacts)):
         if value is not None and not Path(value).is_dir():
             raise UsageError(f"{option} {value}: no such folder.")
-    for option, value in (("--labels", args.labels), ("--baseline", args.baseline)):
+    for option, value in (("--labels", args.labels), ("--baseline", args.baseline), ("--config", args.config)):
         if value is not None and not Path(value).is_file():
             raise UsageError(f"{option} {value}: no such file.")
     _check_out(args)
@@ -745,6 +793,8 @@ class AuditInputs:
     rule: AlertRule
     artifacts: ArtifactFolder | None = None
     artifact_class: int | None = None
+    #: Constructor arguments as (option and value, arguments, class_path), in the order they apply.
+    init_args: list[tuple[str, dict[str, Any], str | None]] = field(default_factory=list)
 
 
 def read_inputs(args: argparse.Namespace) -> AuditInputs:
@@ -810,25 +860,32 @@ def read_inputs(args: argparse.Namespace) -> AuditInputs:
         except ProbeFolderError as error:
             raise UsageError(f"--artifacts {error}") from None
     return AuditInputs(
-        class_names, method_names, image_size, mean, std, folder, baseline, rule, artifacts, artifact_class
-    )
+        class_names, method_names, image_size, mean, std, folder, baseline, rule, artifacts, artifact_class,
+        _read_init_args(args),
+    )  # fmt: skip
 
 
-def _clear_previous_audit(out: Path) -> None:
-    """Remove the files of an audit already in ``out`` (checked by :func:`_check_out`).
-
-    A stale ``error.log`` goes too, so the folder never mixes two runs' files.
+def _read_init_args(args: argparse.Namespace) -> list[tuple[str, dict[str, Any], str | None]]:
+    """``--config`` and ``--init-args`` read (not yet checked against the model), in the order they apply.
 
     Raises:
-        UsageError: If a file cannot be removed.
+        UsageError: For a config file that is not YAML or has no ``model:`` mapping, or an
+            ``--init-args`` that is neither ``key=value`` nor a mapping.
     """
-    for path in previous_audit_files(out):
+    from lightning_sas.checkpoint import parse_init_args, read_config
+
+    sources: list[tuple[str, dict[str, Any], str | None]] = []
+    if args.config is not None:
         try:
-            path.unlink()
-        except OSError as error:
-            raise UsageError(
-                f"--out {out}: cannot remove the previous {path.name} ({error.strerror or error})."
-            ) from None
+            sources.append((f"--config {args.config}", *read_config(args.config)))
+        except ModelLoadError as error:
+            raise UsageError(f"--config {error}") from None
+    for text in args.init_args:
+        try:
+            sources.append((f"--init-args {text!r}", parse_init_args(text), None))
+        except ModelLoadError as error:
+            raise UsageError(f"--init-args {error}") from None
+    return sources
 
 
 # ----------------------------------------------------------------------------- model
@@ -873,7 +930,9 @@ def resolve_output(text: str | None) -> OutputSelector:
     return function
 
 
-def _load_model(model_class: type[LightningModule], args: argparse.Namespace, device: torch.device) -> LightningModule:
+def _load_model(
+    model_class: type[LightningModule], args: argparse.Namespace, device: torch.device, init_args: dict[str, Any]
+) -> LightningModule:
     from lightning_sas.checkpoint import load_checkpoint
 
     with _stage(f"loading --checkpoint {args.checkpoint} into {model_class.__name__}"):
@@ -884,9 +943,50 @@ def _load_model(model_class: type[LightningModule], args: argparse.Namespace, de
                 device,
                 trust=args.trust_checkpoint,
                 trust_hint="re-run with --trust-checkpoint",
+                init_args=init_args,
+                init_args_hint="give it with --init-args NAME=VALUE or in the model: section of --config FILE.yaml",
             )
         except ModelLoadError as error:
             raise UsageError(f"--checkpoint {error}") from None
+
+
+def check_gradcam_layer(model: torch.nn.Module, methods: Mapping[str, AttributionMethod], given: str | None) -> None:
+    """Look up Grad-CAM's ``target_layer`` in ``model`` before anything runs: a typo fails at once.
+
+    Raises:
+        UsageError: If the name is no module of ``model``, with the closest name (``given`` is
+            ``--gradcam-layer``; another name came from ``--method-config``).
+    """
+    from lightning_sas.checkpoint import check_module_name
+
+    layer = getattr(methods.get("gradcam"), "target_layer", None)
+    if isinstance(layer, str):
+        try:
+            check_module_name(model, layer)
+        except ModelLoadError as error:
+            option = f"--gradcam-layer {layer}" if layer == given else f"--method-config gradcam.target_layer={layer}"
+            raise UsageError(f"{option}: {error}") from None
+
+
+def explained_layers(
+    model: torch.nn.Module, methods: Mapping[str, AttributionMethod], images: torch.Tensor, output: OutputSelector
+) -> dict[str, dict[str, str]]:
+    """``{"gradcam": {"layer": NAME}}``: the layer Grad-CAM explains, given or found as Grad-CAM finds it.
+
+    Empty without Grad-CAM, or when no layer can be found (Grad-CAM then fails in the audit and says why).
+    """
+    from lightning_sas.methods.layers import find_target_layer
+    from lightning_sas.outputs import ClassifierOutput
+
+    if "gradcam" not in methods:
+        return {}
+    layer = getattr(methods["gradcam"], "target_layer", None)
+    if layer is None:
+        try:
+            layer, _ = find_target_layer(ClassifierOutput.wrap(model, output), images)
+        except ValueError:  # no spatial feature map: the audit records Grad-CAM's own error
+            return {}
+    return {"gradcam": {"layer": layer}} if isinstance(layer, str) else {}
 
 
 def check_model_output(model: torch.nn.Module, images: torch.Tensor, output: OutputSelector, spec: str | None) -> int:
@@ -1138,7 +1238,8 @@ def _sanity_warning(summary: Mapping[str, Any]) -> str | None:
 
 def _texts(summary: dict[str, Any], problems: Sequence[str]) -> dict[str, str]:
     """The callback's text tags: ``audit/manifest`` always (class names, not indices),
-    ``audit/alert`` when the alert rule fired, the audit has problems or the sanity check flags."""
+    ``audit/alert`` when the alert rule fired, the audit has problems or the sanity check flags;
+    ``audit/gradcam/layer``, the layer Grad-CAM explained."""
     from lightning_sas.audit_logging import manifest_markdown
     from lightning_sas.probes import class_label
     from lightning_sas.report import verdict_text
@@ -1146,6 +1247,8 @@ def _texts(summary: dict[str, Any], problems: Sequence[str]) -> dict[str, str]:
     class_names = summary.get("class_names")
     manifest = [{**item, "label": class_label(item["label"], class_names)} for item in summary["manifest"]]
     texts = {"audit/manifest": manifest_markdown(manifest)}
+    # The layer a method explained (Grad-CAM's, given or automatic) under audit/<method>/layer.
+    texts.update({f"audit/{name}/layer": info["layer"] for name, info in summary["methods"].items() if "layer" in info})
     alerts = [verdict_text(summary)] if summary["verdict"]["alert"] else []
     alerts += list(problems)
     warning = _sanity_warning(summary)
@@ -1171,6 +1274,8 @@ def _incomplete(summary: dict[str, Any]) -> list[str]:
     for name, message in summary["errors"].items():
         if name == "sanity":
             failed.append(f"the sanity check failed ({_one_line(message)})")
+        elif name == "intervention":
+            failed.append(f"the intervention could not be measured ({_one_line(message)})")
         elif name in AUDIT_PARTS:
             failed.append(f"{name} could not be scored ({_one_line(message)})")
         else:
@@ -1243,18 +1348,24 @@ def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
     with _stage("reading the inputs"):
         inputs = read_inputs(args)
     out = Path(args.out)
-    _clear_previous_audit(out)
 
     model_class = _import_model(args.model)
+    try:
+        init_args = merge_init_args(model_class, inputs.init_args)
+    except ModelLoadError as error:
+        raise UsageError(str(error)) from None
     output = resolve_output(args.output)
     methods = build_methods(inputs.method_names, args.sas_iterations, args.gradcam_layer, args.method_config)
     device = resolve_device(args.device)
-    model = _load_model(model_class, args, device)
+    model = _load_model(model_class, args, device, init_args)
+    check_gradcam_layer(model, methods, args.gradcam_layer)
     with _stage("preparing the probe images"):
         from lightning_sas.probe_folder import to_probes
 
         probes = to_probes(inputs.folder, inputs.mean, inputs.std, device)
     num_classes = check_model_output(model, probes.images, output, args.output)
+    with _stage("finding the layer Grad-CAM explains"):
+        details = explained_layers(model, methods, probes.images, output)
     artifacts = None
     if inputs.artifacts is not None and inputs.artifact_class is not None:
         if inputs.artifact_class >= num_classes:
@@ -1327,6 +1438,7 @@ def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
             faithfulness=faithfulness,
             artifacts=None if inputs.artifacts is None else _artifacts_record(args, inputs.artifacts),
             sanity=result.sanity,
+            method_details=details,
         )
         if inputs.baseline is not None:
             summary["baseline"] = report.compare_with_baseline(
@@ -1341,19 +1453,26 @@ def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
         )
         html_pictures = report.probe_pictures(result, probes, **display)
     with _stage(f"writing to --out {args.out}"):
+        staged = None
         try:
-            out.mkdir(parents=True, exist_ok=True)
+            # A new folder beside --out, renamed into place once complete: a failure keeps the previous audit.
+            staged = report.staging_folder(out)
             layout = scalar_layout(
                 list(methods),
                 roi=bool(probes.roi.any()),
                 faithfulness=faithfulness is not None,
                 intervention=artifacts is not None,
             )
-            write_tensorboard(out, pictures, scalars, _texts(summary, issues), layout)
-            report.write_summary(summary, out / "summary.json")
-            report.write_report(summary, html_pictures, out / "report.html")
+            write_tensorboard(staged, pictures, scalars, _texts(summary, issues), layout)
+            report.write_summary(summary, staged / "summary.json")
+            report.write_report(summary, html_pictures, staged / "report.html")
+            _check_out(args)  # again: another run may have written an audit there meanwhile
+            report.put_in_place(staged, out, previous_audit_files(out))
         except OSError as error:
             raise UsageError(f"--out {args.out}: cannot write ({error.strerror or error}).") from None
+        finally:
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)  # still there only when not put in place
 
     _print_summary(summary, issues, out)
     incomplete = _incomplete(summary)
@@ -1494,6 +1613,11 @@ def run_export_command(args: argparse.Namespace, command: list[str]) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     class_names = _name_list(args.class_names)
+    keys = {
+        name: int(value) if value.isdigit() else value
+        for name in ("image", "label", "mask")
+        if (value := getattr(args, f"{name}_key")) is not None
+    }
     out = Path(args.out)
     _check_export_out(out)
 
@@ -1509,7 +1633,7 @@ def run_export_command(args: argparse.Namespace, command: list[str]) -> int:
     with _stage(f"calling --dataset {spec}"):
         dataset = factory()
     with _stage(f"exporting the data set of --dataset {spec} to --out {args.out}"):
-        from lightning_sas.export import ExportError, ExportFolderError, export_probes
+        from lightning_sas.export import ExportError, ExportFolderError, ItemKeyError, export_probes
 
         try:
             export_probes(
@@ -1521,9 +1645,13 @@ def run_export_command(args: argparse.Namespace, command: list[str]) -> int:
                 mean=mean,
                 std=std,
                 class_names=class_names,
+                item_keys=keys or None,
             )
         except ExportFolderError as error:
             raise UsageError(f"--out {error}") from None
+        except ItemKeyError as error:
+            kind = "its position" if isinstance(error.where, int) else "its key"
+            raise UsageError(f"--dataset {spec}: {error.detail}; give {kind} with --{error.field}-key.") from None
         except ExportError as error:
             raise UsageError(f"--dataset {spec}: {error}") from None
         except OSError as error:
@@ -1548,6 +1676,10 @@ def run_export_command(args: argparse.Namespace, command: list[str]) -> int:
     if class_names is not None:
         options += f" --class-names {','.join(class_names)}"
     print(f"{PROGRAM}: exported {len(entries)} probe(s) ({masked} with a mask) to {out}")
+    if not masked and args.mask_key is None:
+        print(
+            'note: no item had an ROI mask under "mask" or "roi"; for tuple items give its position, e.g. --mask-key 2'
+        )
     print(f"audit them with: {PROGRAM} audit {options} --checkpoint ... --model ... --out ...")
     return EXIT_OK
 

@@ -1,8 +1,10 @@
 """Probe folders without writing code: export a data set's items as the folder ``lightning-sas audit`` reads.
 
 :func:`export_probes` writes a probe folder from any map-style ``Dataset`` whose items
-:func:`~lightning_sas.probes.unpack_item` reads (``image``, ``(image, label)``,
-``(image, label, roi)`` or a mapping):
+:func:`~lightning_sas.probes.unpack_item` reads (``image``, ``(image, label, ...)`` or a mapping
+with ``"image"``, ``"label"`` and ``"mask"`` or ``"roi"`` keys; ``item_keys`` says where else
+the fields are, and where a tuple item's ROI mask is: it is read only when told, e.g.
+``item_keys={"mask": 2}`` for ``(image, label, roi)`` items, as in the training callback):
 
 * ``<out>/probe_<index>.png``: the images, de-normalised with ``mean``/``std`` when given
   (``x * std + mean``), clipped to [0, 1] and written as 8-bit PNG (RGB, or grey for one
@@ -49,7 +51,15 @@ from lightning_sas.normalization import check_normalization, per_channel
 from lightning_sas.probe_folder import image_files
 from lightning_sas.probes import class_label, stratified_indices, unpack_item
 
-__all__ = ["MANIFEST_VERSION", "ExportError", "ExportFolderError", "export_artifacts", "export_probes", "to_pixels"]
+__all__ = [
+    "MANIFEST_VERSION",
+    "ExportError",
+    "ExportFolderError",
+    "ItemKeyError",
+    "export_artifacts",
+    "export_probes",
+    "to_pixels",
+]
 
 #: Version of the ``manifest.json`` layout.
 MANIFEST_VERSION = 1
@@ -65,6 +75,25 @@ class ExportError(ValueError):
 
 class ExportFolderError(ExportError):
     """The output folder cannot take the export (a file, or a folder holding other files)."""
+
+
+class ItemKeyError(ExportError):
+    """A data set item without a field where ``item_keys`` (or the default) says it is.
+
+    Attributes:
+        field: ``"image"``, ``"label"`` or ``"mask"``.
+        where: The key or position looked at.
+        detail: What is wrong, without advice (a caller can name its own option).
+    """
+
+    def __init__(self, field: str, where: str | int, detail: str) -> None:
+        example = f"{{{field!r}: 2}}" if isinstance(where, int) else f"{{{field!r}: 'my_{field}'}}"
+        super().__init__(f"{detail}; set `item_keys`, e.g. item_keys={example}.")
+        self.field, self.where, self.detail = field, where, detail
+
+
+#: Field names of ``item_keys`` (``"roi"`` is the mask's other name).
+_FIELDS = {"image": "image", "label": "label", "mask": "mask", "roi": "mask"}
 
 
 def to_pixels(
@@ -180,7 +209,7 @@ def _selection(
     count: int | None,
     indices: Sequence[int] | None,
     seed: int,
-    keys: Mapping[str, str] | None,
+    keys: Mapping[str, str | int] | None,
 ) -> tuple[list[int], dict[str, Any]]:
     if count is not None and indices is not None:
         raise ExportError("give `count` (a stratified, seeded selection) or `indices`, not both.")
@@ -200,11 +229,44 @@ def _selection(
         return list(range(size)), {"kind": "all"}
     if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= size:
         raise ExportError(f"`count` must be an integer in 1..{size} (the data set's size), got {count!r}.")
-    labels = [_unpack(dataset[position], position, keys)[1] for position in range(size)]
+    labels = [_unpack(dataset[position], position, keys, position == 0)[1] for position in range(size)]
     return stratified_indices(labels, count, seed), {"kind": "stratified", "count": count, "seed": seed}
 
 
-def _unpack(item: object, position: int, keys: Mapping[str, str] | None) -> tuple[Tensor, int, Tensor | None]:
+def _check_item_keys(item: object, position: int, keys: Mapping[str, str | int] | None, told_too: bool) -> None:
+    """Raise :class:`ItemKeyError` if ``item`` lacks its image, or (``told_too``) a field ``keys`` names.
+
+    The image is required in every item; a label or mask that ``keys`` names is looked for in
+    the first item only (later items may lack an ROI), which catches a misspelt key before
+    anything is written.
+    """
+    # Other names, or keys that are no mapping, are item_keys' own error (unpack_item says what it takes).
+    given = keys.items() if isinstance(keys, Mapping) else ()
+    told = {_FIELDS[name]: where for name, where in given if name in _FIELDS}
+    wanted = {"image": told.get("image", "image" if isinstance(item, Mapping) else 0)}
+    if told_too:
+        wanted.update({name: where for name, where in told.items() if name != "image"})
+    for name, where in wanted.items():
+        if isinstance(item, Mapping) and where not in item:
+            raise ItemKeyError(
+                name,
+                where,
+                f"dataset item {position} is a mapping without the {name} key {where!r} (its keys: "
+                f"{', '.join(sorted(map(str, item)))})",
+            )
+        if isinstance(item, tuple | list) and not (isinstance(where, int) and where < len(item)):
+            raise ItemKeyError(
+                name,
+                where,
+                f"dataset item {position} is a {type(item).__name__} of {len(item)} element(s), with no {name} at "
+                f"{'position' if isinstance(where, int) else 'key'} {where!r}",
+            )
+
+
+def _unpack(
+    item: object, position: int, keys: Mapping[str, str | int] | None, told_too: bool = False
+) -> tuple[Tensor, int, Tensor | None]:
+    _check_item_keys(item, position, keys, told_too)
     try:
         return unpack_item(item, position, keys)
     except (TypeError, ValueError, RuntimeError) as error:
@@ -224,7 +286,7 @@ def export_probes(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
-    item_keys: Mapping[str, str] | None = None,
+    item_keys: Mapping[str, str | int] | None = None,
 ) -> Path:
     """Write a probe folder from a map-style data set (see the module docstring for the layout).
 
@@ -240,14 +302,17 @@ def export_probes(
             images are de-normalised as ``x * std + mean`` before they are written.
         std: Normalisation standard deviation.
         class_names: Class names by index, written in ``labels.csv`` instead of indices.
-        item_keys: Keys of mapping items, as in :func:`~lightning_sas.probes.unpack_item`.
+        item_keys: Where the fields ``"image"``, ``"label"`` and ``"mask"`` (or ``"roi"``) are: a
+            key of mapping items or a position of tuple items, as in
+            :func:`~lightning_sas.probes.item_keys`; a tuple item's mask is read only when given.
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
 
     Raises:
         ExportError: If the data set is not map-style or empty, an item cannot be read as an
-            image (with label and ROI), ``count``/``indices`` are invalid, ``mean``/``std`` do
+            image (with label and ROI), lacks a field where ``item_keys`` says it is
+            (:class:`ItemKeyError`), ``count``/``indices`` are invalid, ``mean``/``std`` do
             not fit, or ``out_dir`` holds other files (:class:`ExportFolderError`).
         OSError: If a file cannot be written.
 
@@ -276,8 +341,8 @@ def export_probes(
     width = max(5, len(str(max(size - 1, 0))))
     entries = []
     rows: list[tuple[str, str]] = [("filename", "label")]
-    for index in chosen:
-        image, label, roi = _unpack(dataset[index], index, item_keys)
+    for number, index in enumerate(chosen):
+        image, label, roi = _unpack(dataset[index], index, item_keys, told_too=number == 0)
         pixels, clipped = to_pixels(image, mean, std)
         name = f"probe_{index:0{width}d}.png"
         entry: dict[str, Any] = {

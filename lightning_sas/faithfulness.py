@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from lightning_sas.arguments import require_max_batch
 from lightning_sas.chunks import retry_out_of_memory
 from lightning_sas.methods.base import check_logits, validate_images_and_targets
-from lightning_sas.methods.batching import CPU_PIXELS_PER_CHUNK, GPU_MEMORY_SHARE
+from lightning_sas.methods.batching import CPU_PIXELS_PER_CHUNK, GPU_MEMORY_SHARE, input_memory_format
 from lightning_sas.methods.sas import SaS
 from lightning_sas.model_state import attribution_mode
 from lightning_sas.outputs import ClassifierOutput, OutputSelector, check_output_selector
@@ -302,7 +302,8 @@ def _curves(
     # Endpoints: the image (deletion k=0, insertion k=steps) and the baseline (the other two)
     # do not depend on the map: one forward each per probe, shared by every method.
     ends = torch.cat([images, baseline])
-    logits = torch.cat([model(part) for part in _channels_last(ends).split(chunk)])
+    memory_format = input_memory_format(model, images)
+    logits = torch.cat([model(part) for part in ends.contiguous(memory_format=memory_format).split(chunk)])
     check_logits(logits[:batch], targets)
     end_probs = _target_probabilities(logits, targets.repeat(2))
     image_probs, baseline_probs = end_probs[:batch], end_probs[batch:]
@@ -328,7 +329,8 @@ def _curves(
         # Deletion keeps the image where rank >= count; insertion keeps it where rank < count.
         keep_image = (ranks[row[part]] < counts[step[part]][:, None]) != is_deletion[part, None]
         composites = torch.where(keep_image.view(-1, 1, height, width), images[probe[part]], baseline[probe[part]])
-        probs[part] = _target_probabilities(model(_channels_last(composites)), targets[probe[part]])
+        composites = composites.contiguous(memory_format=memory_format)
+        probs[part] = _target_probabilities(model(composites), targets[probe[part]])
 
     probs = probs.view(rows, 2, interior)
     first = image_probs.repeat(rows // batch)[:, None]
@@ -345,11 +347,6 @@ def _target_probabilities(logits: Tensor, targets: Tensor) -> Tensor:
     # float32 softmax: under autocast the logits may be bfloat16, whose 8-bit mantissa would
     # quantise probabilities near 1 to steps of 0.004.
     return logits.float().softmax(dim=1).gather(1, targets[:, None])[:, 0]
-
-
-def _channels_last(images: Tensor) -> Tensor:
-    # oneDNN (CPU) and cuDNN run convolutions faster in NHWC (as in SaS's forwards).
-    return images.contiguous(memory_format=torch.channels_last)
 
 
 def _baseline_images(images: Tensor, baseline: Baseline) -> Tensor:

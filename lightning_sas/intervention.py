@@ -11,6 +11,10 @@ that ignores the ruler does not.
 :class:`Artifacts` holds the examples (patches with masks, in the model's input space) or a
 callable that pastes one; :func:`intervene` does the measurement, batched, without side
 effects on the model.
+
+Trial ``t`` pastes the same example at the same position onto every probe, drawn from the
+seed alone: a probe's result does not depend on which other probes are measured with it, so a
+DDP audit that measures each rank's shard gets the results of one process measuring them all.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from torch import Tensor, nn
 from lightning_sas.model_state import attribution_mode
 from lightning_sas.outputs import ClassifierOutput, OutputSelector
 
-#: A custom paste: ``paste(images [N, C, H, W], generator) -> images with the artifact``.
+#: A custom paste: ``paste(images [N, C, H, W], generator) -> images with the artifact``. It is
+#: called with one image at a time (``N = 1``), the generator in the same state for every probe
+#: of a trial, and must draw its randomness from the generator only.
 PasteFunction = Callable[[Tensor, torch.Generator], Tensor]
 
 
@@ -35,16 +41,18 @@ class Artifacts:
     Either ``patches`` and ``masks`` (examples cut from real images, in the same normalised
     input space as the probes) or ``paste`` (a function that adds the artifact to a batch).
     A patch as large as the probes is pasted where it is (e.g. a ruler at the image edge, cut
-    out with its exact mask); a smaller one at a seeded random position.
+    out with its exact mask); a smaller one at a seeded random position. Each trial draws one
+    example and one position and pastes them onto every probe.
 
     Args:
         target_class: The class the artifact is suspected to drive predictions to.
         patches: ``[N, C, h, w]`` float artifact examples.
         masks: ``[N, h, w]`` bool/0-1 masks of the artifact pixels in each patch.
         paste: Alternative to patches: ``paste(images, generator) -> images``; it must draw
-            its randomness from ``generator`` only.
+            its randomness from ``generator`` only (see :data:`PasteFunction`).
         trials: How many pastes (positions / examples) per probe.
-        seed: Seed of the positions and example choices (a local generator).
+        seed: Seed of the positions and example choices (a local generator; trial ``t``'s
+            draw depends on ``seed`` and ``t`` only).
 
     Raises:
         ValueError: If neither or both of ``patches`` and ``paste`` are given, shapes do not
@@ -93,32 +101,47 @@ class Artifacts:
             raise ValueError("every artifact mask in `masks` must mark at least one pixel.")
 
     def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """``images`` ``[N, C, H, W]`` with one artifact pasted into each (drawn from ``generator``).
+        """``images`` ``[N, C, H, W]`` with one artifact pasted into each, the same draw from
+        ``generator`` for every image (so an image's paste does not depend on the others).
 
         Raises:
-            ValueError: If a patch is larger than the images or has other channels.
+            ValueError: If a patch is larger than the images or has other channels, or ``paste``
+                does not return a tensor of the image's shape.
         """
         if self.paste is not None:
-            return self.paste(images, generator)
+            return self._paste_each(images, generator)
         patches, masks = self.patches, self.masks
         if patches is None or masks is None:  # unreachable after __post_init__; for type checkers
             raise ValueError("`patches` and `masks` are required without `paste`.")
-        count, channels, height, width = images.shape
+        _, channels, height, width = images.shape
         if patches.shape[1] != channels or patches.shape[2] > height or patches.shape[3] > width:
             raise ValueError(
                 f"artifact patches {list(patches.shape[1:])} must have the probes' {channels} channels and "
                 f"fit in their {height}x{width} pixels."
             )
-        choice = torch.randint(patches.shape[0], (count,), generator=generator)
-        top = torch.randint(height - patches.shape[2] + 1, (count,), generator=generator)
-        left = torch.randint(width - patches.shape[3] + 1, (count,), generator=generator)
+        index = int(torch.randint(patches.shape[0], (1,), generator=generator))
+        y = int(torch.randint(height - patches.shape[2] + 1, (1,), generator=generator))
+        x = int(torch.randint(width - patches.shape[3] + 1, (1,), generator=generator))
         result = images.clone()
-        for position in range(count):  # one small slice per pasted image; not a hot path
-            index, y, x = int(choice[position]), int(top[position]), int(left[position])
-            region = result[position, :, y : y + patches.shape[2], x : x + patches.shape[3]]
-            patch = patches[index].to(device=images.device, dtype=images.dtype)
-            region.copy_(torch.where(masks[index].to(images.device), patch, region))
+        region = result[:, :, y : y + patches.shape[2], x : x + patches.shape[3]]
+        patch = patches[index].to(device=images.device, dtype=images.dtype)
+        region.copy_(torch.where(masks[index].to(images.device), patch, region))
         return result
+
+    def _paste_each(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """The custom paste on one image at a time, each from the generator's same state."""
+        state = generator.get_state()
+        pasted = []
+        for image in images.split(1):  # one call per image: its draw cannot depend on the others
+            generator.set_state(state)
+            result = self.paste(image, generator)  # type: ignore[misc]
+            if not isinstance(result, Tensor) or result.shape != image.shape:
+                described = list(result.shape) if isinstance(result, Tensor) else type(result).__name__
+                raise ValueError(
+                    f"`paste` must return images of the shape it is given, {list(image.shape)}; got {described}."
+                )
+            pasted.append(result)
+        return torch.cat(pasted) if pasted else images.clone()
 
 
 @dataclass
@@ -195,8 +218,9 @@ def intervene(
             raise ValueError(
                 f"the artifact's `target_class`={target} is not a class of this model ({before.shape[1]} classes)."
             )
-        pasted = artifacts.apply(images.repeat_interleave(trials, dim=0), generator)
-        after = probabilities(pasted).view(images.shape[0], trials, -1)
+        # One draw per trial, in trial order: probe n's trial t is the same in any batch.
+        pasted = torch.cat([artifacts.apply(images, generator) for _ in range(trials)])
+        after = probabilities(pasted).view(trials, images.shape[0], -1).transpose(0, 1)
     return InterventionResult(
         eligible=before.argmax(dim=1) != target,
         flipped=after.argmax(dim=2) == target,

@@ -50,6 +50,8 @@ import io
 import json
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
@@ -79,10 +81,12 @@ __all__ = [
     "load_summary",
     "method_errors",
     "probe_pictures",
+    "put_in_place",
     "render_report",
     "report_title",
     "rule_record",
     "rule_text",
+    "staging_folder",
     "verdict_text",
     "write_report",
     "write_summary",
@@ -95,7 +99,7 @@ READABLE_VERSIONS = (1, 2, 3)
 #: How many probes the shortcut message names per method.
 TOP_PROBES = 3
 #: Names in ``"errors"`` that are parts of the audit rather than methods.
-AUDIT_PARTS = ("faithfulness", "sanity")
+AUDIT_PARTS = ("faithfulness", "sanity", "intervention")
 
 
 def json_number(value: float | None) -> float | None:
@@ -202,6 +206,7 @@ def build_summary(
     faithfulness: Faithfulness | None = None,
     artifacts: Mapping[str, Any] | None = None,
     sanity: SanityResult | None = None,
+    method_details: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The ``summary.json`` content of one audit (without the baseline comparison).
 
@@ -221,6 +226,8 @@ def build_summary(
         artifacts: What describes the artifacts (folder, files, class, trials, seed), when the
             intervention was measured; completed with its results.
         sanity: The sanity check's result, when it ran.
+        method_details: Per method, more entries for its ``"methods"`` record (e.g. Grad-CAM's
+            ``{"layer": "features.2"}``, the layer it explained); methods without maps get none.
 
     Returns:
         A JSON-serialisable dict (NaN already replaced by ``None``).
@@ -244,6 +251,7 @@ def build_summary(
             "probes_scored": int((has_roi & ~torch.isnan(shares)).sum()),
             # Flat (constant) maps: no evidence, left out of the scores and the rule.
             "no_evidence": [probes.names[position] for position in result.flat.get(name, [])],
+            **dict((method_details or {}).get(name, {})),
         }
         if faithfulness is not None:
             for key in ("deletion_auc", "insertion_auc", "insertion_minus_deletion"):
@@ -531,6 +539,13 @@ def _format_change(change: float | None) -> str:
     return "" if change is None else f" ({change:+.3f})"
 
 
+def _failed(name: str, method_failed: str) -> str:
+    """How the report says that the audit part or method ``name`` failed."""
+    if name not in AUDIT_PARTS:
+        return method_failed
+    return "could not be measured" if name == "intervention" else "could not be scored"
+
+
 def _status(summary: Mapping[str, Any]) -> str:
     """The verdict box at the top: alert, clean, or nothing to check; failures and sanity flags too."""
     verdict = summary["verdict"]
@@ -538,7 +553,7 @@ def _status(summary: Mapping[str, Any]) -> str:
     parts = []
     if errors:
         failed = "; ".join(
-            f"<b>{escape(name)}</b> {'could not be scored' if name in AUDIT_PARTS else 'failed'} ({escape(message)})"
+            f"<b>{escape(name)}</b> {_failed(name, 'failed')} ({escape(message)})"
             for name, message in errors.items()
         )
         parts.append(f"<p>Audit incomplete: {failed}. Failed methods have no scores.</p>")
@@ -596,7 +611,7 @@ def _problems_section(summary: Mapping[str, Any]) -> str:
         return ""
     items = [
         f'<li class="error" data-method="{escape(name)}"><b>{escape(name)}</b> '
-        f"{'could not be scored' if name in AUDIT_PARTS else 'failed and has no maps'}: "
+        f"{_failed(name, 'failed and has no maps')}: "
         f"<code>{escape(message)}</code></li>"
         for name, message in errors.items()
     ]
@@ -620,6 +635,7 @@ def _meta_table(summary: Mapping[str, Any]) -> str:
         ("image size", " x ".join(map(str, size)) if isinstance(size, list) else size),
         ("channels / mean / std", f"{summary.get('channels')} / {summary.get('mean')} / {summary.get('std')}"),
         ("explained class", summary.get("target")),
+        *((f"{name} layer", means["layer"]) for name, means in summary["methods"].items() if means.get("layer")),
         (
             "lightning_sas / torch / lightning",
             f"{summary.get('lightning_sas')} / {summary.get('torch')} / {summary.get('lightning')}",
@@ -951,3 +967,59 @@ def write_report(
     destination = Path(path)
     destination.write_text(render_report(summary, pictures), encoding="utf-8")
     return destination
+
+
+# ----------------------------------------------------------------------------- the output folder
+
+
+def staging_folder(out: os.PathLike[str] | str) -> Path:
+    """A new, empty, hidden folder beside ``out`` to write an audit into before :func:`put_in_place`.
+
+    Beside ``out`` (not in the system's temporary folder) so that it is on the same file system
+    and can be renamed into place; beside the folder a symbolic link ``out`` points to.
+    """
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+
+
+def put_in_place(staged: Path, out: Path, previous: Sequence[Path]) -> None:
+    """Make the files written in ``staged`` the audit in ``out``, replacing the ``previous`` audit's files.
+
+    When ``out`` holds nothing but ``previous`` (or does not exist), the folders are swapped by
+    two renames: the previous audit stays whole until the moment it is replaced. When ``out``
+    holds other things too (they stay), or cannot be renamed (a mount point), each file is moved
+    in with ``os.replace`` (atomic per file) and the previous files the new audit lacks are removed.
+
+    A symbolic link ``out`` stays: the folder it points to is replaced.
+
+    Raises:
+        OSError: If a rename or removal fails (``out`` is restored when the swap fails half-way).
+    """
+    out = out.resolve()
+    previous = [out / path.name for path in previous]
+    if not out.exists():
+        staged.rename(out)
+        return
+    kept = set(previous)
+    if all(path in kept for path in out.iterdir()):
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        try:
+            out.rename(trash / out.name)
+        except OSError:
+            trash.rmdir()  # ``out`` cannot move: replace its files one by one below
+        else:
+            try:
+                staged.rename(out)
+            except OSError:
+                (trash / out.name).rename(out)  # back in place: the previous audit stays
+                trash.rmdir()
+                raise
+            shutil.rmtree(trash, ignore_errors=True)
+            return
+    for path in previous:
+        if not (staged / path.name).exists():
+            path.unlink(missing_ok=True)
+    for path in staged.iterdir():
+        os.replace(path, out / path.name)
+    staged.rmdir()

@@ -7,6 +7,8 @@ Each rank explains its own images with SaS inside ``all_ranks_together()``:
 * ``out_of_memory``: the model has no collective; on rank 1 it runs out of memory above 2 images,
   so only rank 1's first attempt fails, and both ranks must retry with the same smaller chunk
   (else the agreement's own collectives go unpaired).
+* ``error``: as ``out_of_memory`` but rank 1's forward raises a ``ValueError`` (not out of memory):
+  rank 1 must raise it and rank 0 a "failed on another rank" error, neither waiting for the other.
 
 Writes ``rank<r>.pt`` with each scenario's maps, forward batch sizes and warnings.
 """
@@ -43,6 +45,16 @@ def make_model(oom_above: int | None = None, collective: bool = True) -> Collect
     return CollectiveInForward(num_classes=4, oom_above=oom_above, collective=collective).eval()
 
 
+class BrokenAbove(CollectiveInForward):
+    """Raises ``ValueError`` (a bug, not out of memory) for batches above ``oom_above``."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        try:
+            return super().forward(images)
+        except torch.OutOfMemoryError as error:
+            raise ValueError(f"broken forward: {error}") from None
+
+
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
@@ -67,6 +79,15 @@ def main(out: Path) -> None:
         # The retries only (SaS may also warn that these tiny random logits suit its objective badly).
         "warnings": [str(warning.message) for warning in caught if "out of memory" in str(warning.message)],
     }
+
+    torch.manual_seed(0)
+    model = BrokenAbove(num_classes=4, oom_above=2 if rank == 1 else None, collective=False).eval()
+    try:
+        with all_ranks_together():
+            SaS(iterations=ITERATIONS, num_masks=NUM_MASKS, max_batch=4).attribute(model, images, targets)
+        results["error"] = None
+    except Exception as error:  # noqa: BLE001 - the test reads which error each rank raised
+        results["error"] = f"{type(error).__name__}: {error}"
 
     torch.save(results, out / f"rank{rank}.pt")
     dist.barrier()

@@ -9,8 +9,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 
-class LitClassifier(L.LightningModule):
-    """SmallCNN (BatchNorm, Dropout) with AdamW and a StepLR schedule."""
+def images_and_labels(batch) -> tuple[Tensor, Tensor]:
+    """The images and labels of a tuple batch or of a mapping batch (``"image"``, ``"label"``)."""
+    if isinstance(batch, dict):
+        return batch["image"], batch["label"]
+    return batch[0], batch[1]
+
+
+class ClassifierSteps:
+    """SmallCNN (BatchNorm, Dropout) with AdamW and a StepLR schedule: the steps, for either namespace."""
 
     def __init__(self, num_classes: int = 2, channels: int = 8, lr: float = 1e-2) -> None:
         super().__init__()
@@ -23,11 +30,11 @@ class LitClassifier(L.LightningModule):
 
     def training_step(self, batch, batch_index: int) -> Tensor:
         self.training_steps += 1
-        images, labels = batch[0], batch[1]
+        images, labels = images_and_labels(batch)
         return torch.nn.functional.cross_entropy(self(images), labels)
 
     def validation_step(self, batch, batch_index: int) -> None:
-        images, labels = batch[0], batch[1]
+        images, labels = images_and_labels(batch)
         accuracy = (self(images).argmax(dim=1) == labels).float().mean()
         self.log("val_acc", accuracy)
 
@@ -35,22 +42,47 @@ class LitClassifier(L.LightningModule):
         self.validation_step(batch, batch_index)
 
     def predict_step(self, batch, batch_index: int) -> Tensor:
-        return self(batch[0])
+        return self(images_and_labels(batch)[0])
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
         return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)]
 
 
-def corner_dataset(count: int = 48, size: int = 16, seed: int = 0, channels: int = 3) -> TensorDataset:
-    """Class 1 = a bright top-left square; the ROI marks that square. (image, label, roi) items."""
+class LitClassifier(ClassifierSteps, L.LightningModule):
+    """The test classifier as a ``lightning.pytorch`` module."""
+
+
+def classic_classifier_class() -> type:
+    """The same classifier as a ``pytorch_lightning.LightningModule`` (the classic namespace)."""
+    import pytorch_lightning
+
+    return type("ClassicLitClassifier", (ClassifierSteps, pytorch_lightning.LightningModule), {})
+
+
+#: Where the test datasets' (image, label, roi) items keep the ROI mask: a third element is
+#: read as the artifact ROI only when told.
+ROI_THIRD = {"mask": 2}
+
+
+class MaskedDataset(TensorDataset):
+    """``TensorDataset(images, labels, masks)`` whose items are mappings ``{"image", "label", "mask"}``:
+    the form in which the audit reads an ROI mask without being told where it is."""
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        image, label, mask = super().__getitem__(index)
+        return {"image": image, "label": label, "mask": mask}
+
+
+def corner_dataset(count: int = 48, size: int = 16, seed: int = 0, channels: int = 3) -> MaskedDataset:
+    """Class 1 = a bright top-left square; the ROI marks that square. ``{"image", "label", "mask"}`` items."""
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(count, channels, size, size, generator=generator) * 0.5
     labels = torch.arange(count) % 2
     roi = torch.zeros(count, size, size)
     roi[:, : size // 2, : size // 2] = 1
     images[labels == 1, :, : size // 2, : size // 2] += 1.5
-    return TensorDataset(images, labels, roi)
+    return MaskedDataset(images, labels, roi)
 
 
 def loaders(dataset: Dataset, batch_size: int = 16) -> tuple[DataLoader, DataLoader]:

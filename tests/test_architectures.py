@@ -32,6 +32,7 @@ from lightning_sas import SASAuditCallback
 from lightning_sas.faithfulness import Faithfulness
 from lightning_sas.methods import METHODS, GradCAM, SaS
 from lightning_sas.methods.base import AttributionMethod
+from lightning_sas.methods.layers import resolve_layer
 
 #: Constructor options that make a method cheap, by option name; a method gets those it accepts.
 CHEAP_OPTIONS: dict[str, object] = {
@@ -120,8 +121,30 @@ def test_every_method_on_every_architecture(setup: Setup, method_name: str) -> N
 
 
 def test_gradcam_locates_the_expected_layer(setup: Setup) -> None:
-    name, _ = GradCAM().layer_for(setup.model, setup.images)
-    assert name == setup.architecture.gradcam_layer
+    method = GradCAM()
+    assert method.layer_name(setup.model, setup.images) == setup.architecture.gradcam_layer
+    # Remembered per model and input size: asking again (to log it) and attributing run one forward, the attribution's.
+    forwards: list[int] = []
+    handle = setup.model.register_forward_pre_hook(lambda module, inputs: forwards.append(1))
+    try:
+        assert method.layer_name(setup.model, setup.images) == setup.architecture.gradcam_layer
+        method.attribute(setup.model, setup.images, setup.targets)
+    finally:
+        handle.remove()
+    assert len(forwards) == 1
+
+
+def test_gradcam_checks_a_given_layer_before_any_forward() -> None:
+    model = torchvision.models.resnet18(num_classes=3)
+    forwards: list[int] = []
+    model.register_forward_pre_hook(lambda module, inputs: forwards.append(1))
+    message = r"`target_layer`='layer4\.2' is not a submodule of ResNet; nearest valid names: 'layer4\.1'"
+    with pytest.raises(ValueError, match=message):
+        GradCAM("layer4.2").layer_name(model, torch.randn(1, 3, 64, 64))
+    assert forwards == []
+    assert GradCAM(model.layer3).layer_name(model, torch.randn(1, 3, 64, 64)) == "layer3"
+    with pytest.raises(TypeError, match=r"`target_layer` must be a module name or an nn.Module, got int 4"):
+        resolve_layer(model, 4)  # type: ignore[arg-type]
 
 
 #: The architectures fitted with every registered method (the others are fitted with SaS and

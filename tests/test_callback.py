@@ -12,7 +12,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lit_models import LitClassifier, corner_dataset, loaders
+from lit_models import ROI_THIRD, LitClassifier, corner_dataset, loaders
 from scipy.stats import spearmanr
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, TensorDataset
@@ -213,7 +213,7 @@ def test_no_logger_fails_at_setup(tmp_path: Path) -> None:
         ({"mean": [0.5, 0.4], "std": [0.2, 0.2, 0.2]}, "`mean` and `std` must have the same number of values"),
         ({"std": [0.2, 0.0, 0.2]}, r"`std` values must be positive, got \[0.2, 0.0, 0.2\]"),
         ({"output": 1.5}, "`output` must be None, an index"),
-        ({"item_keys": {"picture": "x"}}, "`item_keys` maps the fields 'image', 'label', 'roi'"),
+        ({"item_keys": {"picture": "x"}}, r"`item_keys` maps the fields 'image', .*got the field 'picture'"),
         ({"probe": 0}, "`probe` must be at least 1, got 0"),
         ({"target": "truth"}, "`target` must be 'pred' or 'label', got 'truth'"),
         ({"on_error": "ignore"}, "`on_error` must be 'warn' or 'raise'"),
@@ -337,7 +337,9 @@ def test_shortcut_alert_warns_logs_text_and_can_stop_training(tmp_path: Path) ->
     # Every pixel is ROI: any map puts all its mass there, so the alert must fire.
     images, labels, _ = corner_dataset().tensors
     everywhere = TensorDataset(images, labels, torch.ones(len(labels), 16, 16))
-    callback = SASAuditCallback(probe=2, methods=["gradcam"], shortcut_threshold=0.5, stop_on_shortcut=True)
+    callback = SASAuditCallback(
+        probe=2, methods=["gradcam"], shortcut_threshold=0.5, stop_on_shortcut=True, item_keys=ROI_THIRD
+    )
     L.seed_everything(0, verbose=False)
     trainer = make_trainer(tmp_path, [callback], max_epochs=5)
     with pytest.warns(

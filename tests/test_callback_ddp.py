@@ -45,7 +45,7 @@ def test_ddp_shards_probes_and_rank_zero_writes(tmp_path: Path) -> None:
     # The gathered maps are the maps of those probes on the trained model, computed in one process.
     model = LitClassifier()
     model.load_state_dict(torch.load(tmp_path / "final.pt"))
-    images = torch.stack([corner_dataset()[entry["index"]][0] for entry in manifest])
+    images = torch.stack([corner_dataset()[entry["index"]]["image"] for entry in manifest])
     targets = torch.from_numpy(raw["targets"])
     expected = GradCAM().attribute(model, images, targets)
     torch.testing.assert_close(torch.from_numpy(raw["maps_gradcam"]), expected, atol=1e-5, rtol=0)

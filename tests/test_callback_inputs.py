@@ -15,7 +15,7 @@ import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
-from lit_models import LitClassifier, corner_dataset, loaders
+from lit_models import LitClassifier, corner_dataset, images_and_labels, loaders
 from test_callback import fit, make_trainer, read_events, snapshot_training_state
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
@@ -65,7 +65,7 @@ class BinaryLit(LitClassifier):
         return logit[:, 0] if self.shape == "[B]" else logit
 
     def training_step(self, batch, batch_index: int) -> Tensor:
-        images, labels = batch[0], batch[1]
+        images, labels = images_and_labels(batch)
         logit = self(images).reshape(-1)
         return nn.functional.binary_cross_entropy_with_logits(logit, labels.float())
 
@@ -78,7 +78,7 @@ class DictLit(LitClassifier):
         return {"logits": self.net(images), "aux": images.mean()}
 
     def training_step(self, batch, batch_index: int) -> Tensor:
-        return nn.functional.cross_entropy(self(batch[0])["logits"], batch[1])
+        return nn.functional.cross_entropy(self(images_and_labels(batch)[0])["logits"], images_and_labels(batch)[1])
 
     def validation_step(self, batch, batch_index: int) -> None:
         pass
@@ -89,7 +89,7 @@ class TupleLit(DictLit):
         return images.mean(), self.net(images)
 
     def training_step(self, batch, batch_index: int) -> Tensor:
-        return nn.functional.cross_entropy(self(batch[0])[1], batch[1])
+        return nn.functional.cross_entropy(self(images_and_labels(batch)[0])[1], images_and_labels(batch)[1])
 
 
 def fit_module(tmp_path: Path, module: L.LightningModule, callback: SASAuditCallback, **kwargs) -> L.Trainer:
@@ -107,7 +107,7 @@ def test_single_logit_binary_classifier(tmp_path: Path, shape: str) -> None:
     assert {"audit/sas/roi_share", "audit/gradcam/roi_share"} <= scalar_tags(trainer)
     raw = np.load(Path(trainer.logger.log_dir) / "audits" / "epoch=0.npz")
     # The prediction is logit > 0, and the confidence is sigmoid(logit) of the predicted class.
-    images = torch.stack([corner_dataset()[i][0] for i in raw["indices"]])
+    images = torch.stack([corner_dataset()[i]["image"] for i in raw["indices"]])
     module.eval()
     with torch.no_grad():
         logit = module(images).reshape(-1)
@@ -153,7 +153,7 @@ class MappingDataset(Dataset):
         return len(self.base)
 
     def __getitem__(self, index: int) -> dict:
-        image, label, roi = self.base[index]
+        image, label, roi = self.base.tensors[0][index], self.base.tensors[1][index], self.base.tensors[2][index]
         return {self.keys["image"]: image, self.keys["label"]: label, self.keys["roi"]: roi, "id": index}
 
 
@@ -212,7 +212,7 @@ class NanForCornerLit(LitClassifier):
     trains and validates on the healthy network, so only the audit meets the NaN forward."""
 
     def training_step(self, batch, batch_index: int) -> Tensor:
-        return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+        return nn.functional.cross_entropy(self.net(images_and_labels(batch)[0]), images_and_labels(batch)[1])
 
     def validation_step(self, batch, batch_index: int) -> None:
         pass
@@ -309,7 +309,7 @@ def test_several_validation_loaders_take_probes_from_the_first(tmp_path: Path) -
         DataLoader(first, batch_size=16),
         [DataLoader(first, batch_size=16), DataLoader(second, batch_size=16)],
     )
-    expected = torch.stack([first[entry["index"]][0] for entry in callback.manifest])
+    expected = torch.stack([first[entry["index"]]["image"] for entry in callback.manifest])
     assert torch.equal(callback.probes.images, expected)
 
 

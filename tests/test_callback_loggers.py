@@ -10,8 +10,8 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from lit_models import LitClassifier, corner_dataset, loaders
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lit_models import LitClassifier, classic_classifier_class, corner_dataset, loaders
 from test_callback import make_trainer, read_events
 
 from lightning_sas import SASAuditCallback
@@ -26,38 +26,59 @@ def assert_points(points: list[tuple[int, float]], values: list[float]) -> None:
     assert [value for _, value in points] == pytest.approx(values)
 
 
-def fit_with(tmp_path: Path, loggers: list[Logger], **callback_args) -> tuple[L.Trainer, SASAuditCallback]:
+def fit_with(
+    tmp_path: Path, loggers: list[Logger], namespace: str = "lightning.pytorch", **callback_args
+) -> tuple[L.Trainer, SASAuditCallback]:
     callback = SASAuditCallback(probe=2, methods=["gradcam"], sanity=False, **callback_args)
     L.seed_everything(0, verbose=False)
-    trainer = make_trainer(tmp_path, [callback], max_epochs=2, logger=loggers)
-    trainer.fit(LitClassifier(), *loaders(corner_dataset()))
+    if namespace == "lightning.pytorch":
+        trainer, module = make_trainer(tmp_path, [callback], max_epochs=2, logger=loggers), LitClassifier()
+    else:  # the classic namespace: its own Trainer, LightningModule and loggers
+        import pytorch_lightning
+
+        trainer = pytorch_lightning.Trainer(
+            max_epochs=2,
+            logger=loggers,
+            callbacks=[callback],
+            accelerator="cpu",
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        )
+        module = classic_classifier_class()()
+    trainer.fit(module, *loaders(corner_dataset()))
     assert callback.audited_epochs == [0, 1]
     return trainer, callback
 
 
+@pytest.mark.parametrize("namespace", ["lightning.pytorch", "pytorch_lightning"])
 def test_tensorboard_csv_mlflow_and_wandb_each_get_everything_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, namespace: str
 ) -> None:
     pytest.importorskip("mlflow")
     pytest.importorskip("wandb")
+    pytest.importorskip(namespace)
+    import importlib
+
     import wandb
-    from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
     from mlflow.tracking import MlflowClient
     from test_logger_mlflow import stepped_images
     from test_logger_wandb import read_run, use_offline_wandb
 
+    # The same loggers from the namespace the project imports them from.
+    namespace_loggers = importlib.import_module(f"{namespace}.loggers")
     use_offline_wandb(monkeypatch, tmp_path)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tensorboard = TensorBoardLogger(tmp_path, name="tb")
-    table = CSVLogger(tmp_path, name="csv")
-    tracking = MLFlowLogger(
+    tensorboard = namespace_loggers.TensorBoardLogger(tmp_path, name="tb")
+    table = namespace_loggers.CSVLogger(tmp_path, name="csv")
+    tracking = namespace_loggers.MLFlowLogger(
         experiment_name="audit", tracking_uri=tracking_uri, artifact_location=(tmp_path / "mlflow_artifacts").as_uri()
     )
-    weights_and_biases = WandbLogger(save_dir=str(tmp_path), offline=True, project="audit")
+    weights_and_biases = namespace_loggers.WandbLogger(save_dir=str(tmp_path), offline=True, project="audit")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            trainer, callback = fit_with(tmp_path, [tensorboard, table, tracking, weights_and_biases])
+            trainer, callback = fit_with(tmp_path, [tensorboard, table, tracking, weights_and_biases], namespace)
             wandb_run = Path(weights_and_biases.experiment.dir).parent
         finally:
             wandb.finish()

@@ -610,6 +610,7 @@ def test_trusted_checkpoint_without_masks_has_nothing_to_check(
     assert "nothing to check" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"), parse_constant=_reject_constant)
     assert summary["verdict"]["checked"] == [] and summary["verdict"]["crossed"] == []
+    assert isinstance(summary["methods"]["gradcam"].pop("layer"), str)  # the layer Grad-CAM explained
     # --no-faithfulness: no AUCs anywhere.
     assert summary["methods"] == {
         "gradcam": {

@@ -168,9 +168,9 @@ def test_artifact_the_model_uses_exits_1_with_the_flip_rate(
 def test_artifact_a_blind_model_ignores_cannot_tell(
     setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
 ) -> None:
-    # The ruler model's weights behind a forward that cannot see the corner: pasting the ruler
-    # there changes nothing (flip rate 0). The ruler was all the model learned, so without it every
-    # probe gets the same output to float precision: the audit says it cannot tell, never "no shortcut".
+    # The ruler model's weights behind a forward blind to its input: pasting the ruler changes
+    # nothing (flip rate 0), and every probe gets the same output: the audit says it cannot tell,
+    # never "no shortcut".
     out = tmp_path / "blind"
     argv = arguments(
         setup, out, "--artifacts", str(setup.artifacts), "--artifact-class", "1", "--no-faithfulness",

@@ -38,7 +38,14 @@ def numbers(values: tuple[float, ...]) -> list[str]:
 def test_export_round_trip_through_the_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dataset = RulerDataset(count=10, seed=3)
     out = export_probes(
-        dataset, tmp_path / "probes", count=6, seed=1, mean=DATASET_MEAN, std=DATASET_STD, class_names=CLASS_NAMES
+        dataset,
+        tmp_path / "probes",
+        count=6,
+        seed=1,
+        mean=DATASET_MEAN,
+        std=DATASET_STD,
+        class_names=CLASS_NAMES,
+        item_keys={"mask": 2},  # (image, label, roi) items: a tuple's ROI is read only when told
     )
     chosen = stratified_indices([int(label) for label in dataset.labels], 6, 1)
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
@@ -195,7 +202,7 @@ def test_export_probes_subcommand_writes_an_auditable_folder(
     argv = [
         "export-probes", "--dataset", "lit_classifier:ruler_dataset", "--count", "4", "--seed", "2",
         "--mean", *numbers(DATASET_MEAN), "--std", *numbers(DATASET_STD), "--class-names", "clean,ruler",
-        "--out", str(out),
+        "--mask-key", "2", "--out", str(out),
     ]  # fmt: skip
     assert main(argv) == 0
     captured = capsys.readouterr()

@@ -352,6 +352,31 @@ def test_probes_background_depends_on_the_set_and_needs_two_images() -> None:
         method.attribute(model, images[:1], targets[:1])
 
 
+@pytest.mark.parametrize("rows", [[0], [1, 2], [3, 3], [2, 0, 1, 3]], ids=["one", "two", "padded", "permuted"])
+def test_probe_background_bound_to_the_set_gives_the_sets_maps_on_any_shard(rows: list[int]) -> None:
+    """DDP shards: a shard (one image, or padding duplicates) explained with the bound method gets
+    exactly the maps of the whole set explained with ``background='probes'``."""
+    model = small_cnn()
+    images, targets = probe_batch()
+    method = GradientSHAP(samples=6, stdevs=0.1, seed=3)
+    whole = method.attribute(model, images, targets)
+    with torch.inference_mode():  # as the probe set comes from Lightning's validation loop
+        bound = method.bind_probe_set(images.clone())
+    shard = torch.tensor(rows)
+    torch.testing.assert_close(bound.attribute(model, images[shard], targets[shard]), whole[shard], atol=0, rtol=0)
+    assert method.background == "probes" and torch.equal(bound.background, images)  # a copy, self unchanged
+
+
+def test_bind_probe_set_keeps_methods_that_do_not_depend_on_the_set() -> None:
+    images, _ = probe_batch()
+    for method in [*seeded_methods(torch.randn(5, 3, SIZE, SIZE)).values(), SaS()]:
+        assert method.bind_probe_set(images) is method
+    with pytest.raises(ValueError, match=r"`images` must hold at least 2 probes.*got 1"):
+        GradientSHAP().bind_probe_set(images[:1])
+    with pytest.raises(TypeError, match=r"`images` must be a floating tensor \[N, C, H, W\].*torch.int64"):
+        GradientSHAP().bind_probe_set(torch.zeros(2, 3, 4, 4, dtype=torch.long))
+
+
 def global_rng_states() -> tuple:
     return torch.get_rng_state(), np.random.get_state(), random.getstate()
 

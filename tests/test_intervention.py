@@ -59,11 +59,35 @@ def test_probes_already_in_the_artifacts_class_do_not_count() -> None:
 def test_small_patches_land_at_seeded_positions_inside_the_image() -> None:
     patch = torch.ones(1, 3, 4, 4)
     artifacts = Artifacts(target_class=1, patches=patch, masks=torch.ones(1, 4, 4), trials=8, seed=3)
-    first = artifacts.apply(torch.zeros(8, 3, 16, 16), torch.Generator().manual_seed(3))
-    second = artifacts.apply(torch.zeros(8, 3, 16, 16), torch.Generator().manual_seed(3))
-    assert torch.equal(first, second)
-    assert first.flatten(1).sum(dim=1).tolist() == [48.0] * 8  # the whole patch, every time
-    assert len({tuple(torch.nonzero(image[0])[0].tolist()) for image in first}) > 1  # several positions
+    first, second = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    trials = [artifacts.apply(torch.zeros(2, 3, 16, 16), first) for _ in range(8)]
+    assert all(torch.equal(pasted, artifacts.apply(torch.zeros(2, 3, 16, 16), second)) for pasted in trials)
+    assert all(pasted.flatten(1).sum(dim=1).tolist() == [48.0] * 2 for pasted in trials)  # the whole patch
+    assert all(torch.equal(pasted[0], pasted[1]) for pasted in trials)  # one position per trial, for every probe
+    assert len({tuple(torch.nonzero(pasted[0, 0])[0].tolist()) for pasted in trials}) > 1  # several positions
+
+
+def noise_paste(images: Tensor, generator: torch.Generator) -> Tensor:
+    """A custom paste drawing one value per pixel: the draws would follow the batch position."""
+    return images + torch.rand(images.shape, generator=generator)
+
+
+@pytest.mark.parametrize("kind", ["patches", "paste"])
+def test_a_probes_pastes_do_not_depend_on_the_other_probes_measured_with_it(kind: str) -> None:
+    # A 14x14 patch overlaps the watched corner by an amount that depends on its position.
+    artifacts = (
+        Artifacts(target_class=1, patches=torch.ones(2, 3, 14, 14), masks=torch.ones(2, 14, 14), trials=5, seed=1)
+        if kind == "patches"
+        else Artifacts(target_class=1, paste=noise_paste, trials=5, seed=1)
+    )
+    images, model = dark_images(), CornerDetector()
+    together = intervene(model, images, artifacts)
+    assert together.probability_change.std() > 0.01  # the positions / draws matter
+    for shard in ([0, 2, 4], [1, 3, 5], [5]):  # e.g. the shards of DDP ranks
+        alone = intervene(model, images[shard], artifacts)
+        torch.testing.assert_close(alone.probability_change, together.probability_change[shard])
+        assert torch.equal(alone.flipped, together.flipped[shard])
+        assert torch.equal(alone.eligible, together.eligible[shard])
 
 
 def test_no_side_effects_on_model_or_random_streams() -> None:
@@ -112,6 +136,12 @@ def test_works_inside_inference_mode_with_a_binary_single_logit_model() -> None:
 def test_bad_artifacts_are_refused_with_clear_messages(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Artifacts(**kwargs)
+
+
+def test_a_paste_that_changes_the_shape_is_refused() -> None:
+    artifacts = Artifacts(target_class=1, paste=lambda images, generator: images[..., :8])
+    with pytest.raises(ValueError, match=r"`paste` must return images of the shape it is given, \[1, 3, 16, 16\]"):
+        intervene(CornerDetector(), dark_images(), artifacts)
 
 
 def test_artifact_class_outside_the_model_is_refused() -> None:

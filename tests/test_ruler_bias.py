@@ -84,7 +84,9 @@ def test_nightly_audit_flags_the_biased_checkpoint_on_a_fresh_probe_set(
         n_train=200, n_val=200, n_counterfactual=1, image_size=32, p_ruler_malignant=0.75, p_ruler_benign=0.75,
         seed=seed,
     )  # fmt: skip
-    probes = export_probes(fresh["val"], tmp_path / "probes", count=16, seed=seed, mean=data.MEAN, std=data.STD)
+    probes = export_probes(
+        fresh["val"], tmp_path / "probes", count=16, seed=seed, mean=data.MEAN, std=data.STD, item_keys={"mask": 2}
+    )
     with_ruler = fresh["train"].has_ruler.nonzero().flatten()[:16]
     export_artifacts(
         fresh["train"].normalised_images()[with_ruler], fresh["train"].ruler_masks[with_ruler] > 0,

@@ -90,7 +90,16 @@ def main() -> None:
     print(f"{elapsed()} 3/4 exporting a fresh probe set (seed {FRESH_SEED}) and ruler examples", flush=True)
     fresh = make_splits(n_train=200, n_val=200, n_counterfactual=1, image_size=image_size, seed=FRESH_SEED)
     probes = args.out / "fresh_probes"
-    export_probes(fresh["val"], probes, count=16, seed=FRESH_SEED, mean=MEAN, std=STD, class_names=CLASS_NAMES)
+    export_probes(
+        fresh["val"],
+        probes,
+        count=16,
+        seed=FRESH_SEED,
+        mean=MEAN,
+        std=STD,
+        class_names=CLASS_NAMES,
+        item_keys={"mask": 2},  # the items are (image, label, ruler_mask)
+    )
     with_ruler = fresh["train"].has_ruler.nonzero().flatten()[:16]
     export_artifacts(
         fresh["train"].normalised_images()[with_ruler],

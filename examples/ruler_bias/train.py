@@ -174,6 +174,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
         shortcut_threshold=args.shortcut_threshold,
         class_names=CLASS_NAMES,
         artifacts=ruler_artifacts(splits["train"], seed=args.seed),
+        # Items are (image, label, ruler_mask): a third element is read as the artifact ROI only when told.
+        item_keys={"mask": 2},
         sanity=args.sanity,
         # The demo audits often on purpose: its cost is estimated and printed below, never warned.
         cost_warning_share=math.inf,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal, TypeVar
 
 import torch
@@ -40,6 +41,22 @@ class AttributionMethod(ABC):
         """
         return 1
 
+    def bind_probe_set(self, images: Tensor) -> AttributionMethod:
+        """This method with anything it takes from "the images in the call" fixed to ``images``.
+
+        A method whose result for a probe depends on the other images it is explained with
+        (GradientSHAP's ``background="probes"``) would otherwise depend on how the probe set is
+        split: under DDP each rank explains its shard. Bind the whole probe set once, before
+        sharding, and explain the shards with the bound method. The default returns ``self``.
+
+        Args:
+            images: The whole probe set ``[N, C, H, W]``, normalised as the model expects.
+
+        Returns:
+            ``self`` or a configured copy; ``self`` is never changed.
+        """
+        return self
+
     def attribute(self, model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
         """Explain ``model``'s score for ``targets`` on ``images``.
 
@@ -53,6 +70,8 @@ class AttributionMethod(ABC):
         Returns:
             Float32 tensor ``[B, H, W]`` with values in [0, 1], on ``images.device``; all NaN
             for an image whose model output or gradient is not finite (never a blank map).
+            Under an enclosing ``torch.autocast`` with float16 the method runs in float32 (see
+            :func:`attribution_precision`); bfloat16 autocast reaches the model's forwards.
 
         Raises:
             TypeError: If ``model``, ``images`` or ``targets`` has the wrong type or dtype.
@@ -67,7 +86,7 @@ class AttributionMethod(ABC):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
         images, targets = validate_images_and_targets(images, targets)
         # Every method sees [B, num_classes] logits from the module holding the weights.
-        with attribution_mode(ClassifierOutput.wrap(model)) as forward_module:
+        with attribution_mode(ClassifierOutput.wrap(model)) as forward_module, attribution_precision(images):
             return compute(forward_module, outside_inference_mode(images), outside_inference_mode(targets))
 
     @abstractmethod
@@ -77,6 +96,26 @@ class AttributionMethod(ABC):
     def __repr__(self) -> str:
         settings = ", ".join(f"{key}={value!r}" for key, value in vars(self).items() if not key.startswith("_"))
         return f"{type(self).__name__}({settings})"
+
+
+@contextmanager
+def attribution_precision(images: Tensor) -> Iterator[None]:
+    """Under a float16 autocast, switch autocast off (float32); otherwise leave precision as it is.
+
+    Attribution differentiates the target score with respect to the input. float16's 5-bit
+    exponent makes those gradients underflow to zero (blank maps for a model with small logits
+    or gradients) or overflow (NaN maps), and unlike training there is no step to skip: a
+    GradScaler-like scale would need a finiteness check per backward (a host read, and a rerun
+    on overflow) and one scale that fits every pixel's gradient. float32 avoids both, at
+    float32 speed. bfloat16 has float32's exponent range, so its autocast stays on and the
+    model runs as it trains (the methods keep their own arithmetic in float32).
+    """
+    device_type = images.device.type
+    if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16:
+        with torch.autocast(device_type, enabled=False):
+            yield
+    else:
+        yield
 
 
 def validate_images_and_targets(images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:

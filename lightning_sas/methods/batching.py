@@ -95,6 +95,33 @@ def auto_chunk(
     return max(1, min(total, int(GPU_MEMORY_SHARE * free / ((3 if with_gradient else 1) * per_image))))
 
 
+def input_memory_format(model: nn.Module, images: Tensor) -> torch.memory_format:
+    """The memory format to build a method's model inputs in: channels-last only where the caller uses it.
+
+    oneDNN and cuDNN run convolutions faster in NHWC (1.25x on ResNet-18 at 64 px on the CPU),
+    but a model that flattens a convolution's output with ``x.view(x.size(0), -1)`` fails on
+    NHWC activations. A model whose 4-D parameters are channels-last already makes NHWC
+    activations (and so cannot be doing that), and channels-last images are the caller's
+    choice; otherwise inputs stay contiguous (NCHW), as the model sees them in training.
+
+    Example:
+        >>> conv = nn.Conv2d(3, 4, 3)
+        >>> input_memory_format(conv, torch.zeros(1, 3, 8, 8))
+        torch.contiguous_format
+        >>> input_memory_format(conv.to(memory_format=torch.channels_last), torch.zeros(1, 3, 8, 8))
+        torch.channels_last
+    """
+
+    def is_channels_last(tensor: Tensor) -> bool:
+        # A tensor both layouts describe (C == 1, or 1x1 spatial) says nothing about the choice.
+        channels_last = tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
+        return channels_last and not tensor.is_contiguous()
+
+    if is_channels_last(images) or any(is_channels_last(parameter) for parameter in model.parameters()):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def target_scores_in_chunks(
     model: nn.Module,
     build: VariantBuilder,

@@ -32,8 +32,11 @@ class GradCAM(AttributionMethod):
     Args:
         target_layer: The layer to explain: a dotted module name (``"layer4"``), the module
             itself, or ``None`` to use the last module whose output is a spatial map that the
-            model's score depends on (found once per model and input size with a dry run;
-            ResNet: ``layer4``, ViT: the last block's ``ln_1``).
+            model's score depends on, outside the internals of attention modules (found once
+            per model and input size with a dry run, see
+            :func:`~lightning_sas.methods.layers.locate_target_layer`; ResNet: ``layer4``,
+            torchvision ViT: the last block's ``ln_1``, timm ViT/DeiT: ``blocks.11.norm1``).
+            :meth:`layer_name` tells which layer that is.
         reshape: ``None`` (read the layout automatically) or a callable mapping the layer's
             output ``[B, ...]`` to a map ``[B, C, h, w]``, like pytorch-grad-cam's
             ``reshape_transform``. It is applied to the activations and to their gradient alike,
@@ -105,6 +108,29 @@ class GradCAM(AttributionMethod):
         if not any_rank(not located.from_gradient, images.device):
             by_size[size] = located.module
         return located.name, located.module
+
+    def layer_name(self, model: nn.Module, example_images: Tensor) -> str:
+        """The dotted name of the layer this instance explains for ``model`` at this input size.
+
+        For logging the automatic choice and checking a given one before the audit: a given
+        ``target_layer`` is only looked up (a name that is not a submodule raises at once), the
+        automatic one is located with one dry forward and gradient, and remembered for the model
+        and input size, so the attributions that follow do not locate it again.
+
+        Args:
+            model: The classifier, as passed to :meth:`attribute` (wrappers allowed).
+            example_images: ``[B, C, H, W]`` images of the size that will be explained.
+
+        Raises:
+            ValueError: If ``target_layer`` is not a submodule of ``model`` (the message lists
+                the nearest valid names), or no layer of ``model`` outputs a spatial map.
+
+        Example:
+            >>> import torchvision
+            >>> GradCAM().layer_name(torchvision.models.resnet18(num_classes=3), torch.zeros(1, 3, 64, 64))
+            'layer4'
+        """
+        return self.layer_for(model, example_images)[0]
 
     def _attribute(self, model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
         layer_name, layer = self.layer_for(model, images)

@@ -16,6 +16,7 @@ also reports its completeness gap.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Literal, cast
 
@@ -524,7 +525,8 @@ class GradientSHAP(AttributionMethod):
     a probe's result does not depend on the batch it is in. ``"probes"`` uses the images being
     explained as the background (as ``shap.GradientExplainer(model, images)`` on the images
     themselves), which needs at least two images and makes each probe's map depend on the
-    others in the set: explain the same set in one call to reproduce it.
+    others in the set: explain the same set in one call to reproduce it, or fix the background
+    to the whole set with :meth:`bind_probe_set` before splitting it (DDP shards).
 
     Map: the sum over channels, negative values clipped to 0, min-max normalised. Sign policy
     ``"positive"``: like IG's, the attributions add up (in expectation) to the score minus the
@@ -608,6 +610,40 @@ class GradientSHAP(AttributionMethod):
     def raw_attribution(self, model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
         """The expected-gradients values per channel ``[B, C, H, W]`` float32 (all NaN where not finite)."""
         return self._guarded(model, images, targets, self._raw_and_finite)[0].detach()
+
+    def bind_probe_set(self, images: Tensor) -> GradientSHAP:
+        """With ``background="probes"``: a copy whose background is ``images``, the whole probe set.
+
+        Explaining any subset of the probes with the copy gives the maps that explaining all of
+        them with ``self`` gives, so the maps do not depend on how the set is sharded across
+        DDP ranks (nor on padding duplicates), and a one-image shard works. A method with a
+        tensor background already is independent of the set and is returned as it is.
+
+        Args:
+            images: The whole probe set ``[N, C, H, W]`` (``N >= 2``), as the model expects it.
+
+        Returns:
+            A :class:`GradientSHAP` with a fixed tensor background; ``self`` is unchanged.
+
+        Raises:
+            TypeError: If ``images`` is not a floating tensor ``[N, C, H, W]``.
+            ValueError: If ``images`` holds fewer than 2 images.
+        """
+        if isinstance(self.background, Tensor):
+            return self
+        if not isinstance(images, Tensor) or not images.is_floating_point() or images.dim() != 4:
+            is_tensor = isinstance(images, Tensor)
+            described = f"a {images.dtype} tensor of shape {list(images.shape)}" if is_tensor else type(images).__name__
+            raise TypeError(f"`images` must be a floating tensor [N, C, H, W] (the probe set), got {described}.")
+        if images.shape[0] < 2:
+            raise ValueError(
+                "`images` must hold at least 2 probes to be the background of `background='probes'` "
+                f"(an image is no reference for itself), got {images.shape[0]}."
+            )
+        bound = copy.copy(self)
+        with torch.inference_mode(False):  # a probe set made in inference mode must serve autograd later
+            bound.background = images.detach().clone()
+        return bound
 
     def _background_for(self, images: Tensor) -> Tensor:
         if isinstance(self.background, Tensor):

@@ -17,6 +17,13 @@ is channels-last only when its dims 1, 2 fit the image and dims 2, 3 do not; oth
 channels-first (PyTorch's convention, and the reading when both or neither fit). A 3-D
 output is a token sequence when some ``P`` from 0 to 8 leaves ``h·w`` tokens on a fitting
 grid; the smallest such ``P`` wins.
+
+The automatic layer (:func:`locate_target_layer`) is not a layer *inside* an attention
+computation (:func:`attention_internals`): a query, key or value projection, a q/k norm, the
+attention weights. Their outputs can read as maps (a ``[B, heads, N, head_dim]`` key reads as
+channels-first), and the score depends on them, but they are not features of the image at a
+position: Grad-CAM on a ViT's key gives stripes. The attention module's own output remains a
+candidate; internals are considered only in a model where nothing else is a spatial map.
 """
 
 from __future__ import annotations
@@ -35,6 +42,12 @@ from lightning_sas.outputs import ClassifierOutput, inner_model
 
 #: Most leading non-patch tokens a token sequence may carry (class + distillation + registers).
 MAX_PREFIX_TOKENS = 8
+
+#: Child names that mean a query, key or value projection: the module holding one computes attention.
+QKV_NAMES = frozenset(
+    {"q", "k", "v", "qk", "kv", "qkv", "query", "key", "value", "in_proj", "to_q", "to_k", "to_v", "to_kv", "to_qkv"}
+    | {f"{part}_proj" for part in ("q", "k", "v", "kv", "qkv")}
+)
 
 
 @dataclass(frozen=True)
@@ -151,13 +164,27 @@ def describe_layouts(image_size: tuple[int, int]) -> str:
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
     """Look up ``layer`` (a dotted name or a submodule) in ``model``.
 
+    Call it to check a user-given layer before any forward: a typo fails here, naming the layer
+    and the closest valid names.
+
     Returns:
         ``(name, module)``.
 
     Raises:
+        TypeError: If ``layer`` is neither a string nor an ``nn.Module``.
         ValueError: If the name is not a submodule of ``model`` (the nearest valid names are
             listed) or the module is not part of ``model``.
+
+    Example:
+        >>> resolve_layer(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), "1")
+        ('1', ReLU())
+        >>> resolve_layer(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), "2")
+        Traceback (most recent call last):
+        ...
+        ValueError: `target_layer`='2' is not a submodule of Sequential; nearest valid names: '1', '0'.
     """
+    if not isinstance(layer, str | nn.Module):
+        raise TypeError(f"`target_layer` must be a module name or an nn.Module, got {type(layer).__name__} {layer!r}.")
     named = dict(model.named_modules())
     named.pop("", None)
     if isinstance(layer, str):
@@ -172,6 +199,41 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
         if module is layer:
             return name, module
     raise ValueError(f"`target_layer` {type(layer).__name__} is not a submodule of {type(model).__name__}.")
+
+
+def attention_internals(model: nn.Module) -> set[str]:
+    """Dotted names of the modules that run inside an attention module of ``model``.
+
+    An *attention module* is a submodule with children that either has a child named like a
+    query/key/value projection (:data:`QKV_NAMES`: timm's ``qkv``, ``q``/``k``/``v``, EVA's
+    ``q_proj``, MobileNetV4's ``query``/``key``/``value``), or whose class or attribute name
+    contains ``attn`` or ``attention``, and that holds no other attention module (so a block
+    named ``...AttentionBlock`` or MaxViT's ``PartitionAttentionCl`` counts by the attention
+    inside it, and its norms stay candidates). Childless pieces (``attn_drop``) are parts of
+    one, not attention modules. Everything below an attention module is internal; the module
+    itself is not (its output is the block's update of the features).
+
+    Example:
+        >>> import torchvision
+        >>> sorted(attention_internals(torchvision.models.resnet18()))
+        []
+        >>> class Attention(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.qkv, self.k_norm, self.proj = nn.Linear(4, 12), nn.Identity(), nn.Linear(4, 4)
+        >>> sorted(attention_internals(nn.Sequential(nn.LayerNorm(4), Attention())))
+        ['1.k_norm', '1.proj', '1.qkv']
+    """
+    named = dict(model.named_modules())
+    marked = [name for name, module in named.items() if name and _computes_attention(name.rsplit(".", 1)[-1], module)]
+    innermost = [name for name in marked if not any(other.startswith(name + ".") for other in marked)]
+    return {name for name in named for outer in innermost if name.startswith(outer + ".")}
+
+
+def _computes_attention(attribute: str, module: nn.Module) -> bool:
+    children = [child for child, _ in module.named_children()]
+    label = f"{attribute} {type(module).__name__}".lower()
+    return bool(children) and ("attn" in label or "attention" in label or any(c in QKV_NAMES for c in children))
 
 
 @dataclass(frozen=True)
@@ -220,7 +282,11 @@ def locate_target_layer(model: nn.Module, example_images: Tensor) -> LocatedLaye
     stage that still has extent is. The gradient condition skips the layers whose positions
     no longer reach the score: in a ViT, only the class token of the last block's output is
     read, so the patch tokens have a zero gradient after the last attention, and the answer is
-    the last block's ``ln_1`` (the layer pytorch-grad-cam recommends for ViTs). When the score
+    the last block's ``ln_1`` / ``norm1`` (the layer pytorch-grad-cam recommends for ViTs).
+    Layers inside an attention module (:func:`attention_internals`: the query, key and value
+    projections, q/k norms, attention weights) are not the answer: in that last block they
+    reach the score through the class token's attention, yet are no map of the image (they are
+    only considered when nothing else in the model is a spatial map). When the score
     has no finite non-zero gradient at all (a zero-initialised head), the last map is returned
     with ``from_gradient=False``. The model's state is restored afterwards, also when the
     forward fails.
@@ -265,12 +331,7 @@ def locate_target_layer(model: nn.Module, example_images: Tensor) -> LocatedLaye
         finally:
             for handle in handles:
                 handle.remove()
-        candidates = []
-        for name, module, result in outputs:
-            usable = result is not None and calls[name] == 1 and result.shape[:1] == dry_images.shape[:1]
-            layout = read_layout(result.shape, image_size) if usable else None
-            if layout is not None and layout.spatial:
-                candidates.append((name, module, result, layout))
+        candidates = _spatial_outputs(outputs, calls, len(dry_images), image_size, attention_internals(named_model))
         if not candidates:
             raise ValueError(
                 f"`model` ({type(named_model).__name__}) has no submodule whose output is a spatial feature map "
@@ -287,6 +348,24 @@ def locate_target_layer(model: nn.Module, example_images: Tensor) -> LocatedLaye
             return LocatedLayer(name, module, layout, from_gradient=True)
     name, module, _, layout = candidates[-1]
     return LocatedLayer(name, module, layout, from_gradient=False)
+
+
+def _spatial_outputs(
+    outputs: list[tuple[str, nn.Module, Tensor | None]],
+    calls: dict[str, int],
+    batch: int,
+    image_size: tuple[int, int],
+    internal: set[str],
+) -> list[tuple[str, nn.Module, Tensor, FeatureLayout]]:
+    """The recorded outputs that are spatial maps of the batch, from modules that ran once, in
+    completion order; those inside attention modules only where there is no other."""
+    found = []
+    for name, module, result in outputs:
+        usable = result is not None and calls[name] == 1 and result.shape[:1] == (batch,)
+        layout = read_layout(result.shape, image_size) if usable else None
+        if layout is not None and layout.spatial:
+            found.append((name, module, result, layout))
+    return [candidate for candidate in found if candidate[0] not in internal] or found
 
 
 def _gradients_of_top_logit(logits: Tensor, finite: Tensor, activations: list[Tensor]) -> list[Tensor | None]:

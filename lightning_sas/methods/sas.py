@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from lightning_sas.arguments import require_int, require_max_batch, require_positive
 from lightning_sas.chunks import retry_out_of_memory
 from lightning_sas.methods.base import AttributionMethod, check_logits, minmax_normalize
-from lightning_sas.methods.batching import auto_chunk
+from lightning_sas.methods.batching import auto_chunk, input_memory_format
 from lightning_sas.methods.gaussian import gaussian_blur, opencv_sigma, scaled_kernel_size
 from lightning_sas.progress import advance
 
@@ -143,7 +143,10 @@ class SaS(AttributionMethod):
             and the attribution restarted, down to one image per forward.
         mask_scale: Resolution of ``m`` relative to the image, in (0, 1]; 1 = full resolution.
         autocast_dtype: Run the model's forwards under ``torch.autocast`` with this dtype
-            (e.g. ``torch.bfloat16`` on a GPU); ``None`` leaves precision to the caller.
+            (e.g. ``torch.bfloat16`` on a GPU; not ``torch.float16``, whose gradients underflow);
+            ``None`` leaves precision to the caller (a float16 autocast runs in float32, see
+            :func:`~lightning_sas.methods.base.attribution_precision`). The mask, importance map
+            and baseline are float32 whatever the autocast.
         seed: Seed of the mask's initial noise and of the schedule subsets (local generators:
             global RNG untouched).
         schedule_subset: Interior schedule steps forwarded per iteration (of ``K - 1``), drawn
@@ -205,6 +208,11 @@ class SaS(AttributionMethod):
             raise ValueError(f"`mask_scale` must be in (0, 1], got {mask_scale!r}.")
         if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
             raise ValueError(f"`autocast_dtype` must be a torch.dtype or None, got {autocast_dtype!r}.")
+        if autocast_dtype == torch.float16:
+            raise ValueError(
+                "`autocast_dtype` must not be torch.float16: without gradient scaling float16's input "
+                "gradients underflow or overflow; use torch.bfloat16 or None, got torch.float16."
+            )
         require_int("seed", seed, minimum=0)
         if schedule_subset is not None:
             require_int("schedule_subset", schedule_subset, minimum=1)
@@ -280,9 +288,14 @@ class SaS(AttributionMethod):
         return smoothing, blur
 
     def baseline(self, images: Tensor) -> Tensor:
-        """The blurred baseline ``b`` SaS inserts into / deletes towards."""
+        """The blurred baseline ``b`` SaS inserts into / deletes towards, in the images' precision.
+
+        An enclosing autocast would run the blur's convolution in bfloat16; the baseline is an
+        input, not part of the model, so it is built without autocast.
+        """
         blur = self.kernel_sizes(*images.shape[-2:])[1]
-        return gaussian_blur(images, blur, opencv_sigma(blur))
+        with torch.autocast(images.device.type, enabled=False):
+            return gaussian_blur(images, blur, opencv_sigma(blur))
 
     # ------------------------------------------------------------------ the algorithm
 
@@ -365,7 +378,7 @@ class SaS(AttributionMethod):
         baseline = self.baseline(images)
 
         with torch.no_grad():
-            both = torch.cat([images, baseline])
+            both = torch.cat([images, baseline]).contiguous(memory_format=input_memory_format(model, images))
             logits = torch.cat([self._forward(model, part) for part in both.split(chunk)])
             check_logits(logits[:batch], targets)
             reference = self._target_scores(logits, targets.repeat(2))
@@ -489,16 +502,15 @@ class SaS(AttributionMethod):
         its schedule step this iteration."""
         masks = schedule_masks.requires_grad_(True)
         total = schedule.image.shape[0]
+        memory_format = input_memory_format(model, difference)  # difference = images - baseline: their format
         gradient = None
         for start in range(0, total, chunk):
             items = slice(start, min(start + chunk, total))
             image, step = schedule.image[items], steps[schedule.slot[items]]
             kept = masks[image, step]
             kept = torch.where(schedule.is_deletion[items, None, None], 1 - kept, kept)
-            # Channels-last: oneDNN (CPU) and cuDNN (tensor cores) run convolutions faster in
-            # NHWC; measured 1.25x on ResNet-18 at 64 px on the CPU.
             composites = (baseline[image] + kept[:, None] * difference[image]).to(
-                dtype=baseline.dtype, memory_format=torch.channels_last
+                dtype=baseline.dtype, memory_format=memory_format
             )
             scores = self._target_scores(self._forward(model, composites), targets[image])
             nonfinite.index_add_(0, image, (~torch.isfinite(scores.detach())).float())
@@ -544,13 +556,20 @@ class SaS(AttributionMethod):
         return noise.to(device).expand(batch, -1, -1, -1).contiguous()
 
     def _importance(self, mask: Tensor, smoothing: int, size: tuple[int, int]) -> Tensor:
-        """``e = SoftPool(GaussianSmooth(m))`` at the image size, ``[B, 1, H, W]``."""
-        smoothed = gaussian_blur(mask, smoothing, smoothing / 6)
-        importance = F.avg_pool2d(
-            torch.exp(self.temperature * smoothed), 3, stride=1, padding=1, count_include_pad=False
-        )
-        if importance.shape[-2:] != size:
-            importance = F.interpolate(importance, size=size, mode="bilinear", align_corners=False)
+        """``e = SoftPool(GaussianSmooth(m))`` at the image size, ``[B, 1, H, W]``, float32 always.
+
+        Never under autocast: ``e = exp(temperature · m)`` sits near 1 with a spread of about
+        ``temperature ×`` the mask's (0.003 when total variation keeps the mask flat); bfloat16's
+        steps near 1 are 0.004-0.008, so a bfloat16 smoothing convolution made ``e`` constant
+        and the normalised map all zeros.
+        """
+        with torch.autocast(mask.device.type, enabled=False):
+            smoothed = gaussian_blur(mask, smoothing, smoothing / 6)
+            importance = F.avg_pool2d(
+                torch.exp(self.temperature * smoothed), 3, stride=1, padding=1, count_include_pad=False
+            )
+            if importance.shape[-2:] != size:
+                importance = F.interpolate(importance, size=size, mode="bilinear", align_corners=False)
         return importance
 
     def _forward(self, model: nn.Module, images: Tensor) -> Tensor:
