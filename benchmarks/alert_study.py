@@ -8,7 +8,7 @@ as a nightly run would (a probe set with the artifact on both classes), and reco
 - per method and variant (every registered method at its defaults, SaS with both objectives,
   IG and GradientSHAP with both sign policies), per probe: ``roi_share``, the ROI's pixels,
   whether the map was flat (no evidence); from these the analysis computes the pooled
-  enrichment (:func:`lightning_sas.metrics.roi_enrichment`, the rule's statistic) and the old
+  enrichment (:func:`lightning_sas.scores.metrics.roi_enrichment`, the rule's statistic) and the old
   mean lift;
 - the intervention flip rate (artifacts pasted onto probes not predicted as their class).
 
@@ -53,8 +53,8 @@ sys.path.insert(0, str(ROOT / "examples" / "ruler_bias"))
 from data import MEAN, STD, generate
 from model import LesionClassifier
 
-from lightning_sas.audit import run_audit
-from lightning_sas.intervention import Artifacts, intervene
+from lightning_sas.audit.run import run_audit
+from lightning_sas.audit.verdict import DEFAULT_MIN_ROI_PIXELS, AlertRule, Evidence, decide
 from lightning_sas.methods import (
     LIME,
     GradCAM,
@@ -65,9 +65,9 @@ from lightning_sas.methods import (
     SaS,
     SmoothGrad,
 )
-from lightning_sas.metrics import flat_maps
-from lightning_sas.probes import Probes, stratified_indices
-from lightning_sas.verdict import DEFAULT_MIN_ROI_PIXELS, AlertRule, Evidence, decide
+from lightning_sas.probes.probe_set import Probes, stratified_indices
+from lightning_sas.scores.metrics import flat_maps
+from lightning_sas.trust.intervention import Artifacts, intervene
 
 KINDS = ("ruler", "patch")
 #: Counterfactual accuracy drop from which a run counts as "uses the shortcut".
@@ -229,7 +229,7 @@ def one_run(kind: str, biased: bool, seed: int, args: argparse.Namespace) -> dic
 
 
 def enrichment(run: dict, method: str) -> float:
-    """The rule's statistic for one run and method, as :func:`lightning_sas.verdict.decide` computes
+    """The rule's statistic for one run and method, as :func:`lightning_sas.audit.verdict.decide` computes
     it (probes with an ROI of at least ``min_roi_pixels``, maps that are not flat), NaN if none count."""
     record = run["methods"][method]
     # Flat maps score NaN in the audit (these runs recorded their share and the flag apart).

@@ -24,7 +24,7 @@ from models import RectangleModel, box_mask
 from test_sas import off_centre_box
 
 from lightning_sas.methods import METHODS, GradCAM, GradientSHAP, IntegratedGradients, SaS, make_method
-from lightning_sas.metrics import roi_mass, roi_share
+from lightning_sas.scores.metrics import roi_mass, roi_share
 
 
 def main() -> None:

@@ -36,10 +36,10 @@ import train
 from data import make_splits
 from model import LesionClassifier
 
-from lightning_sas.audit import run_audit
-from lightning_sas.faithfulness import Faithfulness
+from lightning_sas.audit.run import run_audit
 from lightning_sas.methods import METHODS, make_method
-from lightning_sas.probes import choose_probes, probes_from_dataset
+from lightning_sas.probes.probe_set import choose_probes, probes_from_dataset
+from lightning_sas.scores.faithfulness import Faithfulness
 
 SEED = 0
 PROBES = 8

@@ -3,7 +3,7 @@
 Trains the ruler-bias demo's biased and clean models once (demo settings unless told
 otherwise), then for each of ``--seeds`` fresh probe sets (16 images the models never saw,
 rulers on 75% of both classes, masks, labels, and ruler examples for the intervention, written
-with :mod:`lightning_sas.export`) runs ``lightning-sas audit`` at its defaults on both
+with :mod:`lightning_sas.probes.export`) runs ``lightning-sas audit`` at its defaults on both
 checkpoints, with and without the ruler examples, and records the exit code (1 = shortcut
 found, 0 = none) with the scores behind it.
 
@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "examples" / "ruler_bias"))
 import train
 from data import CLASS_NAMES, MEAN, STD, make_splits
 
-from lightning_sas.cli import main as cli_main
-from lightning_sas.export import export_artifacts, export_probes
+from lightning_sas.cli.main import main as cli_main
+from lightning_sas.probes.export import export_artifacts, export_probes
 
 #: Ruler rate of both classes in the fresh probe sets (nightly probe sets carry it on both).
 PROBE_RULER_RATE = 0.75

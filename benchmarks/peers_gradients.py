@@ -1,7 +1,7 @@
 """Our gradient methods against their peers, timed in one process with the same settings.
 
 ``compare(model, images, targets)`` times each of Saliency, SmoothGrad, Integrated Gradients
-and GradientSHAP from :mod:`lightning_sas.methods.gradients` against the peer library as
+and GradientSHAP from :mod:`lightning_sas.methods` against the peer library as
 people call it (Captum's ``Saliency``, ``NoiseTunnel(Saliency)``, ``IntegratedGradients`` and
 ``GradientShap`` with their default internal batching, i.e. every variant in one forward,
 and ``shap.GradientExplainer`` with its default ``batch_size=50``). Run from the repository
@@ -30,7 +30,10 @@ from torch import Tensor, nn
 if __package__ in (None, ""):  # run as a script: make `lightning_sas` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_sas.methods.gradients import GradientSHAP, IntegratedGradients, Saliency, SmoothGrad
+from lightning_sas.methods.gradientshap import GradientSHAP
+from lightning_sas.methods.ig import IntegratedGradients
+from lightning_sas.methods.saliency import Saliency
+from lightning_sas.methods.smoothgrad import SmoothGrad
 
 #: Settings shared by ours and the peers (our defaults, except GradientSHAP's background size).
 SMOOTHGRAD_SAMPLES = 25

@@ -7,7 +7,7 @@ the same probes, against three criteria:
 * ground truth: ``roi_share`` (top-|R| share in the planted rectangle of ``RectangleModel``,
   ``tests/models.py``), min over 2 images, at 32, 64 and 224 px and logits ×0.01 and ×100;
   must be >= 0.95;
-* faithfulness: deletion and insertion AUC (:func:`lightning_sas.faithfulness.faithfulness_curves`
+* faithfulness: deletion and insertion AUC (:func:`lightning_sas.scores.faithfulness.faithfulness_curves`
   at the audit's defaults: 20 steps, blur baseline), mean over the probes of a model; the
   largest ``|AUC - reference AUC|`` over the models must be <= 0.01;
 * agreement: Spearman correlation of each map with the reference map of the same probe,
@@ -55,9 +55,9 @@ from model import LesionClassifier
 from models import RectangleModel, box_mask
 from test_sas import off_centre_box
 
-from lightning_sas.faithfulness import faithfulness_curves
 from lightning_sas.methods import SaS
-from lightning_sas.metrics import roi_share, spearman
+from lightning_sas.scores.faithfulness import faithfulness_curves
+from lightning_sas.scores.metrics import roi_share, spearman
 
 CACHE = ROOT / "outputs" / "sas_quality_cost_cache"
 RESULTS = ROOT / "benchmarks" / "results"

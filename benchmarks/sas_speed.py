@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable f
 
 from benchmarks.naive_sas import NaiveSaS
 from lightning_sas.methods import SaS
-from lightning_sas.metrics import spearman
+from lightning_sas.scores.metrics import spearman
 
 NUM_CLASSES = 10
 #: Dense bf16 tensor-core peak in TFLOP/s, matched against ``torch.cuda.get_device_name()``

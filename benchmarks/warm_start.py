@@ -34,10 +34,10 @@ sys.path.insert(0, str(ROOT / "examples" / "ruler_bias"))
 from data import make_splits
 from model import LesionClassifier
 
-from lightning_sas.audit import predict
+from lightning_sas.audit.run import predict
 from lightning_sas.methods import SaS
-from lightning_sas.metrics import roi_share, spearman
-from lightning_sas.probes import probes_from_dataset, stratified_indices
+from lightning_sas.probes.probe_set import probes_from_dataset, stratified_indices
+from lightning_sas.scores.metrics import roi_share, spearman
 
 
 def train_epoch(model: LesionClassifier, loader: DataLoader, optimizer: torch.optim.Optimizer) -> None:

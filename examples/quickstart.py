@@ -11,7 +11,7 @@ The script trains the CNN with a ``lightning.Trainer`` (well under a minute on o
 CPU cores), explains 8 validation images with both methods (SaS at its default settings,
 Grad-CAM on the automatically found layer), prints how much of each map falls in the
 known region next to chance level, and writes a figure with one row per image:
-image | Grad-CAM overlay | SaS overlay, drawn by ``lightning_sas.render``. A dashed white
+image | Grad-CAM overlay | SaS overlay, drawn by ``lightning_sas.report.render``. A dashed white
 box marks the known region; each row's label ends with each method's *share*: the
 fraction of the map's top 100 pixels (the region's size) that lie inside the region, whose
 chance level is 100 / 1024, about 0.10.
@@ -51,8 +51,8 @@ except ModuleNotFoundError:  # running from a plain checkout: use the repository
 import lightning as L
 
 from lightning_sas.methods import GradCAM, SaS
-from lightning_sas.metrics import roi_mass, roi_share
-from lightning_sas.render import comparison_grid, overlay, save_png, to_display
+from lightning_sas.report.render import comparison_grid, overlay, save_png, to_display
+from lightning_sas.scores.metrics import roi_mass, roi_share
 
 __all__ = [
     "CLASS_NAMES",
@@ -456,7 +456,7 @@ def render_figure(
 ) -> np.ndarray:
     """Draw one row per image: the image, then one heatmap overlay per method.
 
-    Drawn by the package's :func:`lightning_sas.render.comparison_grid` (so the layout,
+    Drawn by the package's :func:`lightning_sas.report.render.comparison_grid` (so the layout,
     and what it guarantees, are the package's own). The known region is outlined (dashed)
     on every panel, and each row's label ends with every method's ``roi_share`` for that
     image, in column order.

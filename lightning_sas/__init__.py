@@ -24,9 +24,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from lightning_sas.callback import SASAuditCallback
-    from lightning_sas.faithfulness import Faithfulness
-    from lightning_sas.intervention import Artifacts
+    from lightning_sas.audit.verdict import AlertRule
+    from lightning_sas.callback.audit_callback import SASAuditCallback
     from lightning_sas.methods import (
         LIME,
         GradCAM,
@@ -37,12 +36,13 @@ if TYPE_CHECKING:
         SaS,
         SmoothGrad,
     )
-    from lightning_sas.outputs import ClassifierOutput
-    from lightning_sas.verdict import AlertRule
+    from lightning_sas.runtime.outputs import ClassifierOutput
+    from lightning_sas.scores.faithfulness import Faithfulness
+    from lightning_sas.trust.intervention import Artifacts
 
 # Imported on first use (PEP 562), so `lightning-sas --help` does not pay for torch and Lightning.
 _LAZY = {
-    "SASAuditCallback": "lightning_sas.callback",
+    "SASAuditCallback": "lightning_sas.callback.audit_callback",
     **{
         method: "lightning_sas.methods"
         for method in (
@@ -56,10 +56,10 @@ _LAZY = {
             "Saliency",
         )
     },
-    "AlertRule": "lightning_sas.verdict",
-    "Artifacts": "lightning_sas.intervention",
-    "ClassifierOutput": "lightning_sas.outputs",
-    "Faithfulness": "lightning_sas.faithfulness",
+    "AlertRule": "lightning_sas.audit.verdict",
+    "Artifacts": "lightning_sas.trust.intervention",
+    "ClassifierOutput": "lightning_sas.runtime.outputs",
+    "Faithfulness": "lightning_sas.scores.faithfulness",
 }
 
 

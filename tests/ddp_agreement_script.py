@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from models import CollectiveInForward
 
-from lightning_sas.distributed import all_ranks_together
 from lightning_sas.methods import SaS
+from lightning_sas.runtime.distributed import all_ranks_together
 
 ITERATIONS, NUM_MASKS = 2, 4
 

@@ -25,14 +25,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from lightning_sas.audit import AuditResult, explain, score
-from lightning_sas.distributed import all_ranks_together
-from lightning_sas.faithfulness import Faithfulness
-from lightning_sas.intervention import Artifacts
+from lightning_sas.audit.run import AuditResult, explain, score
+from lightning_sas.audit.sharding import gather_result, shard_positions
 from lightning_sas.methods import GradCAM, GradientSHAP, SaS
 from lightning_sas.methods.base import AttributionMethod
-from lightning_sas.probes import Probes
-from lightning_sas.sharding import gather_result, shard_positions
+from lightning_sas.probes.probe_set import Probes
+from lightning_sas.runtime.distributed import all_ranks_together
+from lightning_sas.scores.faithfulness import Faithfulness
+from lightning_sas.trust.intervention import Artifacts
 
 COUNT, SIZE = 5, 32  # odd: rank 1's shard is padded
 

@@ -29,10 +29,10 @@ from test_method_rules import assert_unchanged, hook_count, snapshot
 from torch import nn
 
 from lightning_sas import SASAuditCallback
-from lightning_sas.faithfulness import Faithfulness
 from lightning_sas.methods import METHODS, GradCAM, SaS
 from lightning_sas.methods.base import AttributionMethod
 from lightning_sas.methods.layers import resolve_layer
+from lightning_sas.scores.faithfulness import Faithfulness
 
 #: Constructor options that make a method cheap, by option name; a method gets those it accepts.
 CHEAP_OPTIONS: dict[str, object] = {

@@ -10,11 +10,11 @@ import torch
 from models import SmallCNN
 from torch import Tensor, nn
 
-from lightning_sas.audit import explain, predict, problems
-from lightning_sas.distributed import all_ranks_together, failing_together
-from lightning_sas.intervention import Artifacts
+from lightning_sas.audit.run import explain, predict, problems
 from lightning_sas.methods import GradCAM
-from lightning_sas.probes import Probes
+from lightning_sas.probes.probe_set import Probes
+from lightning_sas.runtime.distributed import all_ranks_together, failing_together
+from lightning_sas.trust.intervention import Artifacts
 
 PROBABILITIES = "the model's output looks like probabilities, not logits"
 

@@ -19,7 +19,7 @@ from models import SmallCNN
 from benchmarks import sas_speed
 from benchmarks.naive_sas import NaiveSaS
 from lightning_sas.methods import SaS
-from lightning_sas.metrics import spearman
+from lightning_sas.scores.metrics import spearman
 
 
 @pytest.fixture(autouse=True)

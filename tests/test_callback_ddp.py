@@ -15,7 +15,7 @@ from lit_models import LitClassifier, corner_dataset
 from test_callback import read_events
 
 from lightning_sas import GradCAM, SaS
-from lightning_sas.metrics import spearman
+from lightning_sas.scores.metrics import spearman
 
 
 def test_ddp_shards_probes_and_rank_zero_writes(tmp_path: Path) -> None:

@@ -306,7 +306,7 @@ def test_checkpoints_can_leave_the_maps_out(tmp_path: Path) -> None:
 
 
 def test_the_progress_bar_ends_at_its_total_with_the_sanity_check(tmp_path: Path, monkeypatch) -> None:
-    import lightning_sas.callback as callback_module
+    import lightning_sas.callback.audit_callback as callback_module
 
     bars = []
 

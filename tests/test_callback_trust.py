@@ -11,11 +11,11 @@ from lit_models import corner_dataset
 from test_callback import fit, read_events
 
 from lightning_sas import SASAuditCallback
-from lightning_sas.faithfulness import Faithfulness
-from lightning_sas.intervention import Artifacts
+from lightning_sas.audit.verdict import DEFAULT_MIN_FLIP_RATE, AlertRule
 from lightning_sas.methods.base import AttributionMethod, minmax_normalize
-from lightning_sas.sanity import ImageEdges
-from lightning_sas.verdict import DEFAULT_MIN_FLIP_RATE, AlertRule
+from lightning_sas.scores.faithfulness import Faithfulness
+from lightning_sas.trust.intervention import Artifacts
+from lightning_sas.trust.sanity import ImageEdges
 
 
 def texts(trainer, tag: str) -> list[str]:

@@ -34,8 +34,8 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.util import tensor_util
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_sas.cli import build_parser, main
-from lightning_sas.verdict import DEFAULT_MIN_ENRICHMENT, DEFAULT_MIN_FLIP_RATE
+from lightning_sas.audit.verdict import DEFAULT_MIN_ENRICHMENT, DEFAULT_MIN_FLIP_RATE
+from lightning_sas.cli.main import build_parser, main
 
 TESTS_DIR = Path(__file__).resolve().parent
 CONSOLE_SCRIPT = Path(sys.executable).parent / "lightning-sas"
@@ -719,7 +719,7 @@ def test_argparse_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_nan_free_numbers() -> None:
-    from lightning_sas.report import json_number
+    from lightning_sas.report.summary import json_number
 
     assert json_number(float("nan")) is None and json_number(math.inf) is None and json_number(0.25) == 0.25
 
@@ -769,8 +769,8 @@ def test_corrupt_png_leaves_no_opencv_warning_on_stderr(first_audit: Audit) -> N
 
 
 def test_probe_folder_and_checkpoint_errors_are_value_errors_outside_the_cli(tmp_path: Path) -> None:
-    from lightning_sas.checkpoint import ModelLoadError, check_checkpoint_file, import_model_class
-    from lightning_sas.probe_folder import ProbeFolderError, read_labels, read_probe_folder
+    from lightning_sas.cli.checkpoint import ModelLoadError, check_checkpoint_file, import_model_class
+    from lightning_sas.probes.folder import ProbeFolderError, read_labels, read_probe_folder
 
     labels = tmp_path / "labels.csv"
     labels.write_text("a.png,Benign\n", encoding="utf-8")

@@ -21,7 +21,7 @@ import torch
 from lit_classifier import IMAGE_SIZE, LitClassifier, save_checkpoint, write_probes
 from test_cli import single_thread
 
-from lightning_sas.cli import main
+from lightning_sas.cli.main import main
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -301,7 +301,7 @@ def test_refused_out_folder_keeps_the_previous_audit(
 def test_help_imports_no_heavy_library_and_documents_exit_status() -> None:
     code = (
         "import sys, contextlib, io\n"
-        "from lightning_sas.cli import main\n"
+        "from lightning_sas.cli.main import main\n"
         "text = io.StringIO()\n"
         "with contextlib.redirect_stdout(text):\n"
         "    status = main(['audit', '--help']) + main(['export-probes', '--help'])\n"

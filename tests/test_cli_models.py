@@ -30,7 +30,7 @@ from lit_classifier import (
 )
 from test_cli import _reject_constant, assert_only_estimate, error_lines, parse_report, probe_rows, single_thread
 
-from lightning_sas.cli import main
+from lightning_sas.cli.main import main
 
 TESTS_DIR = Path(__file__).resolve().parent
 GREY_SIZE = (16, 24)

@@ -24,9 +24,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.util import tensor_util
 from test_cli import _reject_constant, error_lines, parse_report, single_thread
 
-from lightning_sas.cli import main
+from lightning_sas.cli.main import main
 from lightning_sas.methods.layers import find_target_layer
-from lightning_sas.probe_folder import read_probe_folder, to_probes
+from lightning_sas.probes.folder import read_probe_folder, to_probes
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def test_a_pytorch_lightning_module_trained_by_its_trainer_is_audited(
 ) -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
-    from lightning_sas.checkpoint import import_model_class
+    from lightning_sas.cli.checkpoint import import_model_class
 
     # A lightning.pytorch module never imports the classic namespace (as in a process that never
     # imported it: another test may have).
@@ -245,13 +245,13 @@ def test_a_failed_run_with_overwrite_keeps_the_previous_audit(
     assert "forward exploded on purpose" in (out / "error.log").read_text(encoding="utf-8")
 
     # The disk fills up while the report is written.
-    import lightning_sas.report
+    import lightning_sas.report.html
 
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(lightning_sas.report, "write_report", disk_full)
+        patch.setattr(lightning_sas.report.html, "write_report", disk_full)
         assert main(audit(project, out, "--overwrite")) == 2
     (line,) = error_lines(capsys.readouterr().err)
     assert "cannot write (No space left on device)" in line
@@ -336,8 +336,8 @@ def test_a_failed_intervention_makes_the_audit_incomplete(
 ) -> None:
     from lit_classifier import ruler_mask
 
-    import lightning_sas.audit
-    from lightning_sas.export import export_artifacts
+    import lightning_sas.audit.run
+    from lightning_sas.probes.export import export_artifacts
 
     examples, labels = ruler_images(4, seed=7)
     rulers = examples[labels == 1]
@@ -346,7 +346,7 @@ def test_a_failed_intervention_makes_the_audit_incomplete(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("pasting broke on purpose")
 
-    monkeypatch.setattr(lightning_sas.audit, "intervene", broken)
+    monkeypatch.setattr(lightning_sas.audit.run, "intervene", broken)
     out = tmp_path / "audit"
     assert main(audit(project, out, "--artifacts", str(artifacts), "--artifact-class", "1")) == 2
     captured = capsys.readouterr()

@@ -29,11 +29,11 @@ from lit_classifier import (
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_cli import _reject_constant, assert_only_estimate, error_lines, parse_report, single_thread
 
-from lightning_sas import cli
-from lightning_sas.cli import main
-from lightning_sas.export import export_artifacts
-from lightning_sas.sanity import DEFAULT_THRESHOLD
-from lightning_sas.verdict import DEFAULT_MIN_FLIP_RATE
+from lightning_sas.audit.verdict import DEFAULT_MIN_FLIP_RATE
+from lightning_sas.cli import audit_output
+from lightning_sas.cli.main import main
+from lightning_sas.probes.export import export_artifacts
+from lightning_sas.trust.sanity import DEFAULT_THRESHOLD
 
 CLASS_NAMES = "clean,ruler"
 
@@ -204,7 +204,8 @@ def test_small_patches_with_alpha_masks_are_pasted_at_random_positions(
 
 
 def test_artifacts_folder_reader_resizes_whole_images_and_pads_small_patches(tmp_path: Path) -> None:
-    from lightning_sas.probe_folder import read_artifact_folder, to_artifacts
+    from lightning_sas.probes.folder import read_artifact_folder
+    from lightning_sas.trust.intervention import to_artifacts
 
     whole = tmp_path / "whole"
     (whole / "masks").mkdir(parents=True)
@@ -236,7 +237,7 @@ def test_artifacts_folder_reader_resizes_whole_images_and_pads_small_patches(tmp
 def test_min_enrichment_is_the_callbacks_rule(
     setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
 ) -> None:
-    from lightning_sas.verdict import AlertRule, Evidence, decide
+    from lightning_sas.audit.verdict import AlertRule, Evidence, decide
 
     low = tmp_path / "low"
     assert main(arguments(setup, low, "--min-enrichment", "0.05", "--faithfulness-steps", "4")) == 1
@@ -305,10 +306,10 @@ def test_sanity_flags_maps_that_do_not_depend_on_the_weights(
 def test_estimate_line_counts_the_passes_and_a_terminal_gets_a_progress_bar(
     setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, one_thread: None
 ) -> None:
-    from lightning_sas.cost import audit_passes
+    from lightning_sas.audit.cost import audit_passes
     from lightning_sas.methods import GradCAM, SaS
 
-    monkeypatch.setattr(cli, "PROGRESS_DELAY", 0.0)
+    monkeypatch.setattr(audit_output, "PROGRESS_DELAY", 0.0)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     out = tmp_path / "estimate"
     argv = arguments(setup, out, "--methods", "sas,gradcam", "--sas-iterations", "2", "--faithfulness-steps", "5")
@@ -420,13 +421,13 @@ def test_a_failing_part_makes_the_audit_incomplete(
         raise RuntimeError(f"{part} broke on purpose")
 
     if part == "faithfulness":
-        from lightning_sas.faithfulness import Faithfulness
+        from lightning_sas.scores.faithfulness import Faithfulness
 
         monkeypatch.setattr(Faithfulness, "__call__", broken)
     else:
-        import lightning_sas.audit
+        import lightning_sas.audit.run
 
-        monkeypatch.setattr(lightning_sas.audit, "cascading_randomization", broken)
+        monkeypatch.setattr(lightning_sas.audit.run, "cascading_randomization", broken)
     out = tmp_path / part
     extra = ("--sanity", "--sanity-stages", "1", "--faithfulness-steps", "3")
     assert main(arguments(setup, out, *extra, "--min-enrichment", "off")) == 2

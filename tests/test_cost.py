@@ -14,12 +14,12 @@ from models import SmallCNN
 from test_callback import fit, make_trainer, read_events
 
 from lightning_sas import GradCAM, SaS, SASAuditCallback
-from lightning_sas.audit import explain
-from lightning_sas.cost import audit_passes, estimate_audit
-from lightning_sas.faithfulness import Faithfulness
-from lightning_sas.intervention import Artifacts
-from lightning_sas.probes import Probes
-from lightning_sas.progress import reporting
+from lightning_sas.audit.cost import audit_passes, estimate_audit
+from lightning_sas.audit.run import explain
+from lightning_sas.probes.probe_set import Probes
+from lightning_sas.runtime.progress import reporting
+from lightning_sas.scores.faithfulness import Faithfulness
+from lightning_sas.trust.intervention import Artifacts
 
 
 def probes(count: int = 3) -> Probes:

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from ddp_agreement_script import ITERATIONS, NUM_MASKS, make_model, probe_images
 from ddp_sharding_script import Flaky, audit_settings, make_probes, plain
 
-from lightning_sas.audit import explain, score
+from lightning_sas.audit.run import explain, score
 from lightning_sas.methods import SaS
 
 SCRIPT = Path(__file__).with_name("ddp_agreement_script.py")

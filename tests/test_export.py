@@ -1,4 +1,4 @@
-"""Probe folders without writing code: :func:`lightning_sas.export.export_probes` and the
+"""Probe folders without writing code: :func:`lightning_sas.probes.export.export_probes` and the
 ``lightning-sas export-probes`` subcommand, round-tripped through ``lightning-sas audit``."""
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from lit_classifier import (
 )
 from test_cli import _reject_constant, error_lines, single_thread
 
-from lightning_sas.cli import main
-from lightning_sas.export import ExportError, ExportFolderError, export_artifacts, export_probes
-from lightning_sas.probe_folder import read_labels, read_probe_folder, to_probes
-from lightning_sas.probes import content_hash, stratified_indices
+from lightning_sas.cli.main import main
+from lightning_sas.probes.export import ExportError, ExportFolderError, export_artifacts, export_probes
+from lightning_sas.probes.folder import read_labels, read_probe_folder, to_probes
+from lightning_sas.probes.probe_set import content_hash, stratified_indices
 
 CLASS_NAMES = ("clean", "ruler")
 
@@ -131,7 +131,7 @@ def test_grey_mapping_items_by_index(tmp_path: Path) -> None:
 
 
 def test_export_artifacts_writes_what_the_audit_reads(tmp_path: Path) -> None:
-    from lightning_sas.probe_folder import read_artifact_folder
+    from lightning_sas.probes.folder import read_artifact_folder
 
     patches = torch.rand(2, 3, 4, 5)
     masks = torch.zeros(2, 4, 5, dtype=torch.bool)

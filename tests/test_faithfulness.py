@@ -12,8 +12,9 @@ import torch
 from models import RectangleModel, SingleLogit, SmallCNN, TupleAndDictOutputs, TwoLogitsFrom, box_mask
 from torch import Tensor, nn
 
-from lightning_sas.faithfulness import Faithfulness, FaithfulnessCurves, curve_auc, faithfulness_curves, pixel_ranks
 from lightning_sas.methods import SaS
+from lightning_sas.scores.faithfulness import Faithfulness, FaithfulnessCurves, curve_auc, faithfulness_curves
+from lightning_sas.scores.faithfulness_forwards import pixel_ranks
 
 SIZE = 24  # 576 pixels: divisible by the step counts used here (and by 3 * steps for Quantus)
 

@@ -19,15 +19,12 @@ from models import NaNForBrightImages, RecordsDtypes, RectangleModel, SmallCNN, 
 from torch import nn
 
 from lightning_sas.methods.base import AttributionMethod, minmax_normalize
-from lightning_sas.methods.gradients import (
-    GradientSHAP,
-    IntegratedGradients,
-    Saliency,
-    SmoothGrad,
-    integration_rule,
-)
+from lightning_sas.methods.gradientshap import GradientSHAP
+from lightning_sas.methods.ig import IntegratedGradients, integration_rule
+from lightning_sas.methods.saliency import Saliency
 from lightning_sas.methods.sas import SaS
-from lightning_sas.metrics import roi_mass, roi_share, spearman
+from lightning_sas.methods.smoothgrad import SmoothGrad
+from lightning_sas.scores.metrics import roi_mass, roi_share, spearman
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 if str(REPOSITORY) not in sys.path:  # `benchmarks` lives next to `tests`, outside the package

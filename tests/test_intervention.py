@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightning_sas.intervention import Artifacts, intervene
+from lightning_sas.trust.intervention import Artifacts, intervene
 
 
 class CornerDetector(nn.Module):

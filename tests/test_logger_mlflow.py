@@ -23,7 +23,8 @@ from PIL import Image
 from test_callback import make_trainer
 
 from lightning_sas import SASAuditCallback
-from lightning_sas.audit_logging import manifest_markdown, mlflow_text_path
+from lightning_sas.loggers.content import manifest_markdown
+from lightning_sas.loggers.mlflow import mlflow_text_path
 
 mlflow = pytest.importorskip("mlflow")
 

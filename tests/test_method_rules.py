@@ -29,7 +29,7 @@ from lightning_sas.methods import (
     SmoothGrad,
 )
 from lightning_sas.methods.base import AttributionMethod, minmax_normalize
-from lightning_sas.outputs import ClassifierOutput
+from lightning_sas.runtime.outputs import ClassifierOutput
 
 # Every registered method, at settings cheap enough for 16-px test images. GradientSHAP gets a
 # fixed background here: with the default ("probes") an image's map depends on the batch, which

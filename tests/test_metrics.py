@@ -1,4 +1,4 @@
-"""Tests for lightning_sas.metrics: rank statistics and the shortcut score."""
+"""Tests for lightning_sas.scores.metrics: rank statistics and the shortcut score."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from scipy import stats
 
-from lightning_sas.metrics import flat_maps, rank_average, roi_enrichment, roi_mass, roi_share, spearman
-from lightning_sas.tensor_checks import require_tensor, shape_of
+from lightning_sas.scores.metrics import flat_maps, rank_average, roi_enrichment, roi_mass, roi_share, spearman
+from lightning_sas.validation import require_tensor, shape_of
 
 
 def _generator(seed: int) -> torch.Generator:

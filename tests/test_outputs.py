@@ -1,4 +1,4 @@
-"""lightning_sas.outputs: reading what a classifier returns as class logits [B, num_classes]."""
+"""lightning_sas.runtime.outputs: reading what a classifier returns as class logits [B, num_classes]."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_sas.outputs import (
+from lightning_sas.runtime.outputs import (
     ClassifierOutput,
     check_output_selector,
     class_logits,

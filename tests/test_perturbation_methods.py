@@ -19,7 +19,7 @@ from torch import nn
 
 from lightning_sas.methods.lime import LIME, kernel_ridge
 from lightning_sas.methods.occlusion import Occlusion
-from lightning_sas.metrics import roi_share, spearman
+from lightning_sas.scores.metrics import roi_share, spearman
 
 
 def smooth_images(batch: int, size: int, seed: int) -> torch.Tensor:

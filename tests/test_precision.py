@@ -10,11 +10,14 @@ import torch.nn.functional as F
 from models import SmallCNN
 from torch import Tensor, nn
 
-from lightning_sas.faithfulness import faithfulness_curves
 from lightning_sas.methods.gradcam import GradCAM
-from lightning_sas.methods.gradients import GradientSHAP, IntegratedGradients, Saliency, SmoothGrad
+from lightning_sas.methods.gradientshap import GradientSHAP
+from lightning_sas.methods.ig import IntegratedGradients
+from lightning_sas.methods.saliency import Saliency
 from lightning_sas.methods.sas import SaS
-from lightning_sas.metrics import spearman
+from lightning_sas.methods.smoothgrad import SmoothGrad
+from lightning_sas.scores.faithfulness import faithfulness_curves
+from lightning_sas.scores.metrics import spearman
 
 SIZE = 32
 #: Where class k's bright square sits (top-left corner on the diagonal).

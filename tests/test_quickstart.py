@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_sas.render import comparison_grid
+from lightning_sas.report.render import comparison_grid
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
 # Small enough for ~20 s on two shared CPU cores, large enough to reach >90% accuracy.

@@ -1,4 +1,4 @@
-"""Tests for lightning_sas.render: display conversion, overlays, figures, PNG output."""
+"""Tests for lightning_sas.report.render: display conversion, overlays, figures, PNG output."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from lightning_sas import render
-from lightning_sas.render import (
+from lightning_sas.report import render
+from lightning_sas.report.render import (
     comparison_grid,
     method_grid,
     overlay,
@@ -599,7 +599,7 @@ def test_save_png_rejects_wrong_arrays(tmp_path: Path) -> None:
 _PYPLOT_CHECK = """
 import sys
 import torch
-from lightning_sas import render
+from lightning_sas.report import render
 images = torch.rand(2, 3, 16, 16)
 display = render.to_display(images, mean=[0.5], std=[0.25])
 overlays = render.overlay(display, torch.rand(2, 16, 16))

@@ -74,11 +74,11 @@ def test_nightly_audit_flags_the_biased_checkpoint_on_a_fresh_probe_set(
     """The CLI at its defaults (methods, SaS settings, the default alert rule), on probes neither model
     saw with rulers on 75% of both classes as nightly probe sets have them, decides as the behaviour
     says: exit 1 for the biased checkpoint, 0 for the clean one, with and without ruler examples."""
-    from lightning_sas.cli import main
+    from lightning_sas.cli.main import main
 
     monkeypatch.syspath_prepend(str(TRAIN_SCRIPT.parent))
     data = importlib.import_module("data")
-    from lightning_sas.export import export_artifacts, export_probes
+    from lightning_sas.probes.export import export_artifacts, export_probes
 
     fresh = data.make_splits(
         n_train=200, n_val=200, n_counterfactual=1, image_size=32, p_ruler_malignant=0.75, p_ruler_benign=0.75,

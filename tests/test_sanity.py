@@ -1,7 +1,7 @@
 """Model-parameter randomisation sanity check: flags, model untouched, stage order, Quantus' MPRT.
 
 Run as a script (``.venv/bin/python tests/test_sanity.py``) it prints the measurements behind
-``lightning_sas.sanity.DEFAULT_THRESHOLD``.
+``lightning_sas.trust.sanity.DEFAULT_THRESHOLD``.
 """
 
 from __future__ import annotations
@@ -22,16 +22,11 @@ from lit_models import LitClassifier, corner_dataset
 from models import SmallCNN
 from torch import Tensor, nn
 
-from lightning_sas import sanity
 from lightning_sas.methods import AttributionMethod, GradCAM, Saliency, SaS
 from lightning_sas.methods.base import check_logits, minmax_normalize
-from lightning_sas.sanity import (
-    DEFAULT_THRESHOLD,
-    ImageEdges,
-    SanityResult,
-    cascading_randomization,
-    randomization_stages,
-)
+from lightning_sas.trust import randomisation
+from lightning_sas.trust.randomisation import randomization_stages
+from lightning_sas.trust.sanity import DEFAULT_THRESHOLD, ImageEdges, SanityResult, cascading_randomization
 
 SIZE = 32
 CHEAP_SAS = {"iterations": 10, "num_masks": 6}
@@ -384,7 +379,7 @@ def test_agrees_with_quantus_mprt(corner_cnn: nn.Module, method, monkeypatch: py
     # random weights identical, so the comparison can be exact: any difference left is in
     # the layers, their order, the cascade, the targets or the score.
     with monkeypatch.context() as patch:
-        patch.setattr(sanity, "_module_seed", lambda seed, name: seed + 1)
+        patch.setattr(randomisation, "_module_seed", lambda seed, name: seed + 1)
         ours = cascading_randomization(corner_cnn, images, labels, {"m": method}, stages=None, seed=42)
     assert [stage[-1] for stage in ours.stages] == list(theirs)  # same modules, same order
     expected = torch.tensor(list(theirs.values()), dtype=torch.float32)
@@ -430,7 +425,7 @@ def _final_similarities(model: nn.Module, images: Tensor, labels: Tensor, method
 
 
 def measure() -> None:
-    """Print the numbers behind DEFAULT_THRESHOLD (module docstring of lightning_sas.sanity)."""
+    """Print the numbers behind DEFAULT_THRESHOLD (module docstring of lightning_sas.trust.sanity)."""
     torch.set_num_threads(1)  # as in the tests: far faster for these small models on a shared machine
     torch.manual_seed(0)
     started = time.perf_counter()

@@ -11,9 +11,9 @@ from conftest import requires_cuda
 from models import RecordsDtypes, RectangleModel, SmallCNN, box_mask
 
 from lightning_sas.methods import GradCAM, SaS
-from lightning_sas.methods.gaussian import scaled_kernel_size
-from lightning_sas.methods.sas import schedule_thresholds
-from lightning_sas.metrics import roi_mass, roi_share, spearman
+from lightning_sas.methods.baselines import scaled_kernel_size
+from lightning_sas.methods.sas_schedule import schedule_thresholds
+from lightning_sas.scores.metrics import roi_mass, roi_share, spearman
 
 
 def off_centre_box(size: int) -> tuple[int, int, int, int]:

@@ -16,8 +16,8 @@ import torch
 from ddp_sharding_script import COUNT, Flaky, audit_settings, make_probes
 from torch import Tensor
 
-from lightning_sas.audit import AuditResult, explain, score
-from lightning_sas.sharding import gather_result, shard_positions
+from lightning_sas.audit.run import AuditResult, explain, score
+from lightning_sas.audit.sharding import gather_result, shard_positions
 
 
 class ThreadRanks:

@@ -9,18 +9,18 @@ import torch
 from models import RectangleModel, SmallCNN, box_mask
 from torch import nn
 
-from lightning_sas.audit import run_audit
-from lightning_sas.intervention import Artifacts
-from lightning_sas.methods import GradCAM, Saliency
-from lightning_sas.methods.base import AttributionMethod
-from lightning_sas.probes import Probes
-from lightning_sas.verdict import (
+from lightning_sas.audit.run import run_audit
+from lightning_sas.audit.verdict import (
     DEFAULT_MIN_FLIP_RATE,
     DEFAULT_MIN_ROI_PIXELS,
     AlertRule,
     Evidence,
     decide,
 )
+from lightning_sas.methods import GradCAM, Saliency
+from lightning_sas.methods.base import AttributionMethod
+from lightning_sas.probes.probe_set import Probes
+from lightning_sas.trust.intervention import Artifacts
 
 PIXELS = 32 * 32
 
@@ -201,7 +201,7 @@ def test_a_collapsed_model_is_detected_from_the_audit_and_never_alerts() -> None
 
 
 def test_flat_maps_are_flagged_excluded_and_named() -> None:
-    from lightning_sas.audit import problems
+    from lightning_sas.audit.run import problems
 
     probes = probes_with_roi()
     result = run_audit(SmallCNN(num_classes=2).eval(), probes, {"zeros": ZeroMaps(), "gradcam": GradCAM()})

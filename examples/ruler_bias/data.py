@@ -309,12 +309,12 @@ def ruler_artifacts(dataset: RulerBiasDataset, count: int = 32, trials: int = 4,
         seed: Seed of the choice of example per paste.
 
     Returns:
-        :class:`lightning_sas.intervention.Artifacts`.
+        :class:`lightning_sas.trust.intervention.Artifacts`.
 
     Raises:
         ValueError: If ``dataset`` has no image with a ruler.
     """
-    from lightning_sas.intervention import Artifacts
+    from lightning_sas.trust.intervention import Artifacts
 
     with_ruler = torch.nonzero(dataset.has_ruler).flatten()[: _check_int("count", count, 1)]
     if len(with_ruler) == 0:

@@ -5,7 +5,7 @@
 2. Train the control: rulers equally likely in both classes (clean).
 3. Export a *fresh* probe set (images the models never saw, rulers on benign and malignant
    lesions, masks, labels) and ruler examples for the intervention, with
-   :func:`lightning_sas.export.export_probes` / :func:`~lightning_sas.export.export_artifacts`.
+   :func:`lightning_sas.probes.export.export_probes` / :func:`~lightning_sas.probes.export.export_artifacts`.
 4. Run the nightly audit, ``lightning-sas audit``, on both checkpoints and print the exit
    codes (1 = shortcut found, 0 = none) and the report paths.
 
@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 import train
 from data import CLASS_NAMES, MEAN, STD, make_splits
 
-from lightning_sas.export import export_artifacts, export_probes
+from lightning_sas.probes.export import export_artifacts, export_probes
 
 #: Seed of the fresh probe set: neither run trained or validated on it.
 FRESH_SEED = 2026

@@ -10,8 +10,8 @@ from typing import Literal, TypeVar
 import torch
 from torch import Tensor, nn
 
-from lightning_sas.model_state import attribution_mode, outside_inference_mode
-from lightning_sas.outputs import ClassifierOutput
+from lightning_sas.runtime.model_state import attribution_mode, outside_inference_mode
+from lightning_sas.runtime.outputs import ClassifierOutput
 
 T = TypeVar("T")
 
@@ -20,7 +20,7 @@ class AttributionMethod(ABC):
     """Base class: ``attribute(model, images, targets) -> Tensor[B, H, W]`` in [0, 1].
 
     Subclasses implement :meth:`_attribute`, which runs with the model already in
-    :func:`~lightning_sas.model_state.attribution_mode` (eval mode, no parameter gradients,
+    :func:`~lightning_sas.runtime.model_state.attribution_mode` (eval mode, no parameter gradients,
     autograd on) and with validated inputs. This class checks the inputs and guarantees the
     side-effect rules for every method.
     """
@@ -62,7 +62,7 @@ class AttributionMethod(ABC):
 
         Args:
             model: A classifier returning logits ``[B, num_classes]`` or a single binary logit
-                ``[B]`` / ``[B, 1]``; wrap it in :class:`~lightning_sas.outputs.ClassifierOutput`
+                ``[B]`` / ``[B, 1]``; wrap it in :class:`~lightning_sas.runtime.outputs.ClassifierOutput`
                 to pick the logits out of a tuple, list or dict output.
             images: Float tensor ``[B, C, H, W]``, normalised as the model expects.
             targets: Integer tensor ``[B]``: the class to explain for each image.
@@ -146,7 +146,7 @@ def validate_images_and_targets(images: Tensor, targets: Tensor) -> tuple[Tensor
 def check_logits(logits: Tensor, targets: Tensor) -> None:
     """Check ``targets`` against the logits' class count (one host sync, before any optimisation).
 
-    ``logits`` come from a :class:`~lightning_sas.outputs.ClassifierOutput`, which already
+    ``logits`` come from a :class:`~lightning_sas.runtime.outputs.ClassifierOutput`, which already
     refused anything but ``[B, num_classes]``.
 
     Raises:

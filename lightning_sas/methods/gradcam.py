@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_sas.distributed import any_rank
 from lightning_sas.methods.base import AttributionMethod, check_logits, minmax_normalize
 from lightning_sas.methods.layers import describe_layouts, locate_target_layer, read_layout, resolve_layer
-from lightning_sas.model_state import uncompiled, unwrap_model
-from lightning_sas.outputs import ClassifierOutput, inner_model
+from lightning_sas.runtime.distributed import any_rank
+from lightning_sas.runtime.model_state import uncompiled, unwrap_model
+from lightning_sas.runtime.outputs import ClassifierOutput, inner_model
 
 
 class GradCAM(AttributionMethod):
@@ -92,7 +92,7 @@ class GradCAM(AttributionMethod):
         """The ``(name, module)`` this instance explains for ``model`` (locating it if needed).
 
         Names are those of the user's model (behind any DDP, ``torch.compile`` or
-        :class:`~lightning_sas.outputs.ClassifierOutput` wrapper).
+        :class:`~lightning_sas.runtime.outputs.ClassifierOutput` wrapper).
         """
         named_model = uncompiled(unwrap_model(inner_model(model)))
         if self.target_layer is not None:

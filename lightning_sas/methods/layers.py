@@ -37,8 +37,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_sas.model_state import attribution_mode, uncompiled, unwrap_model
-from lightning_sas.outputs import ClassifierOutput, inner_model
+from lightning_sas.runtime.model_state import attribution_mode, uncompiled, unwrap_model
+from lightning_sas.runtime.outputs import ClassifierOutput, OutputSelector, inner_model
 
 #: Most leading non-patch tokens a token sequence may carry (class + distillation + registers).
 MAX_PREFIX_TOKENS = 8
@@ -292,7 +292,7 @@ def locate_target_layer(model: nn.Module, example_images: Tensor) -> LocatedLaye
     forward fails.
 
     Args:
-        model: The classifier (possibly wrapped in :class:`~lightning_sas.outputs.ClassifierOutput`,
+        model: The classifier (possibly wrapped in :class:`~lightning_sas.runtime.outputs.ClassifierOutput`,
             DistributedDataParallel or ``torch.compile``); names are those of the user's model.
         example_images: ``[B, C, H, W]`` input the model accepts; only the first two images are used.
 
@@ -308,29 +308,8 @@ def locate_target_layer(model: nn.Module, example_images: Tensor) -> LocatedLaye
     # Two images where there are two: a batch dimension is then told apart from a fixed leading 1
     # (a position embedding) or a batch merged with windows.
     dry_images = example_images[:2]
-    outputs: list[tuple[str, nn.Module, Tensor | None]] = []
-    calls: dict[str, int] = {}
-
-    def record(name: str):
-        def hook(module: nn.Module, inputs: tuple, result: object) -> None:
-            calls[name] = calls.get(name, 0) + 1
-            outputs.append((name, module, result if isinstance(result, Tensor) else None))
-
-        return hook
-
     with attribution_mode(named_model):
-        handles = [
-            module.register_forward_hook(record(name))
-            for name, module in named_model.named_modules()
-            if name  # the model itself is the classifier, never the answer
-        ]
-        try:
-            # Parameters are frozen in attribution mode; an input that requires grad puts every
-            # layer's output into the autograd graph.
-            logits = ClassifierOutput(named_model, output)(dry_images.detach().requires_grad_(True))
-        finally:
-            for handle in handles:
-                handle.remove()
+        logits, outputs, calls = _recorded_forward(named_model, output, dry_images)
         candidates = _spatial_outputs(outputs, calls, len(dry_images), image_size, attention_internals(named_model))
         if not candidates:
             raise ValueError(
@@ -348,6 +327,41 @@ def locate_target_layer(model: nn.Module, example_images: Tensor) -> LocatedLaye
             return LocatedLayer(name, module, layout, from_gradient=True)
     name, module, _, layout = candidates[-1]
     return LocatedLayer(name, module, layout, from_gradient=False)
+
+
+def _recorded_forward(
+    named_model: nn.Module, output: OutputSelector, dry_images: Tensor
+) -> tuple[Tensor, list[tuple[str, nn.Module, Tensor | None]], dict[str, int]]:
+    """One forward of ``dry_images`` (in attribution mode) recording every submodule's output.
+
+    Returns:
+        ``(logits, outputs, calls)``: the logits, each submodule's ``(name, module, output)`` in
+        completion order (``None`` for an output that is not a tensor), and how many times each
+        submodule ran.
+    """
+    outputs: list[tuple[str, nn.Module, Tensor | None]] = []
+    calls: dict[str, int] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, inputs: tuple, result: object) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            outputs.append((name, module, result if isinstance(result, Tensor) else None))
+
+        return hook
+
+    handles = [
+        module.register_forward_hook(record(name))
+        for name, module in named_model.named_modules()
+        if name  # the model itself is the classifier, never the answer
+    ]
+    try:
+        # Parameters are frozen in attribution mode; an input that requires grad puts every
+        # layer's output into the autograd graph.
+        logits = ClassifierOutput(named_model, output)(dry_images.detach().requires_grad_(True))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return logits, outputs, calls
 
 
 def _spatial_outputs(

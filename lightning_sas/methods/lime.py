@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_sas.arguments import require_int, require_max_batch, require_positive
 from lightning_sas.methods.base import AttributionMethod, minmax_normalize
-from lightning_sas.methods.batching import auto_chunk, image_scores, local_generator, target_scores_in_chunks
+from lightning_sas.methods.chunking import auto_chunk, image_scores, local_generator, target_scores_in_chunks
+from lightning_sas.methods.superpixels import SegmentationFunction, image_digest, segment_image
+from lightning_sas.validation import require_int, require_max_batch, require_positive
 
-#: ``segmentation(image) -> labels``: one image as a NumPy array ``[H, W, C]`` (channels last, the
-#: values the model sees) to integer superpixel labels ``[H, W]``; lime_image's convention, so
-#: ``lime.wrappers.scikit_image.SegmentationAlgorithm(...)`` can be passed as it is.
-SegmentationFunction = Callable[[np.ndarray], np.ndarray]
-
-#: lime_image's default segmentation: ``quickshift(kernel_size=4, max_dist=200, ratio=0.2)``.
-QUICKSHIFT_DEFAULTS = {"kernel_size": 4, "max_dist": 200, "ratio": 0.2}
 #: Segmentations kept per method instance (least recently used dropped first); probe sets are
 #: usually a few dozen images, and one segmentation of a 224 px image takes 200 kB.
 SEGMENTATION_CACHE_SIZE = 256
@@ -55,7 +46,8 @@ class LIME(AttributionMethod):
     superpixels at 32-64 px, too few to explain anything.
     ``"quickshift"`` uses lime_image's default settings. Both see the image min-max rescaled to
     [0, 1] (over all channels), so the superpixels do not depend on the model's input
-    normalisation. A callable gets each image as it is (see :data:`SegmentationFunction`).
+    normalisation. A callable gets each image as it is (see
+    :data:`~lightning_sas.methods.superpixels.SegmentationFunction`).
 
     Cache: a segmentation is reused for an image whose bytes (shape, dtype and values) hash to
     the same BLAKE2b digest as one seen before with the same segmentation settings; a changed
@@ -73,7 +65,7 @@ class LIME(AttributionMethod):
     Args:
         samples: On/off draws per image, the first being the image itself (lime_image's
             default 1000; each is one forward).
-        segmentation: ``"slic"``, ``"quickshift"`` or a :data:`SegmentationFunction`.
+        segmentation: ``"slic"``, ``"quickshift"`` or a :data:`~lightning_sas.methods.superpixels.SegmentationFunction`.
         n_segments: SLIC's approximate number of superpixels.
         compactness: SLIC's compactness (higher: squarer superpixels).
         sigma: SLIC's Gaussian pre-smoothing (pixels); 0 turns it off.
@@ -177,7 +169,7 @@ class LIME(AttributionMethod):
         host_images = images.detach().cpu().contiguous()
         labels: list[Tensor] = []
         for image in host_images:
-            key = (settings, _digest(image))
+            key = (settings, image_digest(image))
             cached = self._segment_cache.get(key)
             if cached is None:
                 cached = self._segment(image)
@@ -298,38 +290,7 @@ class LIME(AttributionMethod):
 
     def _segment(self, image: Tensor) -> Tensor:
         """Labels ``[H, W]`` (int32, relabelled to ``0 .. count - 1``) of one host image ``[C, H, W]``."""
-        channels_last = image.permute(1, 2, 0).float().numpy()
-        if callable(self.segmentation):
-            labels = np.asarray(self.segmentation(channels_last))
-            if labels.shape != channels_last.shape[:2] or not np.issubdtype(labels.dtype, np.integer):
-                raise ValueError(
-                    f"`segmentation` must return integer labels of shape {list(channels_last.shape[:2])}, "
-                    f"got {labels.dtype} labels of shape {list(labels.shape)}."
-                )
-        else:
-            labels = self._builtin_segmentation(channels_last)
-        _, relabelled = np.unique(labels, return_inverse=True)
-        return torch.from_numpy(relabelled.reshape(labels.shape).astype(np.int32))
-
-    def _builtin_segmentation(self, image: np.ndarray) -> np.ndarray:
-        from skimage.segmentation import quickshift, slic
-
-        image = image.astype(np.float64)
-        finite = np.isfinite(image)
-        low, high = (image[finite].min(), image[finite].max()) if finite.any() else (0.0, 0.0)
-        scaled = np.where(finite, (image - low) / (high - low), 0.0) if high > low else np.zeros_like(image)
-        if self.segmentation == "quickshift":
-            if scaled.shape[-1] == 1:
-                scaled = np.repeat(scaled, 3, axis=-1)
-            return quickshift(scaled, convert2lab=scaled.shape[-1] == 3, **QUICKSHIFT_DEFAULTS)
-        return slic(
-            scaled,
-            n_segments=self.n_segments,
-            compactness=self.compactness,
-            sigma=self.sigma,
-            start_label=0,
-            channel_axis=-1,
-        )
+        return segment_image(image, self.segmentation, self.n_segments, self.compactness, self.sigma)
 
     def _segmentation_settings(self) -> tuple:
         if callable(self.segmentation):
@@ -384,9 +345,3 @@ def kernel_ridge(design: Tensor, scores: Tensor, counts: Tensor, *, kernel_width
 def _paint(weights: Tensor, segments: Tensor) -> Tensor:
     """Each pixel gets its superpixel's weight: ``[B, H, W]``."""
     return weights.gather(1, segments.flatten(1)).view(segments.shape)
-
-
-def _digest(image: Tensor) -> tuple:
-    """Shape, dtype and a BLAKE2b digest of the bytes of one host image: equal only for equal images."""
-    data = image.reshape(-1).view(torch.uint8).numpy().tobytes()
-    return (tuple(image.shape), str(image.dtype), hashlib.blake2b(data, digest_size=16).hexdigest())

@@ -7,9 +7,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lightning_sas.arguments import require_max_batch
 from lightning_sas.methods.base import AttributionMethod, minmax_normalize
-from lightning_sas.methods.batching import auto_chunk, image_scores, target_scores_in_chunks
+from lightning_sas.methods.chunking import auto_chunk, image_scores, target_scores_in_chunks
+from lightning_sas.validation import require_max_batch
 
 #: ``window=None`` uses about this share of the image side (rounded, at least 1 pixel).
 DEFAULT_WINDOW_SHARE = 1 / 8

@@ -2,89 +2,23 @@
 
 from __future__ import annotations
 
-import math
 import warnings
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_sas.arguments import require_int, require_max_batch, require_positive
-from lightning_sas.chunks import retry_out_of_memory
 from lightning_sas.methods.base import AttributionMethod, check_logits, minmax_normalize
-from lightning_sas.methods.batching import auto_chunk, input_memory_format
-from lightning_sas.methods.gaussian import gaussian_blur, opencv_sigma, scaled_kernel_size
-from lightning_sas.progress import advance
+from lightning_sas.methods.baselines import REFERENCE_BLUR_KERNEL, blur_baseline, scaled_kernel_size
+from lightning_sas.methods.chunking import auto_chunk, input_memory_format, retry_out_of_memory
+from lightning_sas.methods.sas_arguments import PAPER_CONFIGURATION, check_sas_arguments
+from lightning_sas.methods.sas_mask import importance_map, initial_mask
+from lightning_sas.methods.sas_optimisation import LoopSettings, optimise_mask
+from lightning_sas.methods.sas_schedule import ScheduleItems, schedule_items, schedule_steps, total_variation_dominance
+from lightning_sas.validation import require_int
 
 # Reference kernel sizes at 224 px (docs/design.md); scaled to the image side unless given.
 REFERENCE_SMOOTHING_KERNEL = 17
-REFERENCE_BLUR_KERNEL = 51
-# Fixed, so the loop never asks the host whether the bisection converged: the bracket is the
-# map's value range, and 2**-24 of it is below float32 resolution.
-BISECTION_STEPS = 24
-NEWTON_STEPS = 2
-INIT_NOISE_STD = 0.01
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
-
-
-@dataclass(frozen=True)
-class _Schedule:
-    """Flat layout of the items one iteration forwards: image × interior step × {insertion, deletion}."""
-
-    image: Tensor  # [N] image index of each item
-    slot: Tensor  # [N] position among the steps forwarded this iteration (0 .. S-1)
-    is_deletion: Tensor  # [N] bool
-    weight: Tensor  # [N] loss weight: -1 (insertion) / +1 (deletion), scale-free per image
-
-
-def total_variation(mask: Tensor, reduce: Literal["mean", "sum"] = "mean") -> Tensor:
-    """Anisotropic total variation of ``[B, 1, h, w]``, one value per image: a per-pixel mean
-    (the scale-free objective) or the plain sum over pixels (the paper's)."""
-    vertical = (mask[..., 1:, :] - mask[..., :-1, :]).abs().flatten(1)
-    horizontal = (mask[..., :, 1:] - mask[..., :, :-1]).abs().flatten(1)
-    if reduce == "sum":
-        return vertical.sum(dim=1) + horizontal.sum(dim=1)
-    return vertical.mean(dim=1) + horizontal.mean(dim=1)
-
-
-def schedule_thresholds(importance: Tensor, fractions: Tensor, previous: Tensor | None = None) -> Tensor:
-    """Thresholds ``t[b, k]`` with ``mean_p sigmoid(importance[b, p] - t[b, k]) = fractions[k]``.
-
-    Vectorised on the device with a fixed number of steps (no host sync, no convergence test).
-    Cold: bisection on the bracket ``[min(e) - logit(a), max(e) - logit(a)]``, which always
-    holds the solution. Warm (``previous`` from the last optimisation step, when the map has
-    moved by about one learning rate): Newton steps from ``previous``, kept inside the
-    bracket, which reach float32 precision at a tenth of the bisection's passes over the map.
-
-    Args:
-        importance: ``[B, P]`` importance values per pixel.
-        fractions: ``[K]`` target ON-areas strictly inside (0, 1).
-        previous: ``[B, K]`` thresholds of a nearby map, or ``None``.
-
-    Returns:
-        ``[B, K]`` thresholds.
-    """
-    logit_fractions = torch.logit(fractions)[None, :]
-    low = importance.amin(dim=1, keepdim=True) - logit_fractions
-    high = importance.amax(dim=1, keepdim=True) - logit_fractions
-    if previous is not None:
-        thresholds = torch.minimum(torch.maximum(previous, low), high)
-        for _ in range(NEWTON_STEPS):
-            on = torch.sigmoid(importance[:, None, :] - thresholds[..., None])
-            slope = (on * (1 - on)).mean(dim=-1).clamp_min(torch.finfo(on.dtype).tiny)
-            step = (on.mean(dim=-1) - fractions[None, :]) / slope
-            thresholds = torch.minimum(torch.maximum(thresholds + step, low), high)
-        return thresholds
-    for _ in range(BISECTION_STEPS):
-        middle = (low + high) / 2
-        area = torch.sigmoid(importance[:, None, :] - middle[..., None]).mean(dim=-1)
-        threshold_too_low = area > fractions[None, :]
-        low = torch.where(threshold_too_low, middle, low)
-        high = torch.where(threshold_too_low, high, middle)
-    return (low + high) / 2
 
 
 class SaS(AttributionMethod):
@@ -190,36 +124,23 @@ class SaS(AttributionMethod):
         lr_schedule: Literal["constant", "cosine"] = "constant",
         objective: Literal["scale_free", "paper"] = "paper",
     ) -> None:
-        require_int("iterations", iterations, minimum=1)
-        require_int("num_masks", num_masks, minimum=2)
-        require_positive("lr", lr)
-        require_positive("temperature", temperature)
-        if not isinstance(tv_weight, int | float) or tv_weight < 0:
-            raise ValueError(f"`tv_weight` must be a number >= 0, got {tv_weight!r}.")
-        for arg_name, kernel in (("smoothing_kernel", smoothing_kernel), ("blur_kernel", blur_kernel)):
-            if kernel is not None:
-                require_int(arg_name, kernel, minimum=1)
-                if kernel % 2 == 0:
-                    raise ValueError(f"`{arg_name}` must be odd (or None to scale with the image), got {kernel}.")
-        if score not in ("logit", "prob"):
-            raise ValueError(f"`score` must be 'logit' or 'prob', got {score!r}.")
-        require_max_batch(max_batch)
-        if not isinstance(mask_scale, int | float) or not 0 < mask_scale <= 1:
-            raise ValueError(f"`mask_scale` must be in (0, 1], got {mask_scale!r}.")
-        if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
-            raise ValueError(f"`autocast_dtype` must be a torch.dtype or None, got {autocast_dtype!r}.")
-        if autocast_dtype == torch.float16:
-            raise ValueError(
-                "`autocast_dtype` must not be torch.float16: without gradient scaling float16's input "
-                "gradients underflow or overflow; use torch.bfloat16 or None, got torch.float16."
-            )
-        require_int("seed", seed, minimum=0)
-        if schedule_subset is not None:
-            require_int("schedule_subset", schedule_subset, minimum=1)
-        if lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"`lr_schedule` must be 'constant' or 'cosine', got {lr_schedule!r}.")
-        if objective not in ("scale_free", "paper"):
-            raise ValueError(f"`objective` must be 'scale_free' or 'paper', got {objective!r}.")
+        check_sas_arguments(
+            iterations=iterations,
+            num_masks=num_masks,
+            lr=lr,
+            temperature=temperature,
+            tv_weight=tv_weight,
+            smoothing_kernel=smoothing_kernel,
+            blur_kernel=blur_kernel,
+            score=score,
+            max_batch=max_batch,
+            mask_scale=mask_scale,
+            autocast_dtype=autocast_dtype,
+            seed=seed,
+            schedule_subset=schedule_subset,
+            lr_schedule=lr_schedule,
+            objective=objective,
+        )
         self.iterations = iterations
         self.num_masks = num_masks
         self.lr = float(lr)
@@ -255,17 +176,7 @@ class SaS(AttributionMethod):
             >>> SaS.paper().passes_per_probe()
             3800
         """
-        config: dict[str, object] = {
-            "iterations": 100,
-            "num_masks": 20,
-            "lr": 0.01,
-            "temperature": 0.3,
-            "tv_weight": 0.08,
-            "schedule_subset": None,
-            "lr_schedule": "constant",
-            "objective": "paper",
-        }
-        return cls(**{**config, **overrides})
+        return cls(**{**PAPER_CONFIGURATION, **overrides})
 
     def steps_per_iteration(self) -> int:
         """Interior schedule steps forwarded per iteration: ``min(schedule_subset, K − 1)``."""
@@ -293,9 +204,7 @@ class SaS(AttributionMethod):
         An enclosing autocast would run the blur's convolution in bfloat16; the baseline is an
         input, not part of the model, so it is built without autocast.
         """
-        blur = self.kernel_sizes(*images.shape[-2:])[1]
-        with torch.autocast(images.device.type, enabled=False):
-            return gaussian_blur(images, blur, opencv_sigma(blur))
+        return blur_baseline(images, self.kernel_sizes(*images.shape[-2:])[1])
 
     # ------------------------------------------------------------------ the algorithm
 
@@ -348,7 +257,7 @@ class SaS(AttributionMethod):
         iterations: int | None,
     ) -> tuple[Tensor, Tensor]:
         # Under DDP all ranks agree on the chunk and on every retry, so they make the same
-        # forward calls (see lightning_sas.distributed).
+        # forward calls (see lightning_sas.runtime.distributed).
         return retry_out_of_memory(
             lambda chunk: self._optimise(model, images, targets, chunk, initial_mask, iterations),
             self.max_batch or self._auto_chunk(model, images),
@@ -389,18 +298,18 @@ class SaS(AttributionMethod):
         if self.objective == "paper":
             self._warn_if_total_variation_dominates(score_range, min(mask.shape[-2:]))
 
-        schedule = self._schedule(batch, self.steps_per_iteration(), score_range)
+        schedule = schedule_items(batch, self.steps_per_iteration(), score_range, self.objective, self.num_masks)
         # Counts, per image, the scores that were not finite (kept on the device: no sync). A NaN
         # score can have a zero gradient (torch.where, masked_fill), which would leave a finite
         # map that looks like an answer; such an image gets an all-NaN map instead.
         nonfinite = (~torch.isfinite(reference.view(2, batch)).all(dim=0)).float()
         iterations = iterations or self.iterations
-        steps = self._schedule_steps(iterations, interior, images.device)
+        steps = schedule_steps(iterations, interior, self.schedule_subset, self.seed, images.device)
         mask = self._optimise_mask(
             model, baseline, images - baseline, targets, schedule, steps, chunk, mask, iterations, nonfinite
         )
         with torch.no_grad():
-            importance = self._importance(mask, self.kernel_sizes(height, width)[0], (height, width))
+            importance = importance_map(mask, self.kernel_sizes(height, width)[0], (height, width), self.temperature)
             maps = minmax_normalize(importance[:, 0])
         return torch.where(nonfinite[:, None, None] > 0, float("nan"), maps), mask
 
@@ -412,20 +321,10 @@ class SaS(AttributionMethod):
         evidence (logits too small for the paper's balance): say so (one host read, before the loop)."""
         if self._warned_total_variation:
             return
-        least = self.tv_weight * mask_side / (self.num_masks - 1)
-        weak = int((score_range < least).sum())
-        # An image whose score the blur hardly moves is common (nothing in it matters to the
-        # model); most of the images being so points at the logit scale, which is worth a warning.
-        if 2 * weak > score_range.numel():
+        message = total_variation_dominance(score_range, mask_side, self.tv_weight, self.num_masks)
+        if message is not None:
             self._warned_total_variation = True  # once per method object: an audit repeats it every epoch
-            warnings.warn(
-                f"SaS(objective='paper'): for {weak} of {score_range.numel()} image(s) the target score changes by "
-                f"less than tv_weight x side / (num_masks - 1) = {least:.3g} "
-                "between the image and its blur, so total variation dominates the paper's loss and the map carries "
-                "little evidence; SaS(objective='scale_free') does not depend on the logit scale.",
-                UserWarning,
-                stacklevel=4,
-            )
+            warnings.warn(message, UserWarning, stacklevel=4)
 
     def _optimise_mask(
         self,
@@ -433,7 +332,7 @@ class SaS(AttributionMethod):
         baseline: Tensor,
         difference: Tensor,
         targets: Tensor,
-        schedule: _Schedule,
+        schedule: ScheduleItems,
         steps: Tensor,
         chunk: int,
         mask: Tensor,
@@ -446,131 +345,37 @@ class SaS(AttributionMethod):
         ``nonfinite`` ``[B]`` is increased in place for every non-finite score of an image.
         """
         _, _, height, width = baseline.shape
-        fractions = torch.arange(1, self.num_masks, device=baseline.device, dtype=torch.float32) / self.num_masks
-        smoothing, _ = self.kernel_sizes(height, width)
-        exp_avg = torch.zeros_like(mask)
-        exp_avg_sq = torch.zeros_like(mask)
-        beta1, beta2 = ADAM_BETAS
-        thresholds = None
-        for step in range(1, iterations + 1):
-            lr = self.lr
-            if self.lr_schedule == "cosine":  # a Python float of the step index: no device read
-                lr = self.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / iterations))
-            mask.requires_grad_(True)
-            importance = self._importance(mask, smoothing, (height, width))
-            thresholds = schedule_thresholds(importance.detach().flatten(1), fractions, thresholds)
-            schedule_masks = torch.sigmoid(importance - thresholds[..., None, None])  # [B, K-1, H, W]
-            mask_grad = self._schedule_gradient(
-                model,
-                schedule_masks.detach(),
-                baseline,
-                difference,
-                targets,
-                schedule,
-                steps[step - 1],
-                chunk,
-                nonfinite,
-            )
-            tv_reduce = "sum" if self.objective == "paper" else "mean"
-            surrogate = (schedule_masks * mask_grad).sum() + self.tv_weight * total_variation(mask, tv_reduce).sum()
-            (grad,) = torch.autograd.grad(surrogate, mask)
-            # Adam by hand: elementwise, so each image's update is independent of the batch,
-            # and no optimizer state object or host-side step counter is involved.
-            with torch.no_grad():
-                mask = mask.detach()
-                exp_avg.lerp_(grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                denominator = (exp_avg_sq / (1 - beta2**step)).sqrt_().add_(ADAM_EPS)
-                mask.addcdiv_(exp_avg, denominator, value=-lr / (1 - beta1**step))
-            advance(schedule.image.shape[0])  # for a progress bar; reads nothing from the device
-        return mask
+        settings = LoopSettings(
+            num_masks=self.num_masks,
+            smoothing=self.kernel_sizes(height, width)[0],
+            temperature=self.temperature,
+            tv_weight=self.tv_weight,
+            tv_reduce="sum" if self.objective == "paper" else "mean",
+            lr=self.lr,
+            lr_schedule=self.lr_schedule,
+        )
+        return optimise_mask(
+            model,
+            self._composite_scores,
+            settings,
+            baseline,
+            difference,
+            targets,
+            schedule,
+            steps,
+            chunk,
+            mask,
+            iterations,
+            nonfinite,
+        )
 
-    def _schedule_gradient(
-        self,
-        model: nn.Module,
-        schedule_masks: Tensor,
-        baseline: Tensor,
-        difference: Tensor,
-        targets: Tensor,
-        schedule: _Schedule,
-        steps: Tensor,
-        chunk: int,
-        nonfinite: Tensor,
-    ) -> Tensor:
-        """d(loss)/d(masks) for all items, forwarded in chunks of ``chunk`` images (non-finite
-        scores counted per image into ``nonfinite``); ``steps`` ``[S]`` maps each item's slot to
-        its schedule step this iteration."""
-        masks = schedule_masks.requires_grad_(True)
-        total = schedule.image.shape[0]
-        memory_format = input_memory_format(model, difference)  # difference = images - baseline: their format
-        gradient = None
-        for start in range(0, total, chunk):
-            items = slice(start, min(start + chunk, total))
-            image, step = schedule.image[items], steps[schedule.slot[items]]
-            kept = masks[image, step]
-            kept = torch.where(schedule.is_deletion[items, None, None], 1 - kept, kept)
-            composites = (baseline[image] + kept[:, None] * difference[image]).to(
-                dtype=baseline.dtype, memory_format=memory_format
-            )
-            scores = self._target_scores(self._forward(model, composites), targets[image])
-            nonfinite.index_add_(0, image, (~torch.isfinite(scores.detach())).float())
-            (chunk_grad,) = torch.autograd.grad((schedule.weight[items] * scores).sum(), masks)
-            gradient = chunk_grad if gradient is None else gradient.add_(chunk_grad)
-        return gradient
-
-    def _schedule(self, batch: int, slots: int, score_range: Tensor) -> _Schedule:
-        device = score_range.device
-        per_image = 2 * slots
-        item = torch.arange(batch * per_image, device=device)
-        image = item // per_image
-        within = item % per_image
-        is_deletion = within >= slots
-        sign = torch.where(is_deletion, 1.0, -1.0)
-        if self.objective == "paper":
-            # Raw scores summed over the K - 1 interior steps (the endpoints carry no gradient);
-            # a subset's terms are scaled up so the sum stays an unbiased estimate.
-            return _Schedule(
-                image=image, slot=within % slots, is_deletion=is_deletion, weight=sign * (self.num_masks - 1) / slots
-            )
-        # Mean over the forwarded steps (not a sum), so the balance with TV depends neither on K
-        # nor on the subset: a uniform subset's mean is an unbiased estimate of the full mean.
-        weight = sign / (score_range[image] * slots)
-        return _Schedule(image=image, slot=within % slots, is_deletion=is_deletion, weight=weight)
-
-    def _schedule_steps(self, iterations: int, interior: int, device: torch.device) -> Tensor:
-        """``[iterations, S]`` schedule steps forwarded at each iteration, drawn before the loop."""
-        if self.schedule_subset is None or self.schedule_subset > interior:
-            return torch.arange(interior, device=device).expand(iterations, -1)
-        # A local CPU generator: the same draws on every device and for every batch layout.
-        generator = torch.Generator().manual_seed(self.seed)
-        keys = torch.rand((iterations, interior), generator=generator)
-        return keys.argsort(dim=1)[:, : self.schedule_subset].to(device)
+    def _composite_scores(self, model: nn.Module, composites: Tensor, targets: Tensor) -> Tensor:
+        """The target scores ``[n]`` (float32) of insertion / deletion composites, by :attr:`score`."""
+        return self._target_scores(self._forward(model, composites), targets)
 
     def _initial_mask(self, batch: int, height: int, width: int, device: torch.device) -> Tensor:
-        mask_height = max(1, round(height * self.mask_scale))
-        mask_width = max(1, round(width * self.mask_scale))
-        # The same noise for every image (a local CPU generator), so image i's result does not
-        # depend on its position in the batch, nor on the device.
-        generator = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn((1, 1, mask_height, mask_width), generator=generator) * INIT_NOISE_STD
-        return noise.to(device).expand(batch, -1, -1, -1).contiguous()
-
-    def _importance(self, mask: Tensor, smoothing: int, size: tuple[int, int]) -> Tensor:
-        """``e = SoftPool(GaussianSmooth(m))`` at the image size, ``[B, 1, H, W]``, float32 always.
-
-        Never under autocast: ``e = exp(temperature · m)`` sits near 1 with a spread of about
-        ``temperature ×`` the mask's (0.003 when total variation keeps the mask flat); bfloat16's
-        steps near 1 are 0.004-0.008, so a bfloat16 smoothing convolution made ``e`` constant
-        and the normalised map all zeros.
-        """
-        with torch.autocast(mask.device.type, enabled=False):
-            smoothed = gaussian_blur(mask, smoothing, smoothing / 6)
-            importance = F.avg_pool2d(
-                torch.exp(self.temperature * smoothed), 3, stride=1, padding=1, count_include_pad=False
-            )
-            if importance.shape[-2:] != size:
-                importance = F.interpolate(importance, size=size, mode="bilinear", align_corners=False)
-        return importance
+        """The mask parameter before the first step (see :func:`~lightning_sas.methods.sas_mask.initial_mask`)."""
+        return initial_mask(batch, height, width, self.mask_scale, self.seed, device)
 
     def _forward(self, model: nn.Module, images: Tensor) -> Tensor:
         if self.autocast_dtype is None:

@@ -1,0 +1,343 @@
+"""The alert rule: one pure function, shared by the training callback and the command line.
+
+:func:`decide` reads an audit's :class:`Evidence` (plain data: per-probe scores, the
+intervention's flip rate, the sanity check's flags) and an :class:`AlertRule`, and returns a
+:class:`Verdict`. It is the only place an alert is decided: which methods vote, which probes
+count, what cannot be checked. The callback and ``lightning-sas audit`` both call it, so a
+checkpoint that alerts during training alerts in the nightly audit too.
+
+A verdict is one of three:
+
+* ``"shortcut"``: a criterion was crossed (the alert);
+* ``"no shortcut"``: every criterion the inputs allow was checked and none was crossed;
+* ``"cannot tell"``: something the reviewer gave could not be checked — every ROI too small,
+  every voting map flat (no evidence) or flagged by the sanity check, every probe already
+  predicted as the artifact's class, or a model whose output does not depend on its input.
+  Never reported as a pass.
+
+The criteria, each off when set to ``None``:
+
+* **Intervention** (needs artifact examples): the share of other-class probes whose
+  prediction moves to the artifact's class when the artifact is pasted on.
+* **ROI enrichment** (needs probes with an ROI mask): per method,
+  :func:`~lightning_sas.scores.metrics.roi_enrichment` — how far its top-ranked pixels are enriched
+  on the ROIs over chance, pooled over the probes whose ROI has at least ``min_roi_pixels``
+  pixels and whose map is not flat, normalised so 0 is chance and 1 is every top pixel on the
+  ROI. It can fire at any ROI size, and one probe with a tiny ROI cannot decide it alone.
+  Methods that failed the sanity check do not vote.
+* ``max_roi_share``: an absolute mean ``roi_share`` threshold (off by default).
+
+The defaults were chosen on half of the runs of ``benchmarks/alert_study.py`` and are
+reported on the other half (README, "Alert study").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+#: Per method, the ROI enrichment above which it alerts, chosen on the selection half of the alert
+#: study (80 runs; README, "Alert study"): the lowest threshold, in steps of 0.02 and at least 0.1,
+#: that none of the selection half's 40 clean runs crossed. Methods score differently at chance
+#: (Grad-CAM's coarse cells, IG's path), so each has its own. SaS's is for its default, the
+#: paper's objective (the scale-free objective measured 0.42). ``"*"``: any other method (a
+#: custom one): 0.42, the strictest threshold the study measured.
+DEFAULT_MIN_ENRICHMENT: Mapping[str, float] = MappingProxyType(
+    {
+        "sas": 0.30,
+        "gradcam": 0.22,
+        "saliency": 0.10,
+        "smoothgrad": 0.10,
+        "ig": 0.26,
+        "gradientshap": 0.14,
+        "occlusion": 0.12,
+        "lime": 0.34,
+        "*": 0.42,
+    }
+)
+#: An intervention flip rate above this alerts: the lowest multiple of 0.05 that none of the alert
+#: study's 40 clean selection runs crossed.
+DEFAULT_MIN_FLIP_RATE = 0.1
+#: Probes whose ROI has fewer pixels are not scored: their roi_share swings on a few pixels.
+DEFAULT_MIN_ROI_PIXELS = 9
+
+Status = Literal["shortcut", "no shortcut", "cannot tell"]
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """When an audit raises a shortcut alert; each criterion set to ``None`` is off.
+
+    Args:
+        min_enrichment: Alert when a voting method's ROI enrichment (0 = chance, 1 = every
+            top-ranked pixel on the ROI) exceeds it: one number for every method, or a mapping
+            from method name to its threshold, with ``"*"`` for the methods it does not name
+            (default: :data:`DEFAULT_MIN_ENRICHMENT`, measured per method).
+        min_flip_rate: Alert when the intervention's flip rate exceeds it.
+        max_roi_share: Alert when a voting method's mean ``roi_share`` exceeds it (absolute;
+            off by default).
+        min_roi_pixels: Probes whose ROI has fewer pixels are left out of the ROI criteria.
+        voters: The methods whose maps vote (names); ``None``: every method of the audit.
+            Methods flagged by the sanity check never vote.
+
+    Raises:
+        ValueError: If a threshold is out of range (the message names it and its value).
+
+    Example:
+        >>> AlertRule(min_enrichment=0.3, max_roi_share=0.5)
+        AlertRule(min_enrichment=0.3, min_flip_rate=0.1, max_roi_share=0.5, min_roi_pixels=9, voters=None)
+        >>> AlertRule(min_enrichment={"sas": 0.4, "*": 0.6}).enrichment_threshold("gradcam")
+        0.6
+    """
+
+    min_enrichment: float | Mapping[str, float] | None = field(default_factory=lambda: DEFAULT_MIN_ENRICHMENT)
+    min_flip_rate: float | None = DEFAULT_MIN_FLIP_RATE
+    max_roi_share: float | None = None
+    min_roi_pixels: int = DEFAULT_MIN_ROI_PIXELS
+    voters: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        thresholds = self.min_enrichment
+        if isinstance(thresholds, Mapping):
+            if "*" not in thresholds:
+                raise ValueError(
+                    f"`min_enrichment` as a mapping needs a '*' entry for other methods, got {thresholds!r}."
+                )
+            checks = [(f"min_enrichment[{method!r}]", value) for method, value in thresholds.items()]
+            object.__setattr__(self, "min_enrichment", MappingProxyType(dict(thresholds)))
+        else:
+            checks = [("min_enrichment", thresholds)]
+        checks += [("min_flip_rate", self.min_flip_rate), ("max_roi_share", self.max_roi_share)]
+        for name, value in checks:
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"`{name}` must be a number in [0, 1] or None, got {value!r}.")
+        pixels = self.min_roi_pixels
+        if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 1:
+            raise ValueError(f"`min_roi_pixels` must be an integer >= 1, got {pixels!r}.")
+        if self.voters is not None:
+            if isinstance(self.voters, str) or not all(isinstance(name, str) for name in self.voters):
+                raise ValueError(f"`voters` must be a sequence of method names or None, got {self.voters!r}.")
+            object.__setattr__(self, "voters", tuple(self.voters))
+
+    def enrichment_threshold(self, method: str) -> float | None:
+        """The ROI enrichment above which ``method`` alerts (``None``: the criterion is off)."""
+        thresholds = self.min_enrichment
+        if isinstance(thresholds, Mapping):
+            return float(thresholds.get(method, thresholds["*"]))
+        return thresholds
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What :func:`decide` reads: one audit's results as plain data.
+
+    Built from an audit by :meth:`lightning_sas.audit.run.AuditResult.evidence`.
+
+    Attributes:
+        image_pixels: Pixels per probe image.
+        roi_pixels: Per probe, its ROI's pixel count (0: no ROI).
+        roi_share: Per method, per probe, its ``roi_share`` (NaN: no ROI, or a map that is not
+            finite or flat).
+        flat: Per method, per probe, whether its map was flat (constant: no evidence).
+        flip_rate: The intervention's flip rate; ``None`` without artifacts, NaN when no
+            probe was eligible.
+        eligible_probes: Probes the intervention could count (not already predicted as the
+            artifact's class); ``None`` without artifacts.
+        artifact_class: The artifact's class (with artifacts).
+        sanity_flagged: Methods whose maps the sanity check found independent of the weights.
+        input_independent: Whether the model gave every probe the same output.
+    """
+
+    image_pixels: int
+    roi_pixels: Sequence[int]
+    roi_share: Mapping[str, Sequence[float]]
+    flat: Mapping[str, Sequence[bool]] = field(default_factory=dict)
+    flip_rate: float | None = None
+    eligible_probes: int | None = None
+    artifact_class: int | None = None
+    sanity_flagged: Sequence[str] = ()
+    input_independent: bool = False
+
+
+@dataclass
+class Verdict:
+    """What :func:`decide` concluded.
+
+    Attributes:
+        status: ``"shortcut"``, ``"no shortcut"`` or ``"cannot tell"``.
+        reasons: One sentence per crossed criterion (method, score, threshold).
+        crossed: ``(criterion, method)`` pairs that were crossed; method ``None`` for the
+            intervention.
+        checked: Criteria that were checked.
+        not_checkable: Per criterion that the inputs asked for but could not be checked, why.
+        excluded: Per method that did not vote, why (sanity check, flat maps, not a voter).
+        scores: Per voting method, the statistics the rule read (``roi_enrichment``,
+            ``roi_share``, ``probes``: how many probes counted).
+    """
+
+    status: Status
+    reasons: list[str] = field(default_factory=list)
+    crossed: list[tuple[str, str | None]] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+    not_checkable: dict[str, str] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def alert(self) -> bool:
+        """Whether a criterion was crossed."""
+        return self.status == "shortcut"
+
+    def __bool__(self) -> bool:
+        return self.alert
+
+    def summary(self) -> str:
+        """One line for people: what crossed, what could not be checked, or what passed."""
+        if self.alert:
+            return "SHORTCUT: " + "; ".join(self.reasons)
+        if self.status == "cannot tell":
+            if not self.not_checkable:
+                return "nothing to check: no probe has an ROI and no artifact was given"
+            return "cannot tell: " + "; ".join(self.not_checkable.values())
+        return f"no shortcut criterion crossed (checked: {', '.join(self.checked)})"
+
+
+def decide(evidence: Evidence, rule: AlertRule) -> Verdict:
+    """Apply ``rule`` to an audit's ``evidence``.
+
+    Args:
+        evidence: The audit's scores as plain data.
+        rule: The alert rule.
+
+    Returns:
+        The :class:`Verdict`.
+
+    Example:
+        >>> evidence = Evidence(image_pixels=100, roi_pixels=[10, 10], roi_share={"sas": [0.9, 0.7]})
+        >>> verdict = decide(evidence, AlertRule())
+        >>> verdict.status, verdict.crossed, round(verdict.scores["sas"]["roi_enrichment"], 3)
+        ('shortcut', [('roi_enrichment', 'sas')], 0.778)
+    """
+    verdict = Verdict(status="no shortcut")
+    if evidence.input_independent:
+        verdict.status = "cannot tell"
+        verdict.not_checkable["model"] = (
+            "the model gives every probe the same output, so nothing in an image changes its prediction: "
+            "its maps and flips carry no evidence (a collapsed or untrained model?)"
+        )
+        return verdict
+    _check_roi(evidence, rule, verdict)
+    _check_intervention(evidence, rule, verdict)
+    if verdict.crossed:
+        verdict.status = "shortcut"
+    elif verdict.not_checkable or not verdict.checked:
+        verdict.status = "cannot tell"
+    return verdict
+
+
+def _check_roi(evidence: Evidence, rule: AlertRule, verdict: Verdict) -> None:
+    # Imported here: the command line reads this module's defaults before it imports torch, so
+    # that a usage error is reported at once.
+    import torch
+
+    criteria = [
+        name
+        for name, limit in (("roi_enrichment", rule.min_enrichment), ("roi_share", rule.max_roi_share))
+        if limit is not None
+    ]
+    pixels = torch.tensor(list(evidence.roi_pixels), dtype=torch.float32)
+    if not criteria or not bool((pixels > 0).any()):
+        return
+    large_enough = pixels >= rule.min_roi_pixels
+    _score_voters(evidence, rule, verdict, pixels, large_enough)
+    if not bool(large_enough.any()):
+        reason = f"every probe's ROI is empty or smaller than {rule.min_roi_pixels} pixels (AlertRule.min_roi_pixels)"
+    elif not verdict.scores:
+        reason = (
+            "no method could vote on the ROIs (" + "; ".join(f"{m}: {why}" for m, why in verdict.excluded.items()) + ")"
+        )
+    else:
+        reason = ""
+    for criterion in criteria:
+        why = reason
+        if not why and not any(math.isfinite(scores[criterion]) for scores in verdict.scores.values()):
+            why = "every probe's ROI covers the whole image, so no map can be enriched on it"
+        if why:
+            verdict.not_checkable[criterion] = why
+            continue
+        verdict.checked.append(criterion)
+        _cross(criterion, rule, verdict)
+
+
+def _score_voters(evidence: Evidence, rule: AlertRule, verdict: Verdict, pixels: Any, large_enough: Any) -> None:
+    """Each voting method's ROI scores into ``verdict.scores``; why the others do not vote into ``excluded``."""
+    import torch
+
+    from lightning_sas.scores.metrics import roi_enrichment
+
+    flagged = set(evidence.sanity_flagged)
+    for method, shares in evidence.roi_share.items():
+        if rule.voters is not None and method not in rule.voters:
+            verdict.excluded[method] = "not one of the rule's voters"
+            continue
+        if method in flagged:
+            verdict.excluded[method] = "its maps failed the sanity check (they do not depend on the model's weights)"
+            continue
+        share = torch.tensor([float(value) for value in shares], dtype=torch.float32)
+        counted = large_enough & torch.isfinite(share)
+        if not bool(counted.any()):
+            flat = evidence.flat.get(method)
+            all_flat = flat is not None and all(flat[i] for i in torch.nonzero(large_enough).flatten().tolist())
+            verdict.excluded[method] = (
+                "its maps are flat (no evidence) on every probe with an ROI"
+                if all_flat
+                else "no probe with a large enough ROI has a finite map"
+            )
+            continue
+        enrichment = roi_enrichment(torch.where(counted, share, float("nan")), pixels, evidence.image_pixels)
+        verdict.scores[method] = {
+            "roi_enrichment": float(enrichment),
+            "roi_share": float(share[counted].mean()),
+            "probes": int(counted.sum()),
+        }
+
+
+def _cross(criterion: str, rule: AlertRule, verdict: Verdict) -> None:
+    """Record every voting method whose ``criterion`` score is above its limit."""
+    for method, scores in verdict.scores.items():
+        value = scores[criterion]
+        limit = rule.enrichment_threshold(method) if criterion == "roi_enrichment" else rule.max_roi_share
+        if limit is None or not (math.isfinite(value) and value > limit):
+            continue
+        if criterion == "roi_enrichment":
+            text = (
+                f"{method}'s top-ranked pixels are enriched on the ROI (roi_enrichment {value:.2f} > "
+                f"{limit:g}; 0 is chance, 1 is all on the ROI)"
+            )
+        else:
+            text = f"{method} puts {value:.2f} of its top-ranked pixels on the ROI (roi_share {value:.2f} > {limit:g})"
+        verdict.reasons.append(text)
+        verdict.crossed.append((criterion, method))
+
+
+def _check_intervention(evidence: Evidence, rule: AlertRule, verdict: Verdict) -> None:
+    if rule.min_flip_rate is None or evidence.flip_rate is None:
+        return
+    if not evidence.eligible_probes or not math.isfinite(evidence.flip_rate):
+        verdict.not_checkable["flip_rate"] = (
+            f"every probe is already predicted as the artifact's class {evidence.artifact_class}, so no probe is "
+            "left to flip (a model that predicts one class for every probe is suspect in itself)"
+        )
+        return
+    verdict.checked.append("flip_rate")
+    if evidence.flip_rate > rule.min_flip_rate:
+        verdict.reasons.append(
+            f"pasting the artifact moves {evidence.flip_rate:.0%} of the other classes' probes to its class "
+            f"(flip_rate {evidence.flip_rate:.2f} > {rule.min_flip_rate:g})"
+        )
+        verdict.crossed.append(("flip_rate", None))

@@ -1,0 +1,1 @@
+"""SASAuditCallback: probe selection and resume, then run -> decide -> publish every N epochs."""

@@ -1,0 +1,1 @@
+"""The lightning-sas command: audit and export-probes, and loading models from checkpoints."""

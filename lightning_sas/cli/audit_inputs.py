@@ -1,0 +1,249 @@
+"""The audit's inputs, checked and read before the model is loaded: options, paths, probes, labels, baseline.
+
+:func:`read_inputs` runs the cheap checks first (paths, the checkpoint's first bytes,
+``--model``, ``--out``), then reads the probe and artifact folders, the labels, the baseline
+and the constructor arguments into an :class:`AuditInputs`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning_sas.audit.verdict import AlertRule
+from lightning_sas.cli.errors import ERROR_LOG, PROGRAM, UsageError
+from lightning_sas.cli.model_import import SPEC_PATTERN, ModelLoadError
+from lightning_sas.cli.options import float_list, name_list, parse_image_size
+from lightning_sas.probes.folder import ArtifactFolder, ProbeFolder, ProbeFolderError
+
+__all__ = ["AUDIT_FILES", "EVENTS_PREFIX", "AuditInputs", "check_out", "previous_audit_files", "read_inputs"]
+
+#: Files of a previous audit in ``--out`` (``--overwrite`` removes them); TensorBoard's event
+#: files are matched by prefix.
+AUDIT_FILES = ("summary.json", "report.html", "hparams.yaml")
+EVENTS_PREFIX = "events.out.tfevents."
+
+
+def previous_audit_files(out: Path) -> list[Path]:
+    """Files of an earlier audit (or its error log) directly in ``out``, in name order."""
+    if not out.is_dir():
+        return []
+    return sorted(
+        path
+        for path in out.iterdir()
+        if path.is_file() and (path.name in (*AUDIT_FILES, ERROR_LOG) or path.name.startswith(EVENTS_PREFIX))
+    )
+
+
+def check_out(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out} exists and is not a folder; give a folder (it is created if missing).")
+    held = [path.name for path in previous_audit_files(out) if path.name != ERROR_LOG]
+    if held and not args.overwrite:
+        raise UsageError(
+            f"--out {args.out} already holds an audit ({', '.join(held[:3])}); give a fresh folder per audit, "
+            "or pass --overwrite to replace it."
+        )
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Checks that need no heavy import: paths, the checkpoint's first bytes, --model, --out.
+
+    Raises:
+        UsageError: For the first problem found.
+    """
+    from lightning_sas.cli.checkpoint import check_checkpoint_file
+
+    if not re.fullmatch(SPEC_PATTERN, args.model):
+        raise UsageError(f"--model must be 'package.module:ClassName', got {args.model!r}.")
+    if args.output is not None and not args.output.strip():
+        raise UsageError("--output needs an index, a key or module:function, got an empty string.")
+    if args.artifact_class is not None and args.artifacts is None:
+        raise UsageError(
+            f"--artifact-class {args.artifact_class} needs --artifacts DIR, the artifact examples to paste."
+        )
+    if args.artifacts is not None and args.artifact_class is None:
+        raise UsageError(
+            f"--artifacts {args.artifacts} needs --artifact-class NAME|INDEX, the class the artifact is suspected "
+            "to push predictions to (e.g. --artifact-class malignant)."
+        )
+    for option, value in (("--probe", args.probe), ("--masks", args.masks), ("--artifacts", args.artifacts)):
+        if value is not None and not Path(value).is_dir():
+            raise UsageError(f"{option} {value}: no such folder.")
+    for option, value in (("--labels", args.labels), ("--baseline", args.baseline), ("--config", args.config)):
+        if value is not None and not Path(value).is_file():
+            raise UsageError(f"{option} {value}: no such file.")
+    check_out(args)
+    try:
+        check_checkpoint_file(args.checkpoint)
+    except ModelLoadError as error:
+        raise UsageError(f"--checkpoint {error}") from None
+
+
+def _read_normalization(args: argparse.Namespace) -> tuple[list[float], list[float]]:
+    """``--mean`` / ``--std`` per channel, read by :mod:`lightning_sas.validation` (0 and 1 when absent).
+
+    Raises:
+        UsageError: If a value is not a number, a ``--std`` is not positive, or there are
+            neither 1 nor ``--channels`` values.
+    """
+    from lightning_sas.validation import check_normalization, per_channel
+
+    given = {"mean": float_list(args.mean, "--mean"), "std": float_list(args.std, "--std")}
+    try:
+        mean, std = check_normalization(given["mean"], given["std"], prefix="--")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    resolved = {}
+    for name, values, default in (("mean", mean, 0.0), ("std", std, 1.0)):
+        try:
+            resolved[name] = per_channel(name, values if values is not None else [default], args.channels)
+        except ValueError as error:
+            reason = str(error).rstrip(".")
+            raise UsageError(
+                f"--{name} {' '.join(getattr(args, name))}: {reason} (--channels {args.channels})."
+            ) from None
+    return resolved["mean"], resolved["std"]
+
+
+@dataclass
+class AuditInputs:
+    """Everything read from the command line and the disk before the model is loaded."""
+
+    class_names: list[str] | None
+    method_names: list[str]
+    image_size: tuple[int, int]
+    mean: list[float]
+    std: list[float]
+    folder: ProbeFolder
+    baseline: dict[str, Any] | None
+    rule: AlertRule
+    artifacts: ArtifactFolder | None = None
+    artifact_class: int | None = None
+    #: Constructor arguments as (option and value, arguments, class_path), in the order they apply.
+    init_args: list[tuple[str, dict[str, Any], str | None]] = field(default_factory=list)
+
+
+def read_inputs(args: argparse.Namespace) -> AuditInputs:
+    """Check the options and read labels, probe images and baseline (no model needed yet).
+
+    Raises:
+        UsageError: For any usage or input problem.
+    """
+    _check_inputs(args)
+    image_size = parse_image_size(args.image_size)
+    class_names = name_list(args.class_names)
+    method_names = name_list(args.methods) or []
+    if not method_names:
+        raise UsageError("--methods needs at least one method name, e.g. --methods sas,gradcam.")
+    mean, std = _read_normalization(args)
+    folder = _read_probes(args, class_names, image_size)
+    baseline = _read_baseline(args.baseline) if args.baseline else None
+    rule = AlertRule(
+        min_enrichment=args.min_enrichment,
+        min_flip_rate=args.min_flip_rate,
+        max_roi_share=args.shortcut_threshold,
+        min_roi_pixels=args.min_roi_pixels,
+    )
+    artifacts, artifact_class = None, None
+    if args.artifacts is not None:
+        artifacts, artifact_class = _read_artifacts(args, class_names, image_size, folder)
+    return AuditInputs(
+        class_names, method_names, image_size, mean, std, folder, baseline, rule, artifacts, artifact_class,
+        _read_init_args(args),
+    )  # fmt: skip
+
+
+def _read_probes(args: argparse.Namespace, class_names: list[str] | None, image_size: tuple[int, int]) -> ProbeFolder:
+    """``--labels`` and ``--probe`` (with ``--masks``) read; a warning for labels of files not in ``--probe``.
+
+    Raises:
+        UsageError: For a bad labels file or probe folder, or a probe without a label under ``--target label``.
+    """
+    from lightning_sas.probes.folder import read_labels, read_probe_folder
+
+    labels: dict[str, int] = {}
+    if args.labels:
+        try:
+            labels = read_labels(args.labels, class_names, class_names_source="--class-names")
+        except ProbeFolderError as error:
+            raise UsageError(f"--labels {error}") from None
+    try:
+        folder = read_probe_folder(args.probe, args.masks, labels, size=image_size, channels=args.channels)
+    except ProbeFolderError as error:
+        raise UsageError(f"--probe {error}") from None
+    unmatched = sorted(set(labels) - set(folder.names) - {item.file for item in folder.skipped})
+    if unmatched:
+        print(
+            f"{PROGRAM}: warning: --labels names {len(unmatched)} file(s) not in --probe, e.g. {unmatched[0]}",
+            file=sys.stderr,
+        )
+    if args.target == "label" and any(label < 0 for label in folder.labels):
+        missing = [name for name, label in zip(folder.names, folder.labels, strict=True) if label < 0]
+        raise UsageError(f"--target label needs a label for every probe; none for {', '.join(missing[:3])}.")
+    return folder
+
+
+def _read_baseline(path: str) -> dict[str, Any]:
+    """``--baseline``: the summary.json of a previous audit.
+
+    Raises:
+        UsageError: If it cannot be read or is no audit summary.
+    """
+    from lightning_sas.report.html import load_summary
+
+    try:
+        return load_summary(path)
+    except (ValueError, OSError) as error:
+        raise UsageError(f"--baseline: {error}") from None
+
+
+def _read_artifacts(
+    args: argparse.Namespace, class_names: list[str] | None, image_size: tuple[int, int], folder: ProbeFolder
+) -> tuple[ArtifactFolder, int]:
+    """``--artifacts`` and ``--artifact-class``: the artifact folder and the class index.
+
+    Raises:
+        UsageError: For an unknown class or a bad artifact folder.
+    """
+    from lightning_sas.probes.folder import class_index, read_artifact_folder
+
+    try:
+        artifact_class = class_index(args.artifact_class, class_names, source="--class-names")
+    except ProbeFolderError as error:
+        raise UsageError(f"--artifact-class {error}") from None
+    try:
+        artifacts = read_artifact_folder(
+            args.artifacts, size=image_size, channels=args.channels, probe_file_sizes=folder.file_sizes
+        )
+    except ProbeFolderError as error:
+        raise UsageError(f"--artifacts {error}") from None
+    return artifacts, artifact_class
+
+
+def _read_init_args(args: argparse.Namespace) -> list[tuple[str, dict[str, Any], str | None]]:
+    """``--config`` and ``--init-args`` read (not yet checked against the model), in the order they apply.
+
+    Raises:
+        UsageError: For a config file that is not YAML or has no ``model:`` mapping, or an
+            ``--init-args`` that is neither ``key=value`` nor a mapping.
+    """
+    from lightning_sas.cli.checkpoint import parse_init_args, read_config
+
+    sources: list[tuple[str, dict[str, Any], str | None]] = []
+    if args.config is not None:
+        try:
+            sources.append((f"--config {args.config}", *read_config(args.config)))
+        except ModelLoadError as error:
+            raise UsageError(f"--config {error}") from None
+    for text in args.init_args:
+        try:
+            sources.append((f"--init-args {text!r}", parse_init_args(text), None))
+        except ModelLoadError as error:
+            raise UsageError(f"--init-args {error}") from None
+    return sources

@@ -1,0 +1,108 @@
+"""Command-line values read: numbers, names, image sizes, and the ``argparse`` types of the options.
+
+Parsing helpers raise :class:`~lightning_sas.cli.errors.UsageError` (reported in one line);
+the ``argparse`` types raise :class:`argparse.ArgumentTypeError` (argparse's usage message).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Sequence
+
+from lightning_sas.cli.errors import UsageError
+
+__all__ = ["at_least_two", "float_list", "name_list", "off_or", "parse_image_size", "positive_int", "unit_float"]
+
+
+def float_list(values: Sequence[str] | None, option: str) -> list[float] | None:
+    """Numbers given as ``0.5 0.5 0.5`` or ``0.5,0.5,0.5``.
+
+    Raises:
+        UsageError: If a value is not a number.
+
+    Example:
+        >>> float_list(["0.5,0.25", "1"], "--mean")
+        [0.5, 0.25, 1.0]
+    """
+    if values is None:
+        return None
+    parts = [part for value in values for part in value.replace(",", " ").split()]
+    try:
+        return [float(part) for part in parts]
+    except ValueError:
+        raise UsageError(
+            f"{option} takes numbers (e.g. {option} 0.485 0.456 0.406), got {' '.join(values)!r}."
+        ) from None
+
+
+def name_list(text: str | None) -> list[str] | None:
+    """Comma-separated names, blanks dropped (``None`` stays ``None``).
+
+    Example:
+        >>> name_list("benign, malignant,")
+        ['benign', 'malignant']
+    """
+    if text is None:
+        return None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """An ``argparse`` type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def off_or(parse: Callable[[str], float]) -> Callable[[str], float | None]:
+    """An argparse type that also accepts ``off`` (the criterion switched off: ``None``)."""
+
+    def parse_or_off(text: str) -> float | None:
+        return None if text.strip().lower() in ("off", "none") else parse(text)
+
+    parse_or_off.__name__ = parse.__name__
+    return parse_or_off
+
+
+def at_least_two(text: str) -> int:
+    """An ``argparse`` type: an integer >= 2 (points of a curve)."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}")
+    return value
+
+
+def parse_image_size(values: Sequence[str]) -> tuple[int, int]:
+    """``--image-size``: ``N`` (N x N), ``H W`` or ``HxW``, as ``(height, width)``.
+
+    Raises:
+        UsageError: For anything but one or two positive integers.
+
+    Example:
+        >>> parse_image_size(["224"]), parse_image_size(["96", "128"]), parse_image_size(["96x128"])
+        ((224, 224), (96, 128), (96, 128))
+    """
+    parts = [part for value in values for part in re.split(r"[xX,\s]+", value.strip()) if part]
+    if len(parts) in (1, 2) and all(re.fullmatch(r"\d+", part) and int(part) > 0 for part in parts):
+        numbers = [int(part) for part in parts]
+        return (numbers[0], numbers[-1])
+    raise UsageError(
+        f"--image-size takes N (N x N pixels), H W or HxW with positive integers "
+        f"(e.g. --image-size 224 or --image-size 192x256), got {' '.join(values)!r}."
+    )

@@ -1,0 +1,398 @@
+"""The ``argparse`` parser of ``lightning-sas``: its ``audit`` and ``export-probes`` subcommands and their options.
+
+The long help texts (examples, file layouts, exit statuses) are in :mod:`lightning_sas.cli.help_texts`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from lightning_sas.audit.verdict import DEFAULT_MIN_ENRICHMENT, DEFAULT_MIN_FLIP_RATE, DEFAULT_MIN_ROI_PIXELS
+from lightning_sas.cli.errors import PROGRAM
+from lightning_sas.cli.help_texts import AUDIT_EPILOG, ENRICHMENT_DEFAULTS, EXPORT_EPILOG
+from lightning_sas.cli.options import at_least_two, off_or, positive_int, unit_float
+
+__all__ = ["build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``lightning-sas`` with its ``audit`` and ``export-probes`` subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description="Audit image classifiers trained with PyTorch Lightning: which pixels drive their decisions.",
+        epilog=f"run '{PROGRAM} audit --help' or '{PROGRAM} export-probes --help' for options, examples "
+        "and exit status.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_audit_parser(commands)
+    _add_export_parser(commands)
+    return parser
+
+
+def _add_audit_parser(commands: argparse._SubParsersAction) -> None:
+    """The ``audit`` subcommand and its option groups, in the order ``--help`` lists them."""
+    audit = commands.add_parser(
+        "audit",
+        help="audit a saved checkpoint on a folder of probe images",
+        description=(
+            "Explain a folder of probe images with a saved LightningModule checkpoint (SaS, Grad-CAM),\n"
+            "score the maps against region-of-interest masks, and write TensorBoard events, report.html\n"
+            "and summary.json to --out. Exits 1 exactly when the alert rule fires, 2 on any error."
+        ),
+        epilog=AUDIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    inputs = audit.add_argument_group("inputs")
+    _add_model_inputs(inputs)
+    _add_probe_inputs(inputs)
+    _add_preprocessing_options(audit.add_argument_group("preprocessing"))
+    _add_method_options(audit.add_argument_group("audit"))
+    trust = audit.add_argument_group("alert rule and trust checks")
+    _add_alert_rule_options(trust)
+    _add_trust_check_options(trust)
+    _add_output_options(audit.add_argument_group("outputs"))
+
+
+def _add_model_inputs(group: argparse._ArgumentGroup) -> None:
+    """Options of the audit naming the checkpoint, the model class, its output and its constructor."""
+    group.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="Lightning checkpoint file (.ckpt, from Trainer.save_checkpoint) to audit, e.g. runs/last.ckpt.",
+    )
+    group.add_argument(
+        "--model",
+        required=True,
+        metavar="MODULE:CLASS",
+        help="import path of the LightningModule class, e.g. my_project.models:LesionClassifier "
+        "(the module must be importable: install the project or set PYTHONPATH).",
+    )
+    group.add_argument(
+        "--output",
+        metavar="SPEC",
+        help="where the logits are in the model's output, for models returning a tuple, list or dict: "
+        "an index (e.g. --output 0), a key (e.g. --output logits) or module:function, a callable "
+        "mapping the output to logits (e.g. --output my_project.heads:logits_of). Not needed for "
+        "[B, C] logits or a single binary logit [B] / [B, 1].",
+    )
+    group.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow a checkpoint that needs unpickling arbitrary Python objects, e.g. custom classes in its "
+        "hyper-parameters. Loading such a file can run code from it: only for checkpoints you trust. "
+        "By default only weights and plain types are loaded.",
+    )
+    group.add_argument(
+        "--init-args",
+        action="append",
+        default=[],
+        metavar="ARGS",
+        help="constructor arguments of --model, for those the checkpoint does not hold (not saved with "
+        "save_hyperparameters()) or that should differ: key=value (the value read as YAML) or a JSON/YAML "
+        "mapping, repeatable, e.g. --init-args num_classes=3 or --init-args '{\"num_classes\": 3}'. "
+        "They win over the saved hyper-parameters and --config.",
+    )
+    group.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help="a LightningCLI config file; its model: section (init_args:, with an optional class_path: naming "
+        "--model's class, or the arguments directly) gives constructor arguments that win over the saved "
+        "hyper-parameters, e.g. --config configs/train.yaml (other sections are ignored).",
+    )
+
+
+def _add_probe_inputs(group: argparse._ArgumentGroup) -> None:
+    """Options of the audit naming the probe images, their masks, labels and class names."""
+    group.add_argument(
+        "--probe", required=True, metavar="DIR", help="folder of probe images (png/jpg/...), e.g. probes/images."
+    )
+    group.add_argument(
+        "--masks",
+        metavar="DIR",
+        help="folder of region-of-interest masks with the probes' file names, nonzero = ROI, e.g. probes/rulers. "
+        "Probes without a mask are audited but not scored.",
+    )
+    group.add_argument(
+        "--labels", metavar="FILE.csv", help="CSV of 'filename,label' rows (true classes), e.g. probes/labels.csv."
+    )
+    group.add_argument(
+        "--class-names",
+        metavar="NAMES",
+        help="comma-separated class names by index, used in the report and in --labels, e.g. benign,malignant.",
+    )
+
+
+def _add_preprocessing_options(group: argparse._ArgumentGroup) -> None:
+    """How the audit turns probe images into model inputs: size, channels, normalisation."""
+    group.add_argument(
+        "--image-size",
+        nargs="+",
+        default=["224"],
+        metavar="N",
+        help="images (and masks) are resized to N x N pixels, or H x W given as 'H W' or HxW, "
+        "e.g. --image-size 224 or --image-size 192x256 (default: 224).",
+    )
+    group.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        default=3,
+        help="input channels the model expects: 3 (RGB, default) or 1 (grey), e.g. --channels 1.",
+    )
+    group.add_argument(
+        "--mean",
+        nargs="+",
+        metavar="M",
+        help="normalisation mean: one value for every channel or one per channel, "
+        "e.g. --mean 0.485 0.456 0.406 (default: none, inputs in [0, 1]).",
+    )
+    group.add_argument(
+        "--std",
+        nargs="+",
+        metavar="S",
+        help="normalisation standard deviation: one value for every channel or one per channel, "
+        "e.g. --std 0.229 0.224 0.225 (default: none).",
+    )
+
+
+def _add_method_options(group: argparse._ArgumentGroup) -> None:
+    """The attribution methods of the audit, their settings, the target class and the device."""
+    group.add_argument(
+        "--methods",
+        default="sas,gradcam",
+        metavar="NAMES",
+        help="comma-separated attribution methods, e.g. --methods gradcam (default: sas,gradcam); "
+        "names: sas, gradcam, saliency, smoothgrad, ig, gradientshap, occlusion, lime.",
+    )
+    group.add_argument(
+        "--method-config",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="an option of one method, repeatable, e.g. --method-config sas.iterations=30 "
+        "--method-config ig.rule=gausslegendre --method-config sas.autocast_dtype=torch.bfloat16 "
+        "(values are Python literals, None, a torch dtype, or else text).",
+    )
+    group.add_argument(
+        "--sas-iterations",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="optimisation steps of SaS (same as --method-config sas.iterations=N); fewer is faster and "
+        "coarser, e.g. --sas-iterations 20 (default: SaS's own).",
+    )
+    group.add_argument(
+        "--gradcam-layer",
+        metavar="NAME",
+        help="module name of the layer Grad-CAM explains, checked once the model is loaded, e.g. "
+        "--gradcam-layer model.layer4 (default: found automatically, the last spatial feature map; the "
+        "layer explained is in summary.json, the report and TensorBoard).",
+    )
+    group.add_argument(
+        "--target",
+        choices=("pred", "label"),
+        default="pred",
+        help="class to explain: the model's prediction (pred, default) or the true label from --labels "
+        "(label; every probe needs one), e.g. --target label.",
+    )
+    group.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to run: auto (the GPU when there is one, default), cpu or cuda, e.g. --device cpu.",
+    )
+
+
+def _add_alert_rule_options(group: argparse._ArgumentGroup) -> None:
+    """The thresholds of the alert rule (exit status 1)."""
+    group.add_argument(
+        "--min-enrichment",
+        type=off_or(unit_float),
+        default=DEFAULT_MIN_ENRICHMENT,
+        metavar="E",
+        help="exit 1 when a voting method's ROI enrichment (0 = chance, 1 = every top-ranked pixel on the "
+        f"masks) is above E, e.g. --min-enrichment 0.3 (default: per method, {ENRICHMENT_DEFAULTS}, the training "
+        "callback's rule; 'off' switches it off).",
+    )
+    group.add_argument(
+        "--min-roi-pixels",
+        type=positive_int,
+        default=DEFAULT_MIN_ROI_PIXELS,
+        metavar="N",
+        help="probes whose mask has fewer pixels are left out of the ROI criteria, e.g. --min-roi-pixels 25 "
+        f"(default: {DEFAULT_MIN_ROI_PIXELS}).",
+    )
+    group.add_argument(
+        "--min-flip-rate",
+        type=off_or(unit_float),
+        default=DEFAULT_MIN_FLIP_RATE,
+        metavar="F",
+        help="with --artifacts: exit 1 when the share of pastes that flip a prediction to --artifact-class "
+        f"is above F, e.g. --min-flip-rate 0.5 (default: {DEFAULT_MIN_FLIP_RATE:g}; 'off' switches it off).",
+    )
+    group.add_argument(
+        "--shortcut-threshold",
+        type=unit_float,
+        default=None,
+        metavar="T",
+        help="also exit 1 when a method's mean roi_share over the probes with a mask is above T "
+        "(an absolute criterion, off by default: it punishes small artifacts), e.g. --shortcut-threshold 0.5.",
+    )
+
+
+def _add_trust_check_options(group: argparse._ArgumentGroup) -> None:
+    """The intervention (artifact pastes), the faithfulness scores and the sanity check."""
+    group.add_argument(
+        "--artifacts",
+        metavar="DIR",
+        help="folder of artifact examples (patches and masks, see 'artifacts folder' below) to paste onto "
+        "the probes, e.g. --artifacts probes/ruler_patches; needs --artifact-class.",
+    )
+    group.add_argument(
+        "--artifact-class",
+        metavar="NAME|INDEX",
+        help="the class the artifact is suspected to push predictions to: a name from --class-names or an "
+        "index, e.g. --artifact-class malignant. Required with --artifacts.",
+    )
+    group.add_argument(
+        "--artifact-trials",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="pastes per probe (positions / examples, seeded), e.g. --artifact-trials 8 (default: 4).",
+    )
+    group.add_argument(
+        "--no-faithfulness",
+        action="store_true",
+        help="skip the deletion / insertion faithfulness scores of the maps (on by default; they cost "
+        "2 x (steps - 1) forwards per method and probe), e.g. --no-faithfulness for a quicker audit.",
+    )
+    group.add_argument(
+        "--faithfulness-steps",
+        type=at_least_two,
+        default=20,
+        metavar="N",
+        help="points of the deletion / insertion curves (fractions k/N of the pixels), "
+        "e.g. --faithfulness-steps 10 (default: 20).",
+    )
+    group.add_argument(
+        "--sanity",
+        action="store_true",
+        help="also run the model-parameter randomisation check (Adebayo et al.): flags methods whose maps "
+        "do not depend on the model's weights (a warning, not exit 1). Costs one audit per stage, "
+        "e.g. --sanity --sanity-stages 2.",
+    )
+    group.add_argument(
+        "--sanity-stages",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="cumulative randomisation stages of --sanity, from the output end, e.g. --sanity-stages 2 (default: 4).",
+    )
+
+
+def _add_output_options(group: argparse._ArgumentGroup) -> None:
+    """The baseline to compare with and the output folder."""
+    group.add_argument(
+        "--baseline",
+        metavar="SUMMARY.json",
+        help="summary.json of a previous audit: report per-probe and mean changes against it, "
+        "e.g. --baseline audits/2024-05-01/summary.json.",
+    )
+    group.add_argument(
+        "--baseline-tolerance",
+        type=unit_float,
+        default=0.05,
+        metavar="D",
+        help="roi_share changes larger than D against --baseline are flagged in the report, "
+        "e.g. --baseline-tolerance 0.1 (default: 0.05). Flags do not change the exit status.",
+    )
+    group.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder (created; one per audit: a folder that already holds an audit is refused "
+        "unless --overwrite), e.g. audits/2024-05-02.",
+    )
+    group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the audit already in --out once this audit is written (into a new folder beside --out, "
+        "then renamed into place); a run that fails leaves the previous audit as it was, with its error.log "
+        "beside it, e.g. --out audits/latest --overwrite.",
+    )
+
+
+def _add_export_parser(commands: argparse._SubParsersAction) -> None:
+    """The ``export-probes`` subcommand: the data set, the folder and the selection of items."""
+    export = commands.add_parser(
+        "export-probes",
+        help="write a probe folder (images, masks, labels.csv, manifest.json) from a Dataset",
+        description=(
+            "Write the probe folder 'lightning-sas audit' reads from a map-style Dataset returned by an\n"
+            "importable callable: images as PNG (de-normalised with --mean/--std), ROI masks in masks/,\n"
+            "labels.csv and manifest.json (sha256 of every file). Exits 0, or 2 on any error."
+        ),
+        epilog=EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument(
+        "--dataset",
+        required=True,
+        metavar="MODULE:CALLABLE",
+        help="a callable taking no arguments that returns the Dataset, imported like --model, "
+        "e.g. --dataset my_project.data:make_val_split.",
+    )
+    export.add_argument(
+        "--out", required=True, metavar="DIR", help="the probe folder to write (new or empty), e.g. --out probes."
+    )
+    export.add_argument(
+        "--count",
+        type=positive_int,
+        metavar="N",
+        help="export N items, balanced over the classes and seeded (default: every item), e.g. --count 32.",
+    )
+    export.add_argument(
+        "--indices",
+        metavar="I,J,...",
+        help="export exactly these data set indices instead of --count, e.g. --indices 3,17,42.",
+    )
+    export.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="seed of the --count selection, e.g. --seed 1 (default: 0)."
+    )
+    _add_export_item_options(export)
+
+
+def _add_export_item_options(export: argparse.ArgumentParser) -> None:
+    """Options of ``export-probes`` saying how items are read: normalisation, class names, item keys."""
+    export.add_argument(
+        "--mean",
+        nargs="+",
+        metavar="M",
+        help="the normalisation mean of the data set's images, undone before writing (one value or one per "
+        "channel), e.g. --mean 0.485 0.456 0.406 (default: none, images in [0, 1]).",
+    )
+    export.add_argument(
+        "--std",
+        nargs="+",
+        metavar="S",
+        help="the normalisation standard deviation, e.g. --std 0.229 0.224 0.225 (default: none).",
+    )
+    export.add_argument(
+        "--class-names",
+        metavar="NAMES",
+        help="comma-separated class names by index, written in labels.csv, e.g. --class-names benign,malignant.",
+    )
+    for name, what, default, example in (
+        ("image", "image", '"image" / 0', "--image-key pixels"),
+        ("label", "label", '"label" / 1', "--label-key target"),
+        ("mask", "ROI mask", '"mask", else "roi" / none: a tuple\'s mask is read only when given',
+         "--mask-key 2 for (image, label, roi_mask) items, or --mask-key ruler_mask"),
+    ):  # fmt: skip
+        export.add_argument(
+            f"--{name}-key",
+            metavar="KEY|POSITION",
+            help=f"where the {what} of an item is: a key of mapping items or a position in tuple items "
+            f"(default: {default}), e.g. {example}.",
+        )
