@@ -27,7 +27,8 @@ import train
 from data import CLASS_NAMES, MEAN, STD, make_splits
 
 from lightning_sas.cli.main import main as cli_main
-from lightning_sas.probes.export import export_artifacts, export_probes
+from lightning_sas.probes.export import export_probes
+from lightning_sas.probes.export_artifacts import export_artifacts
 
 #: Ruler rate of both classes in the fresh probe sets (nightly probe sets carry it on both).
 PROBE_RULER_RATE = 0.75

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 from models import SmallCNN
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -88,3 +93,36 @@ def corner_dataset(count: int = 48, size: int = 16, seed: int = 0, channels: int
 def loaders(dataset: Dataset, batch_size: int = 16) -> tuple[DataLoader, DataLoader]:
     """Shuffled training loader (consumes the global RNG) and a fixed validation loader."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=True), DataLoader(dataset, batch_size=batch_size)
+
+
+# ----------------------------------------------------------------------------- a Trainer for the tests
+
+
+def make_trainer(tmp_path: Path, callbacks: list, max_epochs: int = 2, logger=None, **kwargs) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=max_epochs,
+        logger=TensorBoardLogger(tmp_path, name="tb") if logger is None else logger,
+        callbacks=callbacks,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        **kwargs,
+    )
+
+
+def read_events(log_dir: str | Path) -> EventAccumulator:
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def fit(
+    tmp_path: Path, callback: Callback | None, max_epochs: int = 2, **kwargs
+) -> tuple[L.Trainer, LitClassifier]:
+    L.seed_everything(0, verbose=False)
+    model = LitClassifier()
+    train, val = loaders(corner_dataset())
+    trainer = make_trainer(tmp_path, [callback] if callback else [], max_epochs=max_epochs, **kwargs)
+    trainer.fit(model, train, val)
+    return trainer, model

@@ -5,9 +5,11 @@
 2. Train the control: rulers equally likely in both classes (clean).
 3. Export a *fresh* probe set (images the models never saw, rulers on benign and malignant
    lesions, masks, labels) and ruler examples for the intervention, with
-   :func:`lightning_sas.probes.export.export_probes` / :func:`~lightning_sas.probes.export.export_artifacts`.
+   :func:`lightning_sas.probes.export.export_probes` / :func:`~lightning_sas.probes.export_artifacts.export_artifacts`.
 4. Run the nightly audit, ``lightning-sas audit``, on both checkpoints and print the exit
    codes (1 = shortcut found, 0 = none) and the report paths.
+5. Run it once more as a team that does not know about rulers would: a larger fresh probe set
+   without masks and without ruler examples, so shortcut discovery decides (same exit codes).
 
 Run from the repository root::
 
@@ -31,10 +33,15 @@ sys.path.insert(0, str(HERE))
 import train
 from data import CLASS_NAMES, MEAN, STD, make_splits
 
-from lightning_sas.probes.export import export_artifacts, export_probes
+from lightning_sas.probes.export import export_probes
+from lightning_sas.probes.export_artifacts import export_artifacts
 
 #: Seed of the fresh probe set: neither run trained or validated on it.
 FRESH_SEED = 2026
+#: Probes of the audit without masks or examples: discovery needs more than the 16 of a masked audit.
+DISCOVERY_PROBES = 64
+#: Whose maps that audit computes (discovery reads the first; README, "Discovery study").
+DISCOVERY_METHODS = "occlusion"
 
 
 def elapsed() -> str:
@@ -42,15 +49,19 @@ def elapsed() -> str:
 
 
 def audit_checkpoint(
-    run: dict, probes: Path, out: Path, sas_iterations: int | None, image_size: int
+    run: dict, probes: Path, out: Path, sas_iterations: int | None, image_size: int, *, named: bool = True
 ) -> tuple[int, Path]:
-    """``lightning-sas audit`` on a run's checkpoint, as a nightly job would call it."""
+    """``lightning-sas audit`` on a run's checkpoint, as a nightly job would call it: with the rulers'
+    masks and examples (``named``), or with neither (shortcut discovery decides)."""
+    told = [
+        "--masks", str(probes / "masks"),
+        "--artifacts", str(probes / "artifacts"), "--artifact-class", "malignant",
+    ] if named else ["--methods", DISCOVERY_METHODS, "--no-faithfulness"]  # fmt: skip
     command = [
         sys.executable, "-m", "lightning_sas", "audit",
         "--checkpoint", run["checkpoint"],
         "--model", "model:LesionClassifier",
-        "--probe", str(probes), "--masks", str(probes / "masks"), "--labels", str(probes / "labels.csv"),
-        "--artifacts", str(probes / "artifacts"), "--artifact-class", "malignant",
+        "--probe", str(probes), "--labels", str(probes / "labels.csv"), *told,
         "--class-names", ",".join(CLASS_NAMES),
         "--image-size", str(image_size),
         "--mean", *map(str, MEAN), "--std", *map(str, STD),
@@ -87,7 +98,7 @@ def main() -> None:
     print(f"{elapsed()} 2/4 training the clean control (rulers equally likely in both classes)", flush=True)
     clean = train.run([*settings, "--clean"])
 
-    print(f"{elapsed()} 3/4 exporting a fresh probe set (seed {FRESH_SEED}) and ruler examples", flush=True)
+    print(f"{elapsed()} 3/5 exporting a fresh probe set (seed {FRESH_SEED}) and ruler examples", flush=True)
     fresh = make_splits(n_train=200, n_val=200, n_counterfactual=1, image_size=image_size, seed=FRESH_SEED)
     probes = args.out / "fresh_probes"
     export_probes(
@@ -109,24 +120,40 @@ def main() -> None:
         std=STD,
     )
 
-    print(f"{elapsed()} 4/4 nightly audit of both checkpoints on the fresh probes (lightning-sas audit)", flush=True)
+    print(f"{elapsed()} 4/5 nightly audit of both checkpoints on the fresh probes (lightning-sas audit)", flush=True)
     results = {}
     for name, run in (("biased", biased), ("clean", clean)):
         print(f"  {name}:", flush=True)
         results[name] = audit_checkpoint(run, probes, args.out / f"audit_{name}", sas_iterations, image_size)
 
-    print(f"\n{elapsed()} done.\n")
-    print(f"{'run':<7} {'val acc':>8} {'counterfactual acc':>19} {'alerts in training':>19} {'audit exit':>11}  report")
+    print(f"{elapsed()} 5/5 nightly audit without masks or ruler examples: shortcut discovery", flush=True)
+    unnamed = args.out / "fresh_probes_unnamed"
+    export_probes(
+        fresh["val"], unnamed, count=DISCOVERY_PROBES, seed=FRESH_SEED, mean=MEAN, std=STD, class_names=CLASS_NAMES
+    )
+    discovered = {}
     for name, run in (("biased", biased), ("clean", clean)):
-        code, report = results[name]
-        meaning = {0: "0 (ok)", 1: "1 (SHORTCUT)"}.get(code, f"{code} (error)")
+        print(f"  {name}:", flush=True)
+        out = args.out / f"discovery_{name}"
+        discovered[name] = audit_checkpoint(run, unnamed, out, sas_iterations, image_size, named=False)
+
+    print(f"\n{elapsed()} done.\n")
+    header = f"{'run':<7} {'val acc':>8} {'counterfactual acc':>19} {'alerts in training':>19} {'audit exit':>11}"
+    print(f"{header} {'discovery exit':>15}  reports")
+
+    def meaning(code: int) -> str:
+        return {0: "0 (ok)", 1: "1 (SHORTCUT)"}.get(code, f"{code} (error)")
+
+    for name, run in (("biased", biased), ("clean", clean)):
+        (code, report), (found, found_report) = results[name], discovered[name]
         print(
             f"{name:<7} {run['val_acc']:>8.3f} {run['counterfactual_acc']:>19.3f} {len(run['alerts']):>19} "
-            f"{meaning:>11}  {report}"
+            f"{meaning(code):>11} {meaning(found):>15}  {report}, {found_report}"
         )
     print(f"\nTensorBoard: tensorboard --logdir {args.out}")
-    if results["biased"][0] != 1 or results["clean"][0] != 0:
-        print("The nightly audit did not separate the runs as expected (biased: 1, clean: 0).")
+    expected = {"biased": 1, "clean": 0}
+    if any(results[name][0] != code or discovered[name][0] != code for name, code in expected.items()):
+        print("The nightly audits did not separate the runs as expected (biased: 1, clean: 0).")
         sys.exit(1)
 
 

@@ -65,6 +65,7 @@ def audit_passes(
     faithfulness_steps: int | None = None,
     intervention_trials: int | None = None,
     sanity_stages: int = 0,
+    discovery_passes: int = 0,
 ) -> dict[str, tuple[int, bool]]:
     """Model passes of each part of an audit of ``num_probes`` probes.
 
@@ -83,6 +84,8 @@ def audit_passes(
     if sanity_stages:
         # The trained model's maps once more, then one attribution per randomisation stage.
         passes["sanity"] = ((sanity_stages + 1) * sum(per_method.values()), True)
+    if discovery_passes:
+        passes["discovery"] = (discovery_passes, False)  # the transplant test's forwards
     return passes
 
 

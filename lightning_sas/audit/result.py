@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from lightning_sas.audit.verdict import DEFAULT_MIN_ROI_PIXELS, Evidence
+from lightning_sas.audit.verdict import DEFAULT_MIN_ROI_PIXELS, DiscoveryEvidence, Evidence
 from lightning_sas.scores.faithfulness import FaithfulnessCurves
 from lightning_sas.scores.metrics import roi_enrichment
+from lightning_sas.trust.discovery import Discovery
 from lightning_sas.trust.intervention import InterventionResult
 from lightning_sas.trust.sanity import SanityResult
 
@@ -55,6 +56,9 @@ class AuditResult:
         intervention: What pasting the artifact did (when artifacts were given).
         faithfulness: Per method, the deletion and insertion curves of its maps (when asked).
         sanity: The model-parameter randomisation check (when asked).
+        discovery: Shortcuts nobody named, looked for in one method's maps (when it ran;
+            :mod:`lightning_sas.audit.discovery`).
+        discovery_skipped: Why discovery was asked for and did not run (too few probes, ...).
     """
 
     maps: dict[str, Tensor]
@@ -74,6 +78,8 @@ class AuditResult:
     intervention: InterventionResult | None = None
     faithfulness: dict[str, FaithfulnessCurves] = field(default_factory=dict)
     sanity: SanityResult | None = None
+    discovery: Discovery | None = None
+    discovery_skipped: str | None = None
 
     def faithfulness_means(self) -> dict[str, dict[str, float]]:
         """Per method: mean ``deletion_auc``, ``insertion_auc`` and their difference
@@ -116,6 +122,20 @@ class AuditResult:
             artifact_class=None if intervention is None else intervention.target_class,
             sanity_flagged=tuple(sanity_flagged),
             input_independent=self.input_independent(),
+            discovery=self._discovery_evidence(),
+        )
+
+    def _discovery_evidence(self) -> DiscoveryEvidence | None:
+        if self.discovery is None:
+            if self.discovery_skipped is None and "discovery" not in self.errors:
+                return None
+            return DiscoveryEvidence(candidates=[], skipped=self.discovery_skipped or self.errors["discovery"])
+        found = self.discovery
+        return DiscoveryEvidence(
+            candidates=[candidate.to_dict() for candidate in found.candidates],
+            object_masks=found.outside_share is not None,
+            outside_enrichment=found.outside_enrichment,
+            method=str(found.settings.get("method", "")),
         )
 
     def mean_scores(self, min_roi_pixels: int = DEFAULT_MIN_ROI_PIXELS) -> dict[str, dict[str, float]]:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sas.audit.cost import method_passes
+from lightning_sas.audit.discovery import DiscoveryOptions, run_discovery
 from lightning_sas.audit.result import AuditResult
 from lightning_sas.methods import METHODS, AttributionMethod
 from lightning_sas.probes.probe_set import Probes
@@ -144,37 +145,30 @@ def explain(
 ) -> AuditResult:
     """Explain ``probes`` with each method (scores left empty: see :func:`score`).
 
-    The model's output is read once first (:func:`predict`), so a model whose output cannot
-    be read as logits fails here, before any attribution work. Then each method runs on its
-    own: a method that raises is recorded in ``errors`` and the others go on.
-    ``progress``, if given, is called with each method's name before it runs. Methods that
-    are :class:`WarmStartable` and have an entry in ``initial_states`` start from it and run
-    ``warm_start_iterations`` steps (their own ``iterations`` when ``None``); their final
-    state is returned in ``masks``. With ``artifacts``, the intervention is measured too
-    (``errors["intervention"]`` on failure); with ``faithfulness``, the deletion / insertion
-    curves of every method's maps (all methods in shared chunked forwards; a failure there is
-    reported under ``errors["faithfulness"]``); with ``sanity_stages``, the cascading
-    model-parameter randomisation check of the methods that succeeded (``errors["sanity"]`` on
-    failure).
-
-    Under DDP the ranks agree on every part (see the module docstring).
+    The model is wrapped once (:class:`~lightning_sas.runtime.outputs.ClassifierOutput`) and put
+    in :func:`~lightning_sas.runtime.model_state.attribution_mode` once, for every part: modes,
+    flags, hooks and RNG are restored once, at the end. Its output is read first
+    (:func:`predict`): an output that is not logits fails before any attribution work. Then each
+    method runs on its own (a failure goes to ``errors``; the others go on); ``progress`` is
+    called with each part's name. :class:`WarmStartable` methods with an ``initial_states``
+    entry start from it for ``warm_start_iterations`` steps; their final states are ``masks``.
+    Then, each on its own (``errors["faithfulness"]`` etc. on failure): the deletion / insertion
+    curves, the intervention with ``artifacts``, and the randomisation check with
+    ``sanity_stages``. Under DDP the ranks agree on every part (see the module docstring).
 
     Raises:
-        ValueError: If ``target="label"`` and a probe has no label, or the model's output is
-            not class logits.
+        ValueError: If ``target="label"`` and a probe has no label, or the output is not logits.
     """
     started = time.perf_counter()
-    adapter = ClassifierOutput.wrap(model, output)
-    predictions, confidences, finite_logits, logits, targets = _read_output(adapter, probes, target)
-    errors: dict[str, str] = {}
-    maps, masks = _explain_methods(
-        adapter, probes, methods, targets, errors, progress, initial_states, warm_start_iterations
-    )
-    maps = {name: _nan_where(~finite_logits, method_maps) for name, method_maps in maps.items()}
-    # Each part on its own (all ranks agree on which failed): the maps stand without it.
-    curves, intervention, sanity = _check_maps(
-        adapter, probes, methods, targets, maps, errors, progress, artifacts, faithfulness, sanity_stages, sanity_seed
-    )
+    with attribution_mode(ClassifierOutput.wrap(model, output)) as adapter:
+        predictions, confidences, finite_logits, logits, targets = _read_output(adapter, probes, target)
+        errors: dict[str, str] = {}
+        maps, masks = _explain_methods(
+            adapter, probes, methods, targets, errors, progress, initial_states, warm_start_iterations
+        )
+        maps = {name: _nan_where(~finite_logits, method_maps) for name, method_maps in maps.items()}
+        checks = (artifacts, faithfulness, sanity_stages, sanity_seed)
+        curves, intervention, sanity = _check_maps(adapter, probes, methods, targets, maps, errors, progress, *checks)
     return AuditResult(
         maps=maps,
         predictions=predictions,
@@ -309,27 +303,19 @@ def run_audit(
     model: nn.Module,
     probes: Probes,
     methods: Mapping[str, AttributionMethod],
-    target: Target = "pred",
-    progress: Callable[[str], None] | None = None,
-    output: OutputSelector = None,
-    artifacts: Artifacts | None = None,
-    faithfulness: Faithfulness | None = None,
-    sanity_stages: int = 0,
-    sanity_seed: int = 0,
+    discovery: DiscoveryOptions | None = None,
+    **options: Any,
 ) -> AuditResult:
-    """Explain ``probes`` with each method and score the maps against the probes' ROIs.
+    """Explain ``probes`` with each method, score the maps against the probes' ROIs, and look for
+    shortcuts nobody named (with ``discovery``, when it applies: :mod:`lightning_sas.audit.discovery`).
 
     Args:
         model: The classifier (on the probes' device).
-        probes: Probe images, labels and ROI masks.
+        probes: Probe images, labels, ROI masks (and object masks).
         methods: Method objects by name.
-        target: Explain the model's prediction (``"pred"``) or the true label (``"label"``).
-        progress: Called with each method's name before it runs (e.g. to advance a progress bar).
-        output: Where the logits are in the model's output (see :mod:`lightning_sas.runtime.outputs`).
-        artifacts: Examples of a suspected artifact: measure the intervention too.
-        faithfulness: Deletion / insertion settings: score every method's maps too.
-        sanity_stages: Run the cascading randomisation sanity check with this many stages
-            (0: not at all); ``sanity_seed`` seeds its re-initialisation.
+        discovery: When and how to run shortcut discovery; ``None``: never.
+        **options: :func:`explain`'s keyword arguments (``target``, ``progress``, ``output``,
+            ``artifacts``, ``faithfulness``, ``sanity_stages``, ``sanity_seed``, ...).
 
     Returns:
         The :class:`AuditResult` (failed methods in ``errors``, non-finite probes in ``nonfinite``).
@@ -338,19 +324,10 @@ def run_audit(
         ValueError: If ``target="label"`` and a probe has no label, or the model's output is
             not class logits.
     """
-    explained = explain(
-        model,
-        probes,
-        methods,
-        target,
-        progress,
-        output=output,
-        artifacts=artifacts,
-        faithfulness=faithfulness,
-        sanity_stages=sanity_stages,
-        sanity_seed=sanity_seed,
-    )
-    return score(explained, probes.roi)
+    result = score(explain(model, probes, methods, **options), probes.roi)
+    if discovery is not None and discovery.applies(probes, options.get("artifacts") is not None):
+        run_discovery(model, probes, result, discovery, options.get("output"))
+    return result
 
 
 def problems(result: AuditResult, names: Sequence[str]) -> list[str]:
@@ -360,6 +337,7 @@ def problems(result: AuditResult, names: Sequence[str]) -> list[str]:
         "faithfulness": "faithfulness could not be scored",
         "sanity": "the sanity check failed",
         "intervention": "the intervention could not be measured",
+        "discovery": "shortcut discovery failed",
     }
     lines = [
         f"{parts.get(method, f'{method} failed and has no maps')} ({error})" for method, error in result.errors.items()

@@ -43,7 +43,7 @@ _RECOMPUTED = {
 }
 #: Probe positions (not tensors): recomputed from the gathered maps, or left to ``score``.
 _POSITIONS = ("nonfinite", "flat")
-_NOT_GATHERED = (*_POSITIONS, "errors", "seconds")
+_NOT_GATHERED = (*_POSITIONS, "errors", "seconds", "discovery", "discovery_skipped")
 _ELSEWHERE = "FailedOnAnotherRank: "
 
 

@@ -33,7 +33,6 @@ reported on the other half (README, "Alert study").
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -63,6 +62,17 @@ DEFAULT_MIN_ENRICHMENT: Mapping[str, float] = MappingProxyType(
 DEFAULT_MIN_FLIP_RATE = 0.1
 #: Probes whose ROI has fewer pixels are not scored: their roi_share swings on a few pixels.
 DEFAULT_MIN_ROI_PIXELS = 9
+#: Shortcut discovery (README, "Discovery study"): a candidate region is a confirmed shortcut when
+#: pasting it onto other-class probes flips more than this share of them ...
+DEFAULT_MIN_DISCOVERY_FLIP_RATE = 0.5
+#: ... the same-shaped control window from elsewhere in its sources flips at most this share (a
+#: non-local cue, such as a colour cast, flips the controls too) ...
+DEFAULT_MAX_DISCOVERY_CONTROL = 0.2
+#: ... and its content is this much more alike across its sources than what the other classes show
+#: at the same place (``Candidate.contrast``; the object is in every image, an artifact is not).
+DEFAULT_MIN_DISCOVERY_CONTRAST = 0.2
+#: With object masks, a candidate must lie at least this much off the object.
+DEFAULT_MIN_OFF_OBJECT = 0.5
 
 Status = Literal["shortcut", "no shortcut", "cannot tell"]
 
@@ -82,13 +92,20 @@ class AlertRule:
         min_roi_pixels: Probes whose ROI has fewer pixels are left out of the ROI criteria.
         voters: The methods whose maps vote (names); ``None``: every method of the audit.
             Methods flagged by the sanity check never vote.
+        min_discovery_flip_rate: Shortcut discovery: alert when a discovered candidate's
+            transplant flips more than this share of the other classes' probes (``None``: the
+            discovery criterion is off) ...
+        max_discovery_control: ... its control pastes flip at most this share ...
+        min_discovery_contrast: ... its content contrast (alike across its sources, unlike the
+            other classes at that place) is above this (``None``: not required) ...
+        min_off_object: ... and, with object masks, at least this share of it lies off the object.
 
     Raises:
         ValueError: If a threshold is out of range (the message names it and its value).
 
     Example:
-        >>> AlertRule(min_enrichment=0.3, max_roi_share=0.5)
-        AlertRule(min_enrichment=0.3, min_flip_rate=0.1, max_roi_share=0.5, min_roi_pixels=9, voters=None)
+        >>> AlertRule(min_enrichment=0.3, max_roi_share=0.5).max_roi_share
+        0.5
         >>> AlertRule(min_enrichment={"sas": 0.4, "*": 0.6}).enrichment_threshold("gradcam")
         0.6
     """
@@ -98,6 +115,10 @@ class AlertRule:
     max_roi_share: float | None = None
     min_roi_pixels: int = DEFAULT_MIN_ROI_PIXELS
     voters: tuple[str, ...] | None = None
+    min_discovery_flip_rate: float | None = DEFAULT_MIN_DISCOVERY_FLIP_RATE
+    max_discovery_control: float = DEFAULT_MAX_DISCOVERY_CONTROL
+    min_discovery_contrast: float | None = DEFAULT_MIN_DISCOVERY_CONTRAST
+    min_off_object: float = DEFAULT_MIN_OFF_OBJECT
 
     def __post_init__(self) -> None:
         thresholds = self.min_enrichment
@@ -111,6 +132,14 @@ class AlertRule:
         else:
             checks = [("min_enrichment", thresholds)]
         checks += [("min_flip_rate", self.min_flip_rate), ("max_roi_share", self.max_roi_share)]
+        checks += [
+            ("min_discovery_flip_rate", self.min_discovery_flip_rate),
+            ("max_discovery_control", self.max_discovery_control),
+            ("min_off_object", self.min_off_object),
+        ]
+        contrast = self.min_discovery_contrast
+        if contrast is not None and (isinstance(contrast, bool) or not isinstance(contrast, int | float)):
+            raise ValueError(f"`min_discovery_contrast` must be a number or None, got {contrast!r}.")
         for name, value in checks:
             if value is None:
                 continue
@@ -133,6 +162,25 @@ class AlertRule:
 
 
 @dataclass(frozen=True)
+class DiscoveryEvidence:
+    """What shortcut discovery found, as plain data (:meth:`lightning_sas.trust.discovery.Candidate.to_dict`).
+
+    Attributes:
+        candidates: The candidates, most suspicious first, each a dict of its fields.
+        object_masks: Whether the probes carried object masks.
+        outside_enrichment: Pooled enrichment of the maps' top pixels off the objects (NaN without).
+        method: Whose maps were read.
+        skipped: Why discovery was asked for and did not run (``None``: it ran).
+    """
+
+    candidates: Sequence[Mapping[str, Any]]
+    object_masks: bool = False
+    outside_enrichment: float = float("nan")
+    method: str = ""
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
 class Evidence:
     """What :func:`decide` reads: one audit's results as plain data.
 
@@ -151,6 +199,7 @@ class Evidence:
         artifact_class: The artifact's class (with artifacts).
         sanity_flagged: Methods whose maps the sanity check found independent of the weights.
         input_independent: Whether the model gave every probe the same output.
+        discovery: What shortcut discovery found (``None``: it did not run).
     """
 
     image_pixels: int
@@ -162,6 +211,7 @@ class Evidence:
     artifact_class: int | None = None
     sanity_flagged: Sequence[str] = ()
     input_independent: bool = False
+    discovery: DiscoveryEvidence | None = None
 
 
 @dataclass
@@ -202,7 +252,7 @@ class Verdict:
             return "SHORTCUT: " + "; ".join(self.reasons)
         if self.status == "cannot tell":
             if not self.not_checkable:
-                return "nothing to check: no probe has an ROI and no artifact was given"
+                return "nothing to check: no probe has an ROI, no artifact was given and discovery did not run"
             return "cannot tell: " + "; ".join(self.not_checkable.values())
         return f"no shortcut criterion crossed (checked: {', '.join(self.checked)})"
 
@@ -231,113 +281,13 @@ def decide(evidence: Evidence, rule: AlertRule) -> Verdict:
             "its maps and flips carry no evidence (a collapsed or untrained model?)"
         )
         return verdict
-    _check_roi(evidence, rule, verdict)
-    _check_intervention(evidence, rule, verdict)
+    from lightning_sas.audit.criteria import check_discovery, check_intervention, check_roi
+
+    check_roi(evidence, rule, verdict)
+    check_intervention(evidence, rule, verdict)
+    check_discovery(evidence, rule, verdict)
     if verdict.crossed:
         verdict.status = "shortcut"
     elif verdict.not_checkable or not verdict.checked:
         verdict.status = "cannot tell"
     return verdict
-
-
-def _check_roi(evidence: Evidence, rule: AlertRule, verdict: Verdict) -> None:
-    # Imported here: the command line reads this module's defaults before it imports torch, so
-    # that a usage error is reported at once.
-    import torch
-
-    criteria = [
-        name
-        for name, limit in (("roi_enrichment", rule.min_enrichment), ("roi_share", rule.max_roi_share))
-        if limit is not None
-    ]
-    pixels = torch.tensor(list(evidence.roi_pixels), dtype=torch.float32)
-    if not criteria or not bool((pixels > 0).any()):
-        return
-    large_enough = pixels >= rule.min_roi_pixels
-    _score_voters(evidence, rule, verdict, pixels, large_enough)
-    if not bool(large_enough.any()):
-        reason = f"every probe's ROI is empty or smaller than {rule.min_roi_pixels} pixels (AlertRule.min_roi_pixels)"
-    elif not verdict.scores:
-        reason = (
-            "no method could vote on the ROIs (" + "; ".join(f"{m}: {why}" for m, why in verdict.excluded.items()) + ")"
-        )
-    else:
-        reason = ""
-    for criterion in criteria:
-        why = reason
-        if not why and not any(math.isfinite(scores[criterion]) for scores in verdict.scores.values()):
-            why = "every probe's ROI covers the whole image, so no map can be enriched on it"
-        if why:
-            verdict.not_checkable[criterion] = why
-            continue
-        verdict.checked.append(criterion)
-        _cross(criterion, rule, verdict)
-
-
-def _score_voters(evidence: Evidence, rule: AlertRule, verdict: Verdict, pixels: Any, large_enough: Any) -> None:
-    """Each voting method's ROI scores into ``verdict.scores``; why the others do not vote into ``excluded``."""
-    import torch
-
-    from lightning_sas.scores.metrics import roi_enrichment
-
-    flagged = set(evidence.sanity_flagged)
-    for method, shares in evidence.roi_share.items():
-        if rule.voters is not None and method not in rule.voters:
-            verdict.excluded[method] = "not one of the rule's voters"
-            continue
-        if method in flagged:
-            verdict.excluded[method] = "its maps failed the sanity check (they do not depend on the model's weights)"
-            continue
-        share = torch.tensor([float(value) for value in shares], dtype=torch.float32)
-        counted = large_enough & torch.isfinite(share)
-        if not bool(counted.any()):
-            flat = evidence.flat.get(method)
-            all_flat = flat is not None and all(flat[i] for i in torch.nonzero(large_enough).flatten().tolist())
-            verdict.excluded[method] = (
-                "its maps are flat (no evidence) on every probe with an ROI"
-                if all_flat
-                else "no probe with a large enough ROI has a finite map"
-            )
-            continue
-        enrichment = roi_enrichment(torch.where(counted, share, float("nan")), pixels, evidence.image_pixels)
-        verdict.scores[method] = {
-            "roi_enrichment": float(enrichment),
-            "roi_share": float(share[counted].mean()),
-            "probes": int(counted.sum()),
-        }
-
-
-def _cross(criterion: str, rule: AlertRule, verdict: Verdict) -> None:
-    """Record every voting method whose ``criterion`` score is above its limit."""
-    for method, scores in verdict.scores.items():
-        value = scores[criterion]
-        limit = rule.enrichment_threshold(method) if criterion == "roi_enrichment" else rule.max_roi_share
-        if limit is None or not (math.isfinite(value) and value > limit):
-            continue
-        if criterion == "roi_enrichment":
-            text = (
-                f"{method}'s top-ranked pixels are enriched on the ROI (roi_enrichment {value:.2f} > "
-                f"{limit:g}; 0 is chance, 1 is all on the ROI)"
-            )
-        else:
-            text = f"{method} puts {value:.2f} of its top-ranked pixels on the ROI (roi_share {value:.2f} > {limit:g})"
-        verdict.reasons.append(text)
-        verdict.crossed.append((criterion, method))
-
-
-def _check_intervention(evidence: Evidence, rule: AlertRule, verdict: Verdict) -> None:
-    if rule.min_flip_rate is None or evidence.flip_rate is None:
-        return
-    if not evidence.eligible_probes or not math.isfinite(evidence.flip_rate):
-        verdict.not_checkable["flip_rate"] = (
-            f"every probe is already predicted as the artifact's class {evidence.artifact_class}, so no probe is "
-            "left to flip (a model that predicts one class for every probe is suspect in itself)"
-        )
-        return
-    verdict.checked.append("flip_rate")
-    if evidence.flip_rate > rule.min_flip_rate:
-        verdict.reasons.append(
-            f"pasting the artifact moves {evidence.flip_rate:.0%} of the other classes' probes to its class "
-            f"(flip_rate {evidence.flip_rate:.2f} > {rule.min_flip_rate:g})"
-        )
-        verdict.crossed.append(("flip_rate", None))

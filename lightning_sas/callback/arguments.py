@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch.utils.data import Dataset
 
+from lightning_sas.audit.discovery import DiscoveryOptions
 from lightning_sas.audit.verdict import AlertRule
 from lightning_sas.scores.faithfulness import Faithfulness
 from lightning_sas.trust.intervention import Artifacts
@@ -33,7 +34,6 @@ def check_probe(probe: object, probe_count: object) -> None:
 
 
 def check_choices(
-    *,
     name: object,
     every_n_epochs: object,
     target: object,
@@ -68,8 +68,7 @@ def check_types(alert_rule: object, artifacts: object) -> None:
         raise ValueError(f"`alert_rule` must be an AlertRule or None, got {type(alert_rule).__name__}.")
     if artifacts is not None and not isinstance(artifacts, Artifacts):
         raise ValueError(
-            "`artifacts` must be lightning_sas.trust.intervention.Artifacts or None, "
-            f"got {type(artifacts).__name__}."
+            f"`artifacts` must be lightning_sas.trust.intervention.Artifacts or None, got {type(artifacts).__name__}."
         )
 
 
@@ -83,6 +82,20 @@ def faithfulness_option(faithfulness: object) -> Faithfulness | bool:
             f"got {faithfulness!r}."
         )
     return faithfulness  # type: ignore[return-value]
+
+
+def discovery_option(discovery: object) -> DiscoveryOptions:
+    """``"auto"``, ``"always"``, ``"never"`` (or ``None``) -> :class:`DiscoveryOptions`; one given as it is."""
+    if isinstance(discovery, DiscoveryOptions):
+        return discovery
+    if discovery is None:
+        return DiscoveryOptions(when="never")
+    if discovery not in ("auto", "always", "never"):
+        raise ValueError(
+            "`discovery` must be 'auto' (when the probes have no ROI and no artifacts are given), 'always', "
+            f"'never' or a lightning_sas.audit.discovery.DiscoveryOptions, got {discovery!r}."
+        )
+    return DiscoveryOptions(when=discovery)  # type: ignore[arg-type]
 
 
 def sanity_stages_option(sanity: object) -> int:

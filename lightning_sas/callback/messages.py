@@ -1,17 +1,18 @@
-"""What the callback says and keeps: the cost estimate, the sanity check, verdicts and alerts (pure functions)."""
+"""What the callback says and keeps: the cost estimate, the sanity check, verdicts and alerts."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from lightning_sas.audit.cost import AuditCost
 from lightning_sas.audit.result import AuditResult
-from lightning_sas.audit.verdict import Verdict
+from lightning_sas.audit.verdict import AlertRule, Verdict
+from lightning_sas.callback.records import AuditRecords
 from lightning_sas.trust.sanity import SanityResult
 
 
@@ -123,3 +124,45 @@ def alert_report(
     }
     leaning_text = f"; probes leaning on it most: {', '.join(worst)}" if worst else ""
     return alert, f"Shortcut alert at epoch {epoch}: " + "; ".join(verdict.reasons) + leaning_text + "."
+
+
+@dataclass
+class ShortcutOutcome:
+    """What one audit's verdict makes the callback say: warnings, texts to write (tag, text), and
+    whether it alerted."""
+
+    warnings: list[str] = field(default_factory=list)
+    texts: list[tuple[str, str]] = field(default_factory=list)
+    alert: bool = False
+
+
+def shortcut_outcome(
+    records: AuditRecords,
+    verdict: Verdict,
+    result: AuditResult,
+    names: Sequence[str],
+    epoch: int,
+    step: int,
+    rule: AlertRule,
+) -> ShortcutOutcome:
+    """Record ``verdict`` (and its alert) in ``records``; say a new "cannot tell" reason once and
+    the first alert in the text ``audit/alert``, every alert as a warning."""
+    records.verdicts.append(verdict_record(verdict, epoch, step))
+    outcome = ShortcutOutcome(alert=verdict.alert)
+    if verdict.status == "cannot tell" and verdict.not_checkable:
+        reasons = "; ".join(verdict.not_checkable.values())
+        if reasons not in records.cannot_tell_warned:
+            records.cannot_tell_warned.add(reasons)
+            message = (
+                f"SASAuditCallback: the audit at epoch {epoch} cannot tell whether the model uses a shortcut: "
+                f"{reasons}."
+            )
+            outcome.warnings.append(message)
+            outcome.texts.append(("audit/verdict", message))
+    if verdict.alert:
+        alert, message = alert_report(verdict, result, names, epoch, step, rule.min_roi_pixels)
+        if not records.alerts:
+            outcome.texts.append(("audit/alert", message))
+        records.alerts.append(alert)
+        outcome.warnings.append(message)
+    return outcome

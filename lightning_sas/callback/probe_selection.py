@@ -21,7 +21,8 @@ from lightning_utilities.core.overrides import is_overridden
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
 from lightning_sas.audit.cost import TIMED_PROBES
-from lightning_sas.probes.probe_set import ItemKeys, Probes, choose_probes, probes_from_dataset
+from lightning_sas.probes.items import ItemKeys
+from lightning_sas.probes.probe_set import Probes, choose_probes, probes_from_dataset
 from lightning_sas.runtime.model_state import attribution_mode
 from lightning_sas.runtime.outputs import ClassifierOutput, OutputSelector
 from lightning_sas.validation import per_channel
@@ -41,6 +42,22 @@ class ProbeRequest:
     target: str
     output: OutputSelector
     resumed: list[dict[str, Any]] | None
+
+    @classmethod
+    def of(cls, callback: Any) -> ProbeRequest:
+        """The request of a :class:`~lightning_sas.callback.audit_callback.SASAuditCallback`."""
+        return cls(
+            probe=callback.probe,
+            probe_count=callback.probe_count,
+            seed=callback.seed,
+            keys=callback.item_keys,
+            batch_hooks=callback.batch_hooks,
+            mean=callback.mean,
+            std=callback.std,
+            target=callback.target,
+            output=callback.output,
+            resumed=callback.records.loaded_manifest,
+        )
 
 
 def validation_loader(trainer: pl.Trainer, pl_module: pl.LightningModule) -> DataLoader:
@@ -65,6 +82,7 @@ def validation_loader(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Dat
             "Pass `probe=<a Dataset>` (a map-style Dataset holding the probe images) instead."
         )
     return loaders  # type: ignore[return-value]
+
 
 def batch_preparation(
     trainer: pl.Trainer, pl_module: pl.LightningModule, collate: Callable[[list], object] | None, enabled: bool
@@ -102,6 +120,7 @@ def batch_preparation(
             trainer.state.stage = stage
 
     return prepare
+
 
 def select_probes(trainer: pl.Trainer, pl_module: pl.LightningModule, request: ProbeRequest) -> Probes:
     """The probe set ``request`` asks for, read as ``validation_step`` would see it.

@@ -12,13 +12,10 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_sas.audit.run import AuditResult
+from lightning_sas.loggers.content import audit_captions, discovery_markdown, render_audit, retag, retag_layout
 from lightning_sas.loggers.writing import (
     AuditWriteError,
-    audit_captions,
     describe_error,
-    render_audit,
-    retag,
-    retag_layout,
     write_layout,
     write_manifest,
     write_pictures,
@@ -74,6 +71,9 @@ class Publisher:
         if reported:
             text = "\n".join(f"- {line}" for line in reported)
             writes.append(("problems", lambda: self.write_text(loggers, "audit/problems", text, step)))
+        found = discovery_markdown(result, self.class_names)
+        if found is not None:
+            writes.append(("discovery", lambda: self.write_text(loggers, "audit/discovery", found, step)))
         writes.append(("pictures", lambda: self._pictures(loggers, result, probes, step, f"epoch {epoch}")))
         writes.append(("raw maps", lambda: write_raw_maps(loggers, epoch, result, probes, self.raw_maps_folder)))
         failures = []

@@ -21,6 +21,7 @@ from lightning_sas.cli.audit_output import (
     print_summary,
     progress_bar,
     tensorboard_texts,
+    write_candidates,
     write_tensorboard,
 )
 from lightning_sas.cli.errors import EXIT_ERROR, EXIT_OK, EXIT_SHORTCUT, PROGRAM, UsageError, stage
@@ -35,13 +36,14 @@ from lightning_sas.cli.model_setup import (
     resolve_device,
     resolve_output,
 )
-from lightning_sas.probes.folder import ArtifactFolder
+from lightning_sas.probes.artifact_folder import ArtifactFolder
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
     from lightning.pytorch import LightningModule
 
+    from lightning_sas.audit.discovery import DiscoveryOptions
     from lightning_sas.audit.run import AuditResult
     from lightning_sas.audit.verdict import Verdict
     from lightning_sas.methods import AttributionMethod
@@ -55,6 +57,8 @@ __all__ = ["ARTIFACT_SEED", "SANITY_SEED", "AuditSetup", "run_audit_command"]
 #: Seed of the artifact pastes (positions and examples) and of the sanity check's re-initialisation.
 ARTIFACT_SEED = 0
 SANITY_SEED = 0
+#: Seed of shortcut discovery's transplants and clustering.
+DISCOVERY_SEED = 0
 
 
 @dataclass
@@ -73,6 +77,7 @@ class AuditSetup:
     faithfulness: Faithfulness | None
     #: Model passes per part of the audit, from :func:`lightning_sas.audit.cost.audit_passes`.
     passes: dict[str, tuple[int, bool]]
+    discovery: DiscoveryOptions
 
 
 @dataclass
@@ -85,6 +90,12 @@ class AuditReport:
     scalars: dict[str, float]
     pictures: dict[str, np.ndarray]
     html_pictures: Any
+    #: TensorBoard's text tags (manifest, alert, layers, discovery).
+    texts: dict[str, str]
+    #: Confirmed discovery candidates and the folder (under ``--out``) each is exported to.
+    exports: list[tuple[str, Any]]
+    #: The normalisation (``mean``, ``std``) to undo when writing pictures.
+    display: dict[str, Any]
 
 
 def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
@@ -142,17 +153,23 @@ def _set_up(args: argparse.Namespace, inputs: AuditInputs) -> AuditSetup:
         details = explained_layers(model, methods, probes.images, output)
     artifacts = _prepare_artifacts(args, inputs, num_classes, device)
     from lightning_sas.audit.cost import audit_passes
+    from lightning_sas.audit.discovery import DiscoveryOptions
     from lightning_sas.scores.faithfulness import Faithfulness
 
     faithfulness = None if args.no_faithfulness else Faithfulness(steps=args.faithfulness_steps)
+    discovery = DiscoveryOptions(when=args.discovery, method=args.discovery_method, seed=DISCOVERY_SEED)
+    if args.discovery_method is not None and args.discovery_method not in methods:
+        raise UsageError(f"--discovery-method {args.discovery_method} is not one of --methods ({', '.join(methods)}).")
     passes = audit_passes(
         methods,
         len(probes),
         faithfulness_steps=None if faithfulness is None else faithfulness.steps,
         intervention_trials=None if artifacts is None else artifacts.trials,
         sanity_stages=args.sanity_stages if args.sanity else 0,
+        discovery_passes=discovery.passes(len(probes)) if discovery.applies(probes, artifacts is not None) else 0,
     )
-    return AuditSetup(model_class, model, output, methods, device, probes, details, artifacts, faithfulness, passes)
+    parts = (probes, details, artifacts, faithfulness, passes, discovery)
+    return AuditSetup(model_class, model, output, methods, device, *parts)
 
 
 def _prepare_artifacts(
@@ -202,6 +219,7 @@ def _explain(args: argparse.Namespace, setup: AuditSetup) -> AuditResult:
             faithfulness=setup.faithfulness,
             sanity_stages=args.sanity_stages if args.sanity else 0,
             sanity_seed=SANITY_SEED,
+            discovery=setup.discovery,
         )
 
 
@@ -211,12 +229,14 @@ def _build_report(
     """The verdict, summary.json's content (with the baseline comparison), the problems, scalars and pictures."""
     from lightning_sas.audit.run import problems
     from lightning_sas.audit.verdict import decide
-    from lightning_sas.loggers.writing import audit_scalars, render_audit
-    from lightning_sas.report import html as report
+    from lightning_sas.loggers.content import audit_scalars, discovery_markdown, render_audit
+    from lightning_sas.report import html
+    from lightning_sas.report.baseline import compare_with_baseline
+    from lightning_sas.report.summary import build_summary
 
     flagged = [] if result.sanity is None else result.sanity.flagged
     verdict = decide(result.evidence(sanity_flagged=flagged), inputs.rule)
-    summary = report.build_summary(
+    summary = build_summary(
         result,
         setup.probes,
         skipped=inputs.folder.skipped,
@@ -231,7 +251,7 @@ def _build_report(
         method_details=setup.details,
     )
     if inputs.baseline is not None:
-        summary["baseline"] = report.compare_with_baseline(
+        summary["baseline"] = compare_with_baseline(
             summary, inputs.baseline, baseline_path=str(args.baseline), tolerance=args.baseline_tolerance
         )
     issues = problems(result, setup.probes.names)
@@ -242,8 +262,18 @@ def _build_report(
     pictures = (
         render_audit(result, probes, **display, class_names=inputs.class_names, title=title) if result.maps else {}
     )
-    html_pictures = report.probe_pictures(result, probes, **display)
-    return AuditReport(summary, verdict, issues, scalars, pictures, html_pictures)
+    html_pictures = html.probe_pictures(result, probes, **display)
+    texts = tensorboard_texts(summary, issues)
+    found = discovery_markdown(result, inputs.class_names)
+    if found is not None:
+        texts["audit/discovery"] = found
+    candidates = (summary.get("discovery") or {}).get("candidates") or []
+    exports = [
+        (record["exported"], result.discovery.candidates[number])
+        for number, record in enumerate(candidates)
+        if record["exported"] and result.discovery is not None
+    ]
+    return AuditReport(summary, verdict, issues, scalars, pictures, html_pictures, texts, exports, display)
 
 
 def _write_outputs(args: argparse.Namespace, setup: AuditSetup, audit: AuditReport) -> None:
@@ -252,26 +282,30 @@ def _write_outputs(args: argparse.Namespace, setup: AuditSetup, audit: AuditRepo
     Raises:
         UsageError: If ``--out`` cannot be written, or holds an audit written meanwhile (without ``--overwrite``).
     """
-    from lightning_sas.loggers.writing import scalar_layout
-    from lightning_sas.report import html as report
+    from lightning_sas.loggers.content import scalar_layout
+    from lightning_sas.report import html
+    from lightning_sas.report.staging import put_in_place, staging_folder
+    from lightning_sas.report.summary import write_summary
 
     out = Path(args.out)
     staged = None
     try:
         # A new folder beside --out, renamed into place once complete: a failure keeps the previous audit.
-        staged = report.staging_folder(out)
+        staged = staging_folder(out)
         layout = scalar_layout(
             list(setup.methods),
             roi=bool(setup.probes.roi.any()),
             faithfulness=setup.faithfulness is not None,
             intervention=setup.artifacts is not None,
+            discovery=audit.summary.get("discovery") is not None,
         )
-        texts = tensorboard_texts(audit.summary, audit.issues)
-        write_tensorboard(staged, audit.pictures, audit.scalars, texts, layout)
-        report.write_summary(audit.summary, staged / "summary.json")
-        report.write_report(audit.summary, audit.html_pictures, staged / "report.html")
+        write_tensorboard(staged, audit.pictures, audit.scalars, audit.texts, layout)
+        write_candidates(staged, setup.probes, audit.exports, **audit.display)
+        write_summary(audit.summary, staged / "summary.json")
+        sheets = {tag: picture for tag, picture in audit.pictures.items() if tag.startswith("audit/discovery/")}
+        html.write_report(audit.summary, audit.html_pictures, staged / "report.html", sheets)
         check_out(args)  # again: another run may have written an audit there meanwhile
-        report.put_in_place(staged, out, previous_audit_files(out))
+        put_in_place(staged, out, previous_audit_files(out))
     except OSError as error:
         raise UsageError(f"--out {args.out}: cannot write ({error.strerror or error}).") from None
     finally:

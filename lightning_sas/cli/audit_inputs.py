@@ -18,7 +18,9 @@ from lightning_sas.audit.verdict import AlertRule
 from lightning_sas.cli.errors import ERROR_LOG, PROGRAM, UsageError
 from lightning_sas.cli.model_import import SPEC_PATTERN, ModelLoadError
 from lightning_sas.cli.options import float_list, name_list, parse_image_size
-from lightning_sas.probes.folder import ArtifactFolder, ProbeFolder, ProbeFolderError
+from lightning_sas.probes.artifact_folder import ArtifactFolder
+from lightning_sas.probes.errors import ProbeFolderError
+from lightning_sas.probes.folder import ProbeFolder
 
 __all__ = ["AUDIT_FILES", "EVENTS_PREFIX", "AuditInputs", "check_out", "previous_audit_files", "read_inputs"]
 
@@ -72,7 +74,13 @@ def _check_inputs(args: argparse.Namespace) -> None:
             f"--artifacts {args.artifacts} needs --artifact-class NAME|INDEX, the class the artifact is suspected "
             "to push predictions to (e.g. --artifact-class malignant)."
         )
-    for option, value in (("--probe", args.probe), ("--masks", args.masks), ("--artifacts", args.artifacts)):
+    folders = (
+        ("--probe", args.probe),
+        ("--masks", args.masks),
+        ("--object-masks", args.object_masks),
+        ("--artifacts", args.artifacts),
+    )
+    for option, value in folders:
         if value is not None and not Path(value).is_dir():
             raise UsageError(f"{option} {value}: no such folder.")
     for option, value in (("--labels", args.labels), ("--baseline", args.baseline), ("--config", args.config)):
@@ -165,7 +173,8 @@ def _read_probes(args: argparse.Namespace, class_names: list[str] | None, image_
     Raises:
         UsageError: For a bad labels file or probe folder, or a probe without a label under ``--target label``.
     """
-    from lightning_sas.probes.folder import read_labels, read_probe_folder
+    from lightning_sas.probes.folder import read_probe_folder
+    from lightning_sas.probes.labels import read_labels
 
     labels: dict[str, int] = {}
     if args.labels:
@@ -174,7 +183,9 @@ def _read_probes(args: argparse.Namespace, class_names: list[str] | None, image_
         except ProbeFolderError as error:
             raise UsageError(f"--labels {error}") from None
     try:
-        folder = read_probe_folder(args.probe, args.masks, labels, size=image_size, channels=args.channels)
+        folder = read_probe_folder(
+            args.probe, args.masks, labels, size=image_size, channels=args.channels, object_masks_dir=args.object_masks
+        )
     except ProbeFolderError as error:
         raise UsageError(f"--probe {error}") from None
     unmatched = sorted(set(labels) - set(folder.names) - {item.file for item in folder.skipped})
@@ -195,7 +206,7 @@ def _read_baseline(path: str) -> dict[str, Any]:
     Raises:
         UsageError: If it cannot be read or is no audit summary.
     """
-    from lightning_sas.report.html import load_summary
+    from lightning_sas.report.baseline import load_summary
 
     try:
         return load_summary(path)
@@ -211,7 +222,8 @@ def _read_artifacts(
     Raises:
         UsageError: For an unknown class or a bad artifact folder.
     """
-    from lightning_sas.probes.folder import class_index, read_artifact_folder
+    from lightning_sas.probes.artifact_folder import read_artifact_folder
+    from lightning_sas.probes.labels import class_index
 
     try:
         artifact_class = class_index(args.artifact_class, class_names, source="--class-names")

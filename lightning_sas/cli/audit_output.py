@@ -17,9 +17,12 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from lightning_sas.probes.probe_set import Probes
     from lightning_sas.runtime.outputs import OutputSelector
+    from lightning_sas.trust.discovery import Candidate
 
 __all__ = [
+    "write_candidates",
     "PROGRESS_DELAY",
     "estimate_line",
     "incomplete_parts",
@@ -134,13 +137,26 @@ def _sanity_warning(summary: Mapping[str, Any]) -> str | None:
     )
 
 
+def write_candidates(
+    out: Path, probes: Probes, exports: Sequence[tuple[str, Candidate]], mean: Any = None, std: Any = None
+) -> None:
+    """Each confirmed discovery candidate as an ``--artifacts`` folder ``out/<folder>``: its source
+    probes, de-normalised, with the region as the mask (a reviewer can promote one to a known artifact)."""
+    from lightning_sas.probes.export_artifacts import export_artifacts
+
+    for folder, candidate in exports:
+        images = probes.images[candidate.sources].detach().cpu()
+        names = [f"probe_{source:03d}" for source in candidate.sources]
+        export_artifacts(images, candidate.masks, out / folder, names=names, mean=mean, std=std)
+
+
 def tensorboard_texts(summary: dict[str, Any], problems: Sequence[str]) -> dict[str, str]:
     """The callback's text tags: ``audit/manifest`` always (class names, not indices),
     ``audit/alert`` when the alert rule fired, the audit has problems or the sanity check flags;
     ``audit/gradcam/layer``, the layer Grad-CAM explained."""
-    from lightning_sas.loggers.writing import manifest_markdown
+    from lightning_sas.loggers.content import manifest_markdown
     from lightning_sas.probes.probe_set import class_label
-    from lightning_sas.report.html import verdict_text
+    from lightning_sas.report.verdict import verdict_text
 
     class_names = summary.get("class_names")
     manifest = [{**item, "label": class_label(item["label"], class_names)} for item in summary["manifest"]]
@@ -166,7 +182,7 @@ def _unchecked_methods(summary: dict[str, Any]) -> list[str]:
 
 def incomplete_parts(summary: dict[str, Any]) -> list[str]:
     """What makes the audit incomplete (exit status 2), one phrase each."""
-    from lightning_sas.report.html import AUDIT_PARTS
+    from lightning_sas.report.summary import AUDIT_PARTS
 
     failed = []
     for name, message in summary["errors"].items():
@@ -188,7 +204,8 @@ def _format_number(value: float | None, digits: int = 3) -> str:
 
 def print_summary(summary: dict[str, Any], issues: Sequence[str], out: Path) -> None:
     """The audit on stdout: probes and methods, per-method scores, intervention, sanity, problems, verdict."""
-    from lightning_sas.report.html import method_errors, verdict_text
+    from lightning_sas.report.summary import method_errors
+    from lightning_sas.report.verdict import verdict_text
 
     methods = [*summary["methods"], *method_errors(summary)]
     print(

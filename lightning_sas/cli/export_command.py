@@ -139,7 +139,8 @@ def _export(args: argparse.Namespace, options: ExportOptions, dataset: Any, out:
     """
     spec = args.dataset
     with stage(f"exporting the data set of --dataset {spec} to --out {args.out}"):
-        from lightning_sas.probes.export import ExportError, ExportFolderError, ItemKeyError, export_probes
+        from lightning_sas.probes.export import ItemKeyError, export_probes
+        from lightning_sas.probes.export_folder import ExportError, ExportFolderError
 
         try:
             export_probes(

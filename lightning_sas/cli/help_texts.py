@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from lightning_sas.audit.verdict import DEFAULT_MIN_ENRICHMENT, DEFAULT_MIN_FLIP_RATE
 from lightning_sas.cli.errors import ERROR_LOG
-from lightning_sas.probes.folder import ARTIFACT_MASK_SUFFIX, ARTIFACT_MASKS_FOLDER, IMAGE_EXTENSIONS
+from lightning_sas.probes.artifact_folder import ARTIFACT_MASK_SUFFIX, ARTIFACT_MASKS_FOLDER
+from lightning_sas.probes.images import IMAGE_EXTENSIONS
 
 __all__ = ["AUDIT_EPILOG", "ENRICHMENT_DEFAULTS", "EXPORT_EPILOG"]
 
@@ -55,7 +56,7 @@ artifacts folder (--artifacts DIR):
   random positions (patches of several sizes are padded to the largest). Patches are
   converted and normalised like the probes (--channels, --mean/--std). Each probe not already
   predicted as --artifact-class gets --artifact-trials pastes; the flip rate is the share that
-  moves the prediction to that class. lightning_sas.probes.export.export_artifacts writes this layout.
+  moves the prediction to that class. lightning_sas.probes.export_artifacts.export_artifacts writes this layout.
 
 alert rule (exit status 1), shared with the training callback (lightning_sas.audit.verdict):
   a voting method's ROI enrichment (how far its top-ranked pixels lie on the masks beyond

@@ -106,6 +106,8 @@ def read_config(path: os.PathLike[str] | str) -> tuple[dict[str, Any], str | Non
         raise ModelLoadError(f"{path} is not a LightningCLI config (a mapping of sections) but a {kind}.")
     sections = [content, *(content[name] for name in _SUBCOMMANDS if isinstance(content.get(name), dict))]
     model = next((section["model"] for section in sections if "model" in section), None)
+    if model is None and isinstance(content.get("audit"), dict):
+        return {}, None  # a nightly job file without model arguments (lightning_sas.cli.job_file)
     if isinstance(model, str):  # "model: my_project.Net", a class path without arguments
         return {}, model
     if not isinstance(model, dict):

@@ -87,6 +87,7 @@ from lightning_sas.cli.errors import (
     write_error_log,
 )
 from lightning_sas.cli.export_command import run_export_command
+from lightning_sas.cli.job_file import job_options
 from lightning_sas.cli.methods import build_methods, parse_method_config
 from lightning_sas.cli.model_setup import (
     check_gradcam_layer,
@@ -158,7 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status.
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    try:
+        parser = build_parser(job_options(arguments))
+    except UsageError as error:
+        print(f"{PROGRAM}: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         args = parser.parse_args(arguments)
     except SystemExit as exit_request:  # --help (0) and argparse's usage errors (2)

@@ -1,22 +1,32 @@
-"""The ``argparse`` parser of ``lightning-sas``: its ``audit`` and ``export-probes`` subcommands and their options.
+"""The ``argparse`` parser of ``lightning-sas``: its subcommands, and the options of ``audit``.
 
-The long help texts (examples, file layouts, exit statuses) are in :mod:`lightning_sas.cli.help_texts`.
+``export-probes``'s options are in :mod:`lightning_sas.cli.export_parser`; the long help texts
+(examples, file layouts, exit statuses) are in :mod:`lightning_sas.cli.help_texts`.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
+from typing import Any
 
 from lightning_sas.audit.verdict import DEFAULT_MIN_ENRICHMENT, DEFAULT_MIN_FLIP_RATE, DEFAULT_MIN_ROI_PIXELS
 from lightning_sas.cli.errors import PROGRAM
-from lightning_sas.cli.help_texts import AUDIT_EPILOG, ENRICHMENT_DEFAULTS, EXPORT_EPILOG
+from lightning_sas.cli.export_parser import add_export_parser
+from lightning_sas.cli.help_texts import AUDIT_EPILOG, ENRICHMENT_DEFAULTS
+from lightning_sas.cli.job_file import apply_job
 from lightning_sas.cli.options import at_least_two, off_or, positive_int, unit_float
 
 __all__ = ["build_parser"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``lightning-sas`` with its ``audit`` and ``export-probes`` subcommands."""
+def build_parser(job: tuple[str, Mapping[str, Any]] | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``lightning-sas`` with its ``audit`` and ``export-probes`` subcommands.
+
+    Args:
+        job: ``(path, options)`` of a ``--config`` file's ``audit:`` section: the audit's defaults
+            (:mod:`~lightning_sas.cli.job_file`).
+    """
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
         description="Audit image classifiers trained with PyTorch Lightning: which pixels drive their decisions.",
@@ -24,12 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and exit status.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_audit_parser(commands)
-    _add_export_parser(commands)
+    audit = _add_audit_parser(commands)
+    if job is not None:
+        apply_job(audit, *job)
+    add_export_parser(commands)
     return parser
 
 
-def _add_audit_parser(commands: argparse._SubParsersAction) -> None:
+def _add_audit_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``audit`` subcommand and its option groups, in the order ``--help`` lists them."""
     audit = commands.add_parser(
         "audit",
@@ -50,7 +62,9 @@ def _add_audit_parser(commands: argparse._SubParsersAction) -> None:
     trust = audit.add_argument_group("alert rule and trust checks")
     _add_alert_rule_options(trust)
     _add_trust_check_options(trust)
+    _add_discovery_options(trust)
     _add_output_options(audit.add_argument_group("outputs"))
+    return audit
 
 
 def _add_model_inputs(group: argparse._ArgumentGroup) -> None:
@@ -96,9 +110,11 @@ def _add_model_inputs(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--config",
         metavar="FILE.yaml",
-        help="a LightningCLI config file; its model: section (init_args:, with an optional class_path: naming "
+        help="a YAML file: its model: section (LightningCLI's: init_args:, with an optional class_path: naming "
         "--model's class, or the arguments directly) gives constructor arguments that win over the saved "
-        "hyper-parameters, e.g. --config configs/train.yaml (other sections are ignored).",
+        "hyper-parameters; its audit: section gives this command's options (keys as the options without "
+        "dashes, e.g. 'probe: probes/images'; the command line wins), so a nightly job can be one file, "
+        "e.g. --config configs/nightly.yaml (other sections are ignored).",
     )
 
 
@@ -112,6 +128,13 @@ def _add_probe_inputs(group: argparse._ArgumentGroup) -> None:
         metavar="DIR",
         help="folder of region-of-interest masks with the probes' file names, nonzero = ROI, e.g. probes/rulers. "
         "Probes without a mask are audited but not scored.",
+    )
+    group.add_argument(
+        "--object-masks",
+        metavar="DIR",
+        help="folder of object masks with the probes' file names, nonzero = where the legitimate evidence is "
+        "(e.g. lesion segmentations), e.g. probes/lesions: evidence outside the object is suspect, and shortcut "
+        "discovery proposes candidates only outside it.",
     )
     group.add_argument(
         "--labels", metavar="FILE.csv", help="CSV of 'filename,label' rows (true classes), e.g. probes/labels.csv."
@@ -292,6 +315,25 @@ def _add_trust_check_options(group: argparse._ArgumentGroup) -> None:
     )
 
 
+def _add_discovery_options(group: argparse._ArgumentGroup) -> None:
+    """Shortcut discovery: when it runs and whose maps it reads."""
+    group.add_argument(
+        "--discovery",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="look for shortcuts nobody named: recurring attributed regions (off the --object-masks, if given), "
+        "transplanted onto probes of other classes; a confirmed one exits 1 and is exported to "
+        "<out>/candidates/<k> in the --artifacts format. auto (default): when neither --masks nor --artifacts "
+        "is given; needs at least 16 probes (more is better, e.g. 64), e.g. --discovery always.",
+    )
+    group.add_argument(
+        "--discovery-method",
+        metavar="NAME",
+        help="whose maps discovery reads (one of --methods; default: occlusion, else sas, ...), "
+        "e.g. --discovery-method sas.",
+    )
+
+
 def _add_output_options(group: argparse._ArgumentGroup) -> None:
     """The baseline to compare with and the output folder."""
     group.add_argument(
@@ -322,77 +364,3 @@ def _add_output_options(group: argparse._ArgumentGroup) -> None:
         "then renamed into place); a run that fails leaves the previous audit as it was, with its error.log "
         "beside it, e.g. --out audits/latest --overwrite.",
     )
-
-
-def _add_export_parser(commands: argparse._SubParsersAction) -> None:
-    """The ``export-probes`` subcommand: the data set, the folder and the selection of items."""
-    export = commands.add_parser(
-        "export-probes",
-        help="write a probe folder (images, masks, labels.csv, manifest.json) from a Dataset",
-        description=(
-            "Write the probe folder 'lightning-sas audit' reads from a map-style Dataset returned by an\n"
-            "importable callable: images as PNG (de-normalised with --mean/--std), ROI masks in masks/,\n"
-            "labels.csv and manifest.json (sha256 of every file). Exits 0, or 2 on any error."
-        ),
-        epilog=EXPORT_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    export.add_argument(
-        "--dataset",
-        required=True,
-        metavar="MODULE:CALLABLE",
-        help="a callable taking no arguments that returns the Dataset, imported like --model, "
-        "e.g. --dataset my_project.data:make_val_split.",
-    )
-    export.add_argument(
-        "--out", required=True, metavar="DIR", help="the probe folder to write (new or empty), e.g. --out probes."
-    )
-    export.add_argument(
-        "--count",
-        type=positive_int,
-        metavar="N",
-        help="export N items, balanced over the classes and seeded (default: every item), e.g. --count 32.",
-    )
-    export.add_argument(
-        "--indices",
-        metavar="I,J,...",
-        help="export exactly these data set indices instead of --count, e.g. --indices 3,17,42.",
-    )
-    export.add_argument(
-        "--seed", type=int, default=0, metavar="S", help="seed of the --count selection, e.g. --seed 1 (default: 0)."
-    )
-    _add_export_item_options(export)
-
-
-def _add_export_item_options(export: argparse.ArgumentParser) -> None:
-    """Options of ``export-probes`` saying how items are read: normalisation, class names, item keys."""
-    export.add_argument(
-        "--mean",
-        nargs="+",
-        metavar="M",
-        help="the normalisation mean of the data set's images, undone before writing (one value or one per "
-        "channel), e.g. --mean 0.485 0.456 0.406 (default: none, images in [0, 1]).",
-    )
-    export.add_argument(
-        "--std",
-        nargs="+",
-        metavar="S",
-        help="the normalisation standard deviation, e.g. --std 0.229 0.224 0.225 (default: none).",
-    )
-    export.add_argument(
-        "--class-names",
-        metavar="NAMES",
-        help="comma-separated class names by index, written in labels.csv, e.g. --class-names benign,malignant.",
-    )
-    for name, what, default, example in (
-        ("image", "image", '"image" / 0', "--image-key pixels"),
-        ("label", "label", '"label" / 1', "--label-key target"),
-        ("mask", "ROI mask", '"mask", else "roi" / none: a tuple\'s mask is read only when given',
-         "--mask-key 2 for (image, label, roi_mask) items, or --mask-key ruler_mask"),
-    ):  # fmt: skip
-        export.add_argument(
-            f"--{name}-key",
-            metavar="KEY|POSITION",
-            help=f"where the {what} of an item is: a key of mapping items or a position in tuple items "
-            f"(default: {default}), e.g. {example}.",
-        )

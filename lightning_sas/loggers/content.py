@@ -20,6 +20,7 @@ from torch import Tensor
 
 from lightning_sas.audit.run import AuditResult
 from lightning_sas.probes.probe_set import Probes, class_label
+from lightning_sas.report.discovery_pictures import candidate_label, candidate_sheet, strategy_sheet
 from lightning_sas.report.render import method_grid, overlay, probe_panel, to_display
 from lightning_sas.scores.metrics import spearman
 
@@ -80,7 +81,51 @@ def render_audit(
                 for name, method_scores in scores.items()
             },
         )
+    pictures.update(discovery_pictures(result, display, class_names, title))
     return pictures
+
+
+def discovery_pictures(
+    result: AuditResult, display: Tensor, class_names: Sequence[str] | None, title: str = ""
+) -> dict[str, np.ndarray]:
+    """``audit/discovery/candidates`` and ``audit/discovery/strategies`` when discovery ran."""
+    found = result.discovery
+    if found is None:
+        return {}
+    method = str(found.settings.get("method", ""))
+    pictures = {
+        "audit/discovery/candidates": candidate_sheet(
+            display, found, result.predictions, class_names, f"shortcut candidates ({method}) {title}".strip()
+        ),
+        "audit/discovery/strategies": strategy_sheet(
+            display, result.maps[method], found, class_names, f"strategies ({method}) {title}".strip()
+        )
+        if method in result.maps
+        else None,
+    }
+    return {tag: picture for tag, picture in pictures.items() if picture is not None}
+
+
+def discovery_markdown(result: AuditResult, class_names: Sequence[str] | None = None) -> str | None:
+    """The discovered candidates as a Markdown table (text ``audit/discovery``), or ``None``."""
+    found = result.discovery
+    if found is None:
+        return (
+            None if result.discovery_skipped is None else f"Shortcut discovery did not run: {result.discovery_skipped}."
+        )
+    method = found.settings.get("method", "?")
+    lines = [
+        f"Shortcut discovery in {method}'s maps: {len(found.candidates)} candidate region(s), most suspicious first."
+    ]
+    if not found.candidates:
+        return lines[0]
+    lines += ["", "| # | candidate | consistency | contrast | suspicion |", "|---|---|---|---|---|"]
+    for number, candidate in enumerate(found.candidates, start=1):
+        lines.append(
+            f"| {number} | {candidate_label(candidate, class_names)} | {candidate.consistency:.2f} | "
+            f"{candidate.contrast:.2f} | {candidate.suspicion:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def audit_captions(
@@ -130,8 +175,28 @@ def audit_scalars(result: AuditResult, previous_maps: Mapping[str, torch.Tensor]
     if result.intervention is not None:
         scalars["audit/intervention/flip_rate"] = result.intervention.flip_rate
         scalars["audit/intervention/probability_change"] = result.intervention.mean_probability_change
+    scalars.update(discovery_scalars(result))
     scalars["audit/seconds"] = float(result.seconds)
     return scalars
+
+
+#: Discovery's scalars (``audit/discovery/<name>``): the most suspicious candidate's, the count, the
+#: evidence off the objects (with object masks).
+DISCOVERY_SCALARS = ("top_flip_rate", "top_control_flip_rate", "top_suspicion", "candidates", "outside_enrichment")
+
+
+def discovery_scalars(result: AuditResult) -> dict[str, float]:
+    """Discovery's scalars (finite ones only), when it ran."""
+    found = result.discovery
+    if found is None:
+        return {}
+    values = {"candidates": float(len(found.candidates)), "outside_enrichment": found.outside_enrichment}
+    if found.candidates:
+        top = found.candidates[0]
+        values.update(
+            top_flip_rate=top.flip_rate, top_control_flip_rate=top.control_flip_rate, top_suspicion=top.suspicion
+        )
+    return {f"audit/discovery/{name}": float(value) for name, value in values.items() if math.isfinite(value)}
 
 
 #: Scores that get a chart of their own in TensorBoard's custom-scalars layout, every method on it.
@@ -143,13 +208,19 @@ _METHOD_CHARTS = {
 
 
 def scalar_layout(
-    methods: Sequence[str], *, roi: bool = True, faithfulness: bool = True, intervention: bool = False
+    methods: Sequence[str],
+    *,
+    roi: bool = True,
+    faithfulness: bool = True,
+    intervention: bool = False,
+    discovery: bool = False,
 ) -> dict[str, dict[str, list]]:
     """TensorBoard's custom-scalars layout: one chart per score with every method on it.
 
     Charts hold ``roi_enrichment``, ``roi_share``, ``roi_lift``, ``roi_mass`` (with ``roi``), the faithfulness
     scores (with ``faithfulness``), ``agreement`` (drift), and the intervention's
-    ``flip_rate`` and ``probability_change`` (with ``intervention``). Tags are exact
+    ``flip_rate`` and ``probability_change`` (with ``intervention``), and discovery's top candidate
+    (with ``discovery``). Tags are exact
     (escaped, anchored regular expressions, which is what the plugin matches).
 
     Example:
@@ -165,6 +236,9 @@ def scalar_layout(
     if intervention:
         tags = ("audit/intervention/flip_rate", "audit/intervention/probability_change")
         charts["intervention"] = ["Multiline", [f"^{re.escape(tag)}$" for tag in tags]]
+    if discovery:
+        tags = [f"audit/discovery/{name}" for name in DISCOVERY_SCALARS if name != "candidates"]
+        charts["discovery"] = ["Multiline", [f"^{re.escape(tag)}$" for tag in tags]]
     return {"audit: methods side by side": charts}
 
 

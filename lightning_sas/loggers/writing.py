@@ -35,29 +35,16 @@ from lightning.pytorch.loggers import Logger
 
 from lightning_sas.audit.run import AuditResult
 from lightning_sas.loggers.content import (
-    audit_captions,
-    audit_scalars,
     manifest_markdown,
-    render_audit,
-    retag,
-    retag_layout,
     save_raw_maps,
-    scalar_layout,
 )
 from lightning_sas.loggers.registry import sink_for
 from lightning_sas.probes.probe_set import Probes
 
 __all__ = [
     "AuditWriteError",
-    "audit_captions",
-    "audit_scalars",
     "describe_error",
     "first_directory",
-    "manifest_markdown",
-    "render_audit",
-    "retag",
-    "retag_layout",
-    "scalar_layout",
     "write_layout",
     "write_manifest",
     "write_pictures",

@@ -1,9 +1,43 @@
-"""Saliency-as-Schedule (SaS): attribution as an ordering of pixels, optimised over a whole schedule of masks."""
+"""Saliency-as-Schedule (SaS): attribution as an ordering of pixels, optimised over a whole schedule of masks.
+
+Two objectives (``objective=``):
+
+* ``"paper"`` (default): the source's loss exactly, ``Σ_k [score(deletion_k) -
+  score(insertion_k)] + tv_weight · Σ_pixels TV(m)``, raw scores summed over the schedule
+  and the total variation summed over pixels. It separated the alert study's biased runs
+  from its clean ones far better than the scale-free objective (README, "Alert study"),
+  which is why it is the default. Its balance between the two terms depends on the logit
+  scale and the image size: when an image's score changes by less than
+  ``tv_weight × side / (K − 1)`` between the image and its blur, total variation wins and
+  the map carries little evidence (a model with logits 100× smaller than usual), and
+  SaS warns (once per method object).
+* ``"scale_free"``: each image's score terms are divided by its own dynamic range
+  ``|score(x) - score(blur(x))|`` and averaged over the schedule, and the total variation
+  is a per-pixel mean, so one set of defaults works from 32 to 224 px and for any logit
+  scale (ground truth is found at logits ×0.01 and ×100 alike).
+
+Cost: ``iterations × 2 × schedule_subset`` model passes per probe, 950 at the defaults: 95
+iterations, each forwarding a random 5 of the 19 interior masks (an unbiased estimate of the
+full schedule's gradient). That is a quarter of the paper's 3,800 (100 iterations over all
+19, :meth:`paper`); with the scale-free objective the quarter schedule was measured to give
+the full schedule's maps (Spearman 0.999, as high ground-truth shares, faithfulness AUCs
+within 0.002, ``docs/sas_cost.md``); the alert study measured the paper objective on it.
+
+Kernel sizes: ``None`` scales the reference sizes (17 for smoothing, 51 for the blur, at
+224 px) to the image: the nearest odd integer to ``reference × side / 224``, at least 3
+(the smoothing kernel uses the mask's side when ``mask_scale < 1``). The smoothing sigma
+is ``kernel / 6``; the blur sigma follows OpenCV's rule for ``sigma=0``.
+
+Batched for real: all images × the iteration's schedule steps × {insertion, deletion} go through
+the model in chunks of at most ``max_batch`` images per forward, gradients accumulated into the
+masks; the bisection runs vectorised on the device; nothing in the loop waits for the host. The
+endpoint masks (all OFF, all ON) carry no gradient and are never forwarded.
+"""
 
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +48,7 @@ from lightning_sas.methods.chunking import auto_chunk, input_memory_format, retr
 from lightning_sas.methods.sas_arguments import PAPER_CONFIGURATION, check_sas_arguments
 from lightning_sas.methods.sas_mask import importance_map, initial_mask
 from lightning_sas.methods.sas_optimisation import LoopSettings, optimise_mask
-from lightning_sas.methods.sas_schedule import ScheduleItems, schedule_items, schedule_steps, total_variation_dominance
+from lightning_sas.methods.sas_schedule import schedule_items, schedule_steps, total_variation_dominance
 from lightning_sas.validation import require_int
 
 # Reference kernel sizes at 224 px (docs/design.md); scaled to the image side unless given.
@@ -30,38 +64,7 @@ class SaS(AttributionMethod):
     blur) score high and every deletion image score low, for the whole schedule at once. The
     result is ``e`` after the last step, min-max normalised: an ordering of pixels by importance.
 
-    Batched for real: all images × the iteration's schedule steps × {insertion, deletion} go through the model
-    in chunks of at most ``max_batch`` images per forward, gradients accumulated into the
-    masks; the bisection runs vectorised on the device; nothing in the loop waits for the
-    host. The endpoint masks (all OFF, all ON) carry no gradient and are never forwarded.
-
-    Two objectives (``objective=``):
-
-    * ``"paper"`` (default): the source's loss exactly, ``Σ_k [score(deletion_k) -
-      score(insertion_k)] + tv_weight · Σ_pixels TV(m)``, raw scores summed over the schedule
-      and the total variation summed over pixels. It separated the alert study's biased runs
-      from its clean ones far better than the scale-free objective (README, "Alert study"),
-      which is why it is the default. Its balance between the two terms depends on the logit
-      scale and the image size: when an image's score changes by less than
-      ``tv_weight × side / (K − 1)`` between the image and its blur, total variation wins and
-      the map carries little evidence (a model with logits 100× smaller than usual), and
-      SaS warns (once per method object).
-    * ``"scale_free"``: each image's score terms are divided by its own dynamic range
-      ``|score(x) - score(blur(x))|`` and averaged over the schedule, and the total variation
-      is a per-pixel mean, so one set of defaults works from 32 to 224 px and for any logit
-      scale (ground truth is found at logits ×0.01 and ×100 alike).
-
-    Cost: ``iterations × 2 × schedule_subset`` model passes per probe, 950 at the defaults: 95
-    iterations, each forwarding a random 5 of the 19 interior masks (an unbiased estimate of the
-    full schedule's gradient). That is a quarter of the paper's 3,800 (100 iterations over all
-    19, :meth:`paper`); with the scale-free objective the quarter schedule was measured to give
-    the full schedule's maps (Spearman 0.999, as high ground-truth shares, faithfulness AUCs
-    within 0.002, ``docs/sas_cost.md``); the alert study measured the paper objective on it.
-
-    Kernel sizes: ``None`` scales the reference sizes (17 for smoothing, 51 for the blur, at
-    224 px) to the image: the nearest odd integer to ``reference × side / 224``, at least 3
-    (the smoothing kernel uses the mask's side when ``mask_scale < 1``). The smoothing sigma
-    is ``kernel / 6``; the blur sigma follows OpenCV's rule for ``sigma=0``.
+    Batching, the two objectives, the cost and the kernel sizes: see the module docstring.
 
     Args:
         iterations: Adam steps on the mask.
@@ -72,25 +75,18 @@ class SaS(AttributionMethod):
         smoothing_kernel: Gaussian smoothing kernel (odd) for ``m``; ``None`` scales with size.
         blur_kernel: Gaussian kernel (odd) of the baseline blur; ``None`` scales with size.
         score: ``"logit"`` (default) or ``"prob"`` (softmax probability of the target).
-        max_batch: Most images in one model forward. ``None`` picks a chunk from free GPU
-            memory (CUDA) or a fixed pixel budget (CPU). On out-of-memory the chunk is halved
-            and the attribution restarted, down to one image per forward.
+        max_batch: Most images in one model forward; ``None``: chosen from memory (halved and
+            restarted on out-of-memory, down to one image per forward).
         mask_scale: Resolution of ``m`` relative to the image, in (0, 1]; 1 = full resolution.
-        autocast_dtype: Run the model's forwards under ``torch.autocast`` with this dtype
-            (e.g. ``torch.bfloat16`` on a GPU; not ``torch.float16``, whose gradients underflow);
-            ``None`` leaves precision to the caller (a float16 autocast runs in float32, see
-            :func:`~lightning_sas.methods.base.attribution_precision`). The mask, importance map
-            and baseline are float32 whatever the autocast.
+        autocast_dtype: Run the model's forwards under ``torch.autocast`` with this dtype (e.g.
+            ``torch.bfloat16``; ``None``: the caller's precision, float16 runs in float32, see
+            :func:`~lightning_sas.methods.base.attribution_precision`). Mask arithmetic is float32.
         seed: Seed of the mask's initial noise and of the schedule subsets (local generators:
             global RNG untouched).
         schedule_subset: Interior schedule steps forwarded per iteration (of ``K - 1``), drawn
-            afresh each iteration without replacement, the same for every image and for
-            insertion and deletion; their terms are reweighted by ``(K - 1) / subset``, so each
-            iteration's gradient is an unbiased estimate of the full schedule's. ``None`` (or a
-            value above ``K - 1``) forwards all ``K - 1``. Costs ``iterations × 2 × subset``
-            passes instead of ``iterations × 2 (K - 1)``.
-        lr_schedule: ``"constant"`` or ``"cosine"`` (the step size decays from ``lr`` to 0 over
-            the call's iterations, half a cosine).
+            afresh each iteration, the same for every image; reweighted by ``(K - 1) / subset``
+            (an unbiased estimate of the full schedule's gradient). ``None``: all ``K - 1``.
+        lr_schedule: ``"constant"`` or ``"cosine"`` (from ``lr`` to 0 over the call, half a cosine).
         objective: ``"scale_free"`` or ``"paper"`` (see above).
 
     Raises:
@@ -162,15 +158,8 @@ class SaS(AttributionMethod):
 
     @classmethod
     def paper(cls, **overrides: object) -> SaS:
-        """The paper's method: its objective and its configuration, 100 iterations over the full
-        schedule of ``K = 20`` masks.
-
-        Args:
-            **overrides: Other constructor arguments (e.g. ``max_batch``, ``autocast_dtype``).
-
-        Returns:
-            ``SaS(objective="paper", iterations=100, num_masks=20, lr=0.01,
-            schedule_subset=None, lr_schedule="constant", ...)``.
+        """The paper's method: its objective, 100 iterations over the full schedule of ``K = 20``
+        masks (``PAPER_CONFIGURATION``); ``overrides``: other constructor arguments.
 
         Example:
             >>> SaS.paper().passes_per_probe()
@@ -199,11 +188,8 @@ class SaS(AttributionMethod):
         return smoothing, blur
 
     def baseline(self, images: Tensor) -> Tensor:
-        """The blurred baseline ``b`` SaS inserts into / deletes towards, in the images' precision.
-
-        An enclosing autocast would run the blur's convolution in bfloat16; the baseline is an
-        input, not part of the model, so it is built without autocast.
-        """
+        """The blurred baseline ``b`` SaS inserts into / deletes towards, in the images' precision
+        (an input, not part of the model: built without an enclosing autocast)."""
         return blur_baseline(images, self.kernel_sizes(*images.shape[-2:])[1])
 
     # ------------------------------------------------------------------ the algorithm
@@ -216,10 +202,8 @@ class SaS(AttributionMethod):
         initial_mask: Tensor | None = None,
         iterations: int | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Warm start: like :meth:`attribute`, from ``initial_mask``, also returning the final mask.
-
-        Seeding an audit with the previous audit's mask of the same probe (the model has moved
-        a little since) lets it converge in fewer iterations than a cold start from noise.
+        """Warm start: like :meth:`attribute`, from ``initial_mask``, also returning the final mask
+        (the model moves little between two audits: fewer iterations than from noise).
 
         Args:
             model: The classifier.
@@ -239,8 +223,8 @@ class SaS(AttributionMethod):
         if iterations is not None:
             require_int("iterations", iterations, minimum=1)
 
-        def solve(forward_module: nn.Module, checked_images: Tensor, checked_targets: Tensor) -> tuple[Tensor, Tensor]:
-            return self._solve(forward_module, checked_images, checked_targets, initial_mask, iterations)
+        def solve(forward_module: nn.Module, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+            return self._solve(forward_module, images, targets, initial_mask, iterations)
 
         maps, mask = self._guarded(model, images, targets, solve)
         return maps.detach().float(), mask.detach()
@@ -290,11 +274,8 @@ class SaS(AttributionMethod):
             both = torch.cat([images, baseline]).contiguous(memory_format=input_memory_format(model, images))
             logits = torch.cat([self._forward(model, part) for part in both.split(chunk)])
             check_logits(logits[:batch], targets)
-            reference = self._target_scores(logits, targets.repeat(2))
-        # Each image's score terms in units of its own insertion range: scale-free objective.
-        # The floor keeps a blur-invariant score (range 0) from giving huge loss weights.
-        score_range = (reference[:batch] - reference[batch:]).abs()
-        score_range = score_range.clamp_min(1e-6 * reference.view(2, batch).abs().amax(dim=0) + 1e-12)
+            reference = self._composite_scores_of(logits, targets.repeat(2))
+        score_range = insertion_range(reference.view(2, batch))
         if self.objective == "paper":
             self._warn_if_total_variation_dominates(score_range, min(mask.shape[-2:]))
 
@@ -314,11 +295,8 @@ class SaS(AttributionMethod):
         return torch.where(nonfinite[:, None, None] > 0, float("nan"), maps), mask
 
     def _warn_if_total_variation_dominates(self, score_range: Tensor, mask_side: int) -> None:
-        """The paper's loss balances raw scores against summed total variation. Over the schedule
-        the score terms can gain about ``(K − 1) × |score(x) − score(blur(x))|``; a mask that orders
-        anything pays total variation of the order ``tv_weight × side`` per unit of height. When
-        the gain is the smaller, the cheapest mask is a flat one and the map carries little
-        evidence (logits too small for the paper's balance): say so (one host read, before the loop)."""
+        """Warn when the paper's balance lets total variation win (see
+        :func:`~lightning_sas.methods.sas_schedule.total_variation_dominance`; one host read)."""
         if self._warned_total_variation:
             return
         message = total_variation_dominance(score_range, mask_side, self.tv_weight, self.num_masks)
@@ -326,52 +304,27 @@ class SaS(AttributionMethod):
             self._warned_total_variation = True  # once per method object: an audit repeats it every epoch
             warnings.warn(message, UserWarning, stacklevel=4)
 
-    def _optimise_mask(
-        self,
-        model: nn.Module,
-        baseline: Tensor,
-        difference: Tensor,
-        targets: Tensor,
-        schedule: ScheduleItems,
-        steps: Tensor,
-        chunk: int,
-        mask: Tensor,
-        iterations: int,
-        nonfinite: Tensor,
-    ) -> Tensor:
-        """The optimisation loop from ``mask``: runs entirely on the device, never waiting for the host.
-
-        ``steps`` ``[iterations, S]`` are the schedule steps forwarded at each iteration;
-        ``nonfinite`` ``[B]`` is increased in place for every non-finite score of an image.
-        """
-        _, _, height, width = baseline.shape
+    def _optimise_mask(self, model: nn.Module, *loop_inputs: Any) -> Tensor:
+        """The optimisation loop (:func:`~lightning_sas.methods.sas_optimisation.optimise_mask`, whose
+        arguments after ``settings`` are ``loop_inputs``) with this method's settings: entirely on the
+        device, never waiting for the host."""
         settings = LoopSettings(
             num_masks=self.num_masks,
-            smoothing=self.kernel_sizes(height, width)[0],
+            smoothing=self.kernel_sizes(*loop_inputs[0].shape[-2:])[0],
             temperature=self.temperature,
             tv_weight=self.tv_weight,
             tv_reduce="sum" if self.objective == "paper" else "mean",
             lr=self.lr,
             lr_schedule=self.lr_schedule,
         )
-        return optimise_mask(
-            model,
-            self._composite_scores,
-            settings,
-            baseline,
-            difference,
-            targets,
-            schedule,
-            steps,
-            chunk,
-            mask,
-            iterations,
-            nonfinite,
-        )
+        return optimise_mask(model, self._composite_scores, settings, *loop_inputs)
 
     def _composite_scores(self, model: nn.Module, composites: Tensor, targets: Tensor) -> Tensor:
         """The target scores ``[n]`` (float32) of insertion / deletion composites, by :attr:`score`."""
-        return self._target_scores(self._forward(model, composites), targets)
+        return self._composite_scores_of(self._forward(model, composites), targets)
+
+    def _composite_scores_of(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return target_scores(logits, targets, self.score)
 
     def _initial_mask(self, batch: int, height: int, width: int, device: torch.device) -> Tensor:
         """The mask parameter before the first step (see :func:`~lightning_sas.methods.sas_mask.initial_mask`)."""
@@ -383,13 +336,24 @@ class SaS(AttributionMethod):
         with torch.autocast(device_type=images.device.type, dtype=self.autocast_dtype):
             return model(images)
 
-    def _target_scores(self, logits: Tensor, targets: Tensor) -> Tensor:
-        logits = logits.float()
-        if self.score == "prob":
-            logits = logits.softmax(dim=1)
-        return logits.gather(1, targets[:, None])[:, 0]
-
     def _auto_chunk(self, model: nn.Module, images: Tensor) -> int:
         """Images per forward when ``max_batch`` is None (one-off host syncs, before the loop)."""
         total = images.shape[0] * 2 * self.steps_per_iteration()
         return auto_chunk(model, images[:1], total, with_gradient=True, forward=self._forward)
+
+
+def target_scores(logits: Tensor, targets: Tensor, score: Literal["logit", "prob"]) -> Tensor:
+    """The targets' scores ``[n]`` in float32: their logits, or their softmax probabilities."""
+    logits = logits.float()
+    if score == "prob":
+        logits = logits.softmax(dim=1)
+    return logits.gather(1, targets[:, None])[:, 0]
+
+
+def insertion_range(reference: Tensor) -> Tensor:
+    """Each image's score range ``|score(x) − score(blur(x))|`` from ``reference`` ``[2, B]`` (image, blur).
+
+    The scale-free objective measures an image's score terms in units of it. The floor keeps a
+    blur-invariant score (range 0) from giving huge loss weights.
+    """
+    return (reference[0] - reference[1]).abs().clamp_min(1e-6 * reference.abs().amax(dim=0) + 1e-12)

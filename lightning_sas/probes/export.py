@@ -44,30 +44,23 @@ import numpy as np
 import torch  # noqa: F401  (the doctest's ``torch``)
 from torch import Tensor
 
-from lightning_sas.probes.export_artifacts import export_artifacts
 from lightning_sas.probes.export_folder import (
     LABELS_FILE,
-    MANIFEST_VERSION,
     MASKS_FOLDER,
     ExportError,
-    ExportFolderError,
     png_bytes,
     prepare_out,
     to_pixels,
     write_hashed,
     write_manifest,
 )
-from lightning_sas.probes.probe_set import class_label, stratified_indices, unpack_item
+from lightning_sas.probes.items import unpack_item
+from lightning_sas.probes.probe_set import class_label, stratified_indices
 from lightning_sas.validation import check_normalization
 
 __all__ = [
-    "MANIFEST_VERSION",
-    "ExportError",
-    "ExportFolderError",
     "ItemKeyError",
-    "export_artifacts",
     "export_probes",
-    "to_pixels",
 ]
 
 

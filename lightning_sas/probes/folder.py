@@ -31,12 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lightning_sas.probes.artifact_folder import (
-    ARTIFACT_MASK_SUFFIX,
-    ARTIFACT_MASKS_FOLDER,
-    ArtifactFolder,
-    read_artifact_folder,
-)
 from lightning_sas.probes.errors import ProbeFolderError
 from lightning_sas.probes.images import (
     IMAGE_EXTENSIONS,
@@ -47,7 +41,6 @@ from lightning_sas.probes.images import (
     prepare_image,
     read_mask,
 )
-from lightning_sas.probes.labels import class_index, read_labels
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,16 +49,8 @@ if TYPE_CHECKING:
     from lightning_sas.probes.probe_set import Probes
 
 __all__ = [
-    "ARTIFACT_MASKS_FOLDER",
-    "ARTIFACT_MASK_SUFFIX",
-    "IMAGE_EXTENSIONS",
-    "ArtifactFolder",
     "ProbeFolder",
-    "ProbeFolderError",
     "SkippedFile",
-    "class_index",
-    "read_artifact_folder",
-    "read_labels",
     "read_probe_folder",
     "to_probes",
 ]
@@ -91,6 +76,8 @@ class ProbeFolder:
         file_hashes: SHA-256 of each probe's file bytes.
         skipped: Files that could not be used, with the reason.
         file_sizes: ``(height, width)`` of each probe's file, before resizing.
+        object_masks: ``[H, W]`` bool arrays of where the legitimate evidence is (all False
+            without one), resized; empty when no object-mask folder was given.
     """
 
     names: list[str] = field(default_factory=list)
@@ -100,6 +87,7 @@ class ProbeFolder:
     file_hashes: list[str] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
     file_sizes: list[tuple[int, int]] = field(default_factory=list)
+    object_masks: list[np.ndarray] = field(default_factory=list)
 
 
 def read_probe_folder(
@@ -109,6 +97,7 @@ def read_probe_folder(
     *,
     size: int | Sequence[int],
     channels: int,
+    object_masks_dir: Path | str | None = None,
 ) -> ProbeFolder:
     """Read, convert and resize every probe image (and its mask); undecodable files are skipped.
 
@@ -118,6 +107,8 @@ def read_probe_folder(
         labels: Class index by file name (from :func:`read_labels`); others get -1.
         size: ``N`` (N x N) or ``(height, width)`` in pixels.
         channels: 3 (RGB) or 1 (grey).
+        object_masks_dir: Folder of object masks (where the legitimate evidence is, e.g. the
+            lesion) with the probes' file names, or ``None``.
 
     Returns:
         The readable probes, and the skipped files with their reason.
@@ -128,6 +119,7 @@ def read_probe_folder(
     """
     probe_dir = Path(probe_dir)
     masks_path = Path(masks_dir) if masks_dir is not None else None
+    objects_path = Path(object_masks_dir) if object_masks_dir is not None else None
     height, width = height_width(size)
     files = image_files(probe_dir)
     if not files:
@@ -135,10 +127,13 @@ def read_probe_folder(
     folder = ProbeFolder()
     for path in files:
         probe = _read_probe(path, masks_path, (height, width), channels)
-        if isinstance(probe, SkippedFile):
-            folder.skipped.append(probe)
+        object_mask = _read_object_mask(path, objects_path, (height, width))
+        if isinstance(probe, SkippedFile) or isinstance(object_mask, SkippedFile):
+            folder.skipped.append(probe if isinstance(probe, SkippedFile) else object_mask)
             continue
         data, pixels, image, mask = probe
+        if object_mask is not None:
+            folder.object_masks.append(object_mask)
         folder.names.append(path.name)
         folder.images.append(image)
         folder.masks.append(mask)
@@ -184,6 +179,19 @@ def _read_probe(
     return data, pixels, image, mask
 
 
+def _read_object_mask(path: Path, objects_path: Path | None, size: tuple[int, int]) -> np.ndarray | SkippedFile | None:
+    """The probe's object mask (all False without a file), ``None`` without a folder, or why it is skipped."""
+    import numpy as np
+
+    if objects_path is None:
+        return None
+    found = mask_file(objects_path, path.name)
+    try:
+        return read_mask(found, size) if found is not None else np.zeros(size, dtype=bool)
+    except ValueError as error:
+        return SkippedFile(path.name, f"object mask: {error}")
+
+
 def to_probes(
     folder: ProbeFolder, mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu"
 ) -> Probes:
@@ -212,4 +220,5 @@ def to_probes(
         roi=torch.from_numpy(np.stack(folder.masks)).to(device),
         names=list(folder.names),
         indices=[-1] * len(folder.names),
+        object_mask=torch.from_numpy(np.stack(folder.object_masks)).to(device) if folder.object_masks else None,
     )

@@ -26,27 +26,16 @@ from PIL import Image
 
 from lightning_sas.audit.run import AuditResult
 from lightning_sas.probes.probe_set import Probes, class_label
-from lightning_sas.report.baseline import compare_with_baseline, load_summary
 from lightning_sas.report.render import overlay, to_display, to_uint8
-from lightning_sas.report.staging import put_in_place, staging_folder
-from lightning_sas.report.summary import AUDIT_PARTS, build_summary, method_errors, write_summary
-from lightning_sas.report.verdict import rule_text, verdict_text
+from lightning_sas.report.summary import AUDIT_PARTS, method_errors
+from lightning_sas.report.verdict import rule_text
 
 __all__ = [
-    "AUDIT_PARTS",
-    "build_summary",
-    "compare_with_baseline",
-    "load_summary",
-    "method_errors",
     "png_data_uri",
     "probe_pictures",
-    "put_in_place",
     "render_report",
     "report_title",
-    "staging_folder",
-    "verdict_text",
     "write_report",
-    "write_summary",
 ]
 
 
@@ -84,13 +73,18 @@ def report_title(summary: Mapping[str, Any]) -> str:
     return f"lightning-sas audit: {model} from {summary.get('checkpoint')}"
 
 
-def render_report(summary: Mapping[str, Any], pictures: Sequence[Mapping[str, np.ndarray]]) -> str:
+def render_report(
+    summary: Mapping[str, Any],
+    pictures: Sequence[Mapping[str, np.ndarray]],
+    sheets: Mapping[str, np.ndarray] | None = None,
+) -> str:
     """The HTML report of one audit.
 
     Args:
         summary: The audit's summary (with its baseline comparison, if any).
         pictures: Per probe (same order as ``summary["probes"]``): ``"image"`` and one overlay
             per method (from :func:`probe_pictures`).
+        sheets: Discovery's pictures by tag (``audit/discovery/candidates``, ``.../strategies``).
 
     Returns:
         One self-contained HTML document.
@@ -102,6 +96,7 @@ def render_report(summary: Mapping[str, Any], pictures: Sequence[Mapping[str, np
         .render(
             summary=summary,
             pictures=pictures,
+            sheets=dict(sheets or {}),
             title=report_title(summary),
             probes_with_mask=sum(entry["has_mask"] for entry in summary["probes"]),
             chance=f" (here {sum(areas) / len(areas):.3f} on average)" if areas else "",
@@ -110,11 +105,14 @@ def render_report(summary: Mapping[str, Any], pictures: Sequence[Mapping[str, np
 
 
 def write_report(
-    summary: Mapping[str, Any], pictures: Sequence[Mapping[str, np.ndarray]], path: os.PathLike[str] | str
+    summary: Mapping[str, Any],
+    pictures: Sequence[Mapping[str, np.ndarray]],
+    path: os.PathLike[str] | str,
+    sheets: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Write :func:`render_report`'s document to ``path``."""
     destination = Path(path)
-    destination.write_text(render_report(summary, pictures), encoding="utf-8")
+    destination.write_text(render_report(summary, pictures, sheets), encoding="utf-8")
     return destination
 
 

@@ -315,6 +315,7 @@ def comparison_grid(
     *,
     panel_inches: float = 2.0,
     dpi: int = 100,
+    first_heading: str = "image",
 ) -> np.ndarray:
     """One figure comparing methods on several images: a row per image, a column per method.
 
@@ -335,6 +336,7 @@ def comparison_grid(
         title: Text on top of the figure.
         panel_inches: Size of each image tile in inches (at ``dpi``).
         dpi: Pixels per inch of ``panel_inches``.
+        first_heading: The first column's heading.
 
     Returns:
         numpy uint8 array ``[H', W', 3]`` (RGB).
@@ -357,7 +359,7 @@ def comparison_grid(
             "comparison_grid: `overlays` must map at least one method name to its overlays, got an empty mapping"
         )
     tile_pixels = tile_size("comparison_grid", panel_inches, dpi)
-    headings = ["image", *(str(name) for name in overlays)]
+    headings = [first_heading, *(str(name) for name in overlays)]
     columns = {f"overlays[{name!r}]": pictures for name, pictures in overlays.items()}
     tiles, labels = grid_tiles("comparison_grid", display, columns, row_labels, tile_pixels)
     rows = [

@@ -147,6 +147,7 @@ def build_summary(
         "faithfulness": _faithfulness_record(faithfulness),
         "intervention": _intervention_record(result.intervention, artifacts, class_names),
         "sanity": _sanity_record(sanity),
+        "discovery": discovery_record(result, rule, class_names),
         "probes": entries,
         "manifest": manifest,
         "skipped": [{"file": item.file, "reason": item.reason} for item in skipped],
@@ -315,6 +316,29 @@ def _intervention_record(
         "eligible_probes": int(intervention.eligible.sum()),
         "probes_flipped": int((intervention.flipped & intervention.eligible[:, None]).any(dim=1).sum()),
     }
+
+
+def discovery_record(
+    result: AuditResult, rule: AlertRule, class_names: Sequence[str] | None
+) -> dict[str, Any] | None:
+    """The ``"discovery"`` of ``summary.json``: every candidate with its fields, whether the rule
+    confirms it, and the folder it is exported to (``candidates/<k>``, in the ``--artifacts`` format);
+    ``{"skipped": why}`` when it could not run; ``None`` when it was not asked for."""
+    from lightning_sas.audit.criteria import confirmed_candidate
+
+    found = result.discovery
+    if found is None:
+        skipped = result.discovery_skipped or result.errors.get("discovery")
+        return None if skipped is None else {"skipped": skipped}
+    record = found.to_dict()
+    object_masks = found.outside_share is not None
+    for number, candidate in enumerate(record["candidates"], start=1):
+        candidate["class_name"] = class_label(candidate["class_index"], class_names)
+        candidate["confirmed"] = confirmed_candidate(candidate, rule, object_masks)
+        candidate["exported"] = f"candidates/{number}" if candidate["confirmed"] else None
+    record["method"] = found.settings.get("method")
+    record["object_masks"] = object_masks
+    return record
 
 
 def _sanity_record(sanity: SanityResult | None) -> dict[str, Any] | None:

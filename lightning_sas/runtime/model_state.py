@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 import torch
@@ -45,6 +46,38 @@ def _rng_devices(model: nn.Module) -> list[int]:
     )
 
 
+#: ids of the modules inside an :func:`attribution_mode` block (of this thread / task).
+_IN_ATTRIBUTION: ContextVar[frozenset[int]] = ContextVar("lightning_sas_attribution", default=frozenset())
+#: The hook tables of an ``nn.Module``: a hook registered inside the block and not removed is removed on exit.
+_HOOK_TABLES = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
+
+
+def _already_in_attribution(module: nn.Module) -> bool:
+    """Whether ``module`` (or every module below a new wrapper around it) is inside a block already."""
+    active = _IN_ATTRIBUTION.get()
+    below = [id(child) for child in module.modules() if child is not module]
+    return id(module) in active or (bool(below) and all(child in active for child in below))
+
+
+def _hook_keys(modules: list[nn.Module]) -> list[tuple[nn.Module, str, frozenset]]:
+    return [(m, table, frozenset(getattr(m, table))) for m in modules for table in _HOOK_TABLES if hasattr(m, table)]
+
+
+def _remove_new_hooks(before: list[tuple[nn.Module, str, frozenset]]) -> None:
+    for module, table, keys in before:
+        entries = getattr(module, table)
+        for key in [key for key in entries if key not in keys]:
+            del entries[key]
+
+
 @contextmanager
 def attribution_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put ``model`` in a state fit for attribution and restore it afterwards.
@@ -56,7 +89,12 @@ def attribution_mode(model: nn.Module) -> Iterator[nn.Module]:
     so a method (or a model) that draws random numbers leaves the training run's streams alone.
 
     On exit, also after an exception: each module's ``training`` flag, each parameter's
-    ``requires_grad`` flag, the grad / inference mode and the RNG states are what they were.
+    ``requires_grad`` flag, the grad / inference mode and the RNG states are what they were, and
+    any hook registered on the model inside the block and not removed is removed.
+
+    It is the one context manager of an audit: :func:`~lightning_sas.audit.run.explain` enters it
+    once, and a block entered again for the same model inside it (a method called by the audit)
+    does nothing more: the outer block restores everything once.
 
     Args:
         model: The model to attribute, possibly wrapped in DistributedDataParallel or compiled
@@ -74,9 +112,16 @@ def attribution_mode(model: nn.Module) -> Iterator[nn.Module]:
         True
     """
     forward_module = unwrap_model(model)
-    training_flags = [(module, module.training) for module in forward_module.modules()]
+    if _already_in_attribution(forward_module):
+        with torch.inference_mode(False), torch.enable_grad():
+            yield forward_module
+        return
+    modules = list(forward_module.modules())
+    training_flags = [(module, module.training) for module in modules]
     grad_flags = [(param, param.requires_grad) for param in forward_module.parameters()]
+    hooks = _hook_keys(modules)
     python_state, numpy_state = random.getstate(), np.random.get_state()
+    token = _IN_ATTRIBUTION.set(_IN_ATTRIBUTION.get() | {id(module) for module in modules})
     with torch.random.fork_rng(devices=_rng_devices(forward_module)):
         try:
             for param, _ in grad_flags:
@@ -85,10 +130,12 @@ def attribution_mode(model: nn.Module) -> Iterator[nn.Module]:
             with torch.inference_mode(False), torch.enable_grad():
                 yield forward_module
         finally:
+            _IN_ATTRIBUTION.reset(token)
             for module, was_training in training_flags:
                 module.training = was_training
             for param, required_grad in grad_flags:
                 param.requires_grad_(required_grad)
+            _remove_new_hooks(hooks)
             random.setstate(python_state)
             np.random.set_state(numpy_state)
 

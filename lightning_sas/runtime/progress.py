@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from tqdm.auto import tqdm
+
 _REPORTER: ContextVar[Callable[[int], None] | None] = ContextVar("lightning_sas_progress", default=None)
 
 
@@ -53,3 +55,14 @@ def accounted(passes: int) -> Iterator[None]:
     with reporting(count):
         yield
     outer(max(0, passes - reported))
+
+
+@contextmanager
+def progress_bar(total: int, description: str) -> Iterator[None]:
+    """A tqdm bar of ``total`` model passes, advanced by what the block reports, closed at its end."""
+    bar = tqdm(total=total, desc=description, unit="pass", leave=False, dynamic_ncols=True)
+    try:
+        with reporting(bar.update):
+            yield
+    finally:
+        bar.close()

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_sas.probes.folder import ArtifactFolder
+from lightning_sas.probes.artifact_folder import ArtifactFolder
 from lightning_sas.runtime.model_state import attribution_mode
 from lightning_sas.runtime.outputs import ClassifierOutput, OutputSelector
 
@@ -244,7 +244,7 @@ def to_artifacts(
     """The folder's patches as :class:`Artifacts`, normalised like the probes.
 
     Args:
-        folder: From :func:`~lightning_sas.probes.folder.read_artifact_folder`.
+        folder: From :func:`~lightning_sas.probes.artifact_folder.read_artifact_folder`.
         mean: One value per channel, as for :func:`~lightning_sas.probes.folder.to_probes`.
         std: One value per channel.
         target_class: The class the artifact is suspected to push predictions to.

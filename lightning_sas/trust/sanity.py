@@ -28,7 +28,7 @@ similar once *every* parameter is random explains the image, not the model, and 
   of the median).
 
 Default threshold (:data:`DEFAULT_THRESHOLD` = 0.9), chosen from measurements printed by
-``.venv/bin/python tests/test_sanity.py`` (CPU, one thread, torch 2.14; 4.5 minutes).
+``.venv/bin/python tests/trust/test_sanity.py`` (CPU, one thread, torch 2.14; 4.5 minutes).
 Models: a SmallCNN trained in-process on the corner task (class 1 = a bright top-left
 quadrant; 100% accuracy on 64 held-out images, so its decisions need its weights) and
 randomly initialised torchvision resnet18s (2 classes) at 32 and 64 px; 8 held-out corner

@@ -1,0 +1,83 @@
+"""The discovery criterion of ``decide``: each level of side information, and what it cannot tell."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lightning_sas.audit.criteria import confirmed_candidate
+from lightning_sas.audit.verdict import AlertRule, DiscoveryEvidence, Evidence, decide
+
+RULE = AlertRule()
+
+
+def candidate(**fields: object) -> dict:
+    """A discovered candidate's plain data (``Candidate.to_dict``): a confirmed shortcut unless overridden."""
+    record = {
+        "class_index": 1,
+        "sources": [0, 2, 4, 6],
+        "box": [0.0, 0.0, 0.25, 0.25],
+        "area": 0.06,
+        "flip_rate": 0.9,
+        "control_flip_rate": 0.0,
+        "contrast": 0.8,
+        "outside_object": math.nan,
+        "trials": 16,
+    }
+    record.update(fields)
+    return record
+
+
+def evidence(*candidates: dict, object_masks: bool = False, skipped: str | None = None) -> Evidence:
+    found = DiscoveryEvidence(candidates=list(candidates), object_masks=object_masks, method="sas", skipped=skipped)
+    return Evidence(image_pixels=256, roi_pixels=[0] * 8, roi_share={"sas": [math.nan] * 8}, discovery=found)
+
+
+def test_a_recurring_region_that_flips_others_and_not_its_control_is_a_shortcut() -> None:
+    verdict = decide(evidence(candidate()), RULE)
+    assert verdict.status == "shortcut" and verdict.crossed == [("discovery", None)]
+    assert "moves 90% of the other classes' probes" in verdict.reasons[0] and "control 0%" in verdict.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"flip_rate": RULE.min_discovery_flip_rate}, "flips too few"),
+        ({"control_flip_rate": 0.9}, "a non-local cue: the control flips too"),
+        ({"contrast": 0.0}, "the other classes show the same thing there (the object)"),
+        ({"flip_rate": None}, "not measured"),
+    ],
+)
+def test_what_is_not_a_confirmed_shortcut(fields: dict, why: str) -> None:
+    verdict = decide(evidence(candidate(**fields)), RULE)
+    assert verdict.status == "no shortcut", why
+    assert verdict.checked == ["discovery"]
+
+
+def test_with_object_masks_a_region_on_the_object_is_legitimate_evidence() -> None:
+    on_object = candidate(outside_object=0.1)
+    off_object = candidate(outside_object=0.95)
+    assert decide(evidence(on_object, object_masks=True), RULE).status == "no shortcut"
+    assert decide(evidence(off_object, object_masks=True), RULE).status == "shortcut"
+    assert "95% off the object" in decide(evidence(off_object, object_masks=True), RULE).reasons[0]
+    # Without object masks, outside_object is unknown and does not decide.
+    assert confirmed_candidate(on_object, RULE, object_masks=False)
+
+
+def test_discovery_that_could_not_run_or_test_says_it_cannot_tell() -> None:
+    skipped = decide(evidence(skipped="8 probes; discovery needs at least 16"), RULE)
+    assert skipped.status == "cannot tell"
+    assert "discovery needs at least 16" in skipped.not_checkable["discovery"]
+    untested = decide(evidence(candidate(trials=0, flip_rate=None)), RULE)
+    assert untested.status == "cannot tell" and "no probe of another class" in untested.not_checkable["discovery"]
+    # Nothing recurred: checked, and no shortcut.
+    assert decide(evidence(), RULE).status == "no shortcut"
+
+
+def test_the_criterion_can_be_switched_off_and_its_thresholds_are_checked() -> None:
+    assert decide(evidence(candidate()), AlertRule(min_discovery_flip_rate=None)).status == "cannot tell"
+    with pytest.raises(ValueError, match="min_discovery_flip_rate"):
+        AlertRule(min_discovery_flip_rate=1.5)
+    with pytest.raises(ValueError, match="min_discovery_contrast"):
+        AlertRule(min_discovery_contrast="high")  # type: ignore[arg-type]
