@@ -364,7 +364,7 @@ def analysis_records(out: Path, refresh: bool = False, stand_in: Path | None = N
     files = [Path(discovery.__file__)]
     if stand_in is None:
         package = ROOT / "lightning_sas"
-        files += [package / "trust" / "strategies.py", package / "scores" / "object_evidence.py"]
+        files = sorted((package / "trust" / "discovery").glob("*.py")) + [package / "scores" / "object_evidence.py"]
     source = b"".join(path.read_bytes() for path in files if path.exists())
     version = hashlib.sha256(source).hexdigest()[:12]
     cache = out / f"analysis-{version}.json"

@@ -98,6 +98,13 @@ def loaders(dataset: Dataset, batch_size: int = 16) -> tuple[DataLoader, DataLoa
 # ----------------------------------------------------------------------------- a Trainer for the tests
 
 
+def cheap_methods() -> list:
+    """SaS at a few iterations and Grad-CAM: the audit's default methods, quick."""
+    from lightning_sas import GradCAM, SaS
+
+    return [SaS(iterations=3, num_masks=4), GradCAM()]
+
+
 def make_trainer(tmp_path: Path, callbacks: list, max_epochs: int = 2, logger=None, **kwargs) -> L.Trainer:
     return L.Trainer(
         max_epochs=max_epochs,

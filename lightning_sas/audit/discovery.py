@@ -20,7 +20,7 @@ from lightning_sas.audit.result import AuditResult
 from lightning_sas.probes.probe_set import Probes
 from lightning_sas.runtime.outputs import OutputSelector
 from lightning_sas.runtime.progress import accounted
-from lightning_sas.trust.discovery import discover
+from lightning_sas.trust.discovery import SETTINGS, discover
 
 #: Whose maps discovery reads when :attr:`DiscoveryOptions.method` is not given: the first of
 #: these the audit has (the order the discovery study measured best first; README, "Discovery study").
@@ -56,6 +56,9 @@ class DiscoveryOptions:
             raise ValueError(f"`discovery.when` must be 'auto', 'always' or 'never', got {self.when!r}.")
         if self.method is not None and not isinstance(self.method, str):
             raise ValueError(f"`discovery.method` must be a method name or None, got {self.method!r}.")
+        unknown = sorted(set(self.settings) - set(SETTINGS))
+        if unknown:
+            raise ValueError(f"`discovery.settings` has unknown setting(s) {unknown}; known: {', '.join(SETTINGS)}.")
 
     def applies(self, probes: Probes, artifacts_given: bool) -> bool:
         """Whether this audit runs discovery."""

@@ -25,7 +25,7 @@ from lightning_sas.cli.audit_output import (
     write_tensorboard,
 )
 from lightning_sas.cli.errors import EXIT_ERROR, EXIT_OK, EXIT_SHORTCUT, PROGRAM, UsageError, stage
-from lightning_sas.cli.methods import build_methods
+from lightning_sas.cli.methods import build_methods, parse_discovery_config
 from lightning_sas.cli.model_import import ModelLoadError
 from lightning_sas.cli.model_setup import (
     check_gradcam_layer,
@@ -157,7 +157,11 @@ def _set_up(args: argparse.Namespace, inputs: AuditInputs) -> AuditSetup:
     from lightning_sas.scores.faithfulness import Faithfulness
 
     faithfulness = None if args.no_faithfulness else Faithfulness(steps=args.faithfulness_steps)
-    discovery = DiscoveryOptions(when=args.discovery, method=args.discovery_method, seed=DISCOVERY_SEED)
+    try:
+        settings = parse_discovery_config(args.discovery_config)
+        discovery = DiscoveryOptions(args.discovery, args.discovery_method, DISCOVERY_SEED, settings)
+    except ValueError as error:
+        raise UsageError(f"--discovery-config: {error}") from None
     if args.discovery_method is not None and args.discovery_method not in methods:
         raise UsageError(f"--discovery-method {args.discovery_method} is not one of --methods ({', '.join(methods)}).")
     passes = audit_passes(

@@ -41,6 +41,22 @@ def parse_method_config(entries: Sequence[str]) -> dict[str, dict[str, object]]:
     return configs
 
 
+def parse_discovery_config(entries: Sequence[str]) -> dict[str, object]:
+    """``["completion=True", "trials=8"]`` -> ``{"completion": True, "trials": 8}`` (values as in
+    :func:`parse_method_config`).
+
+    Raises:
+        UsageError: For an entry that is not ``KEY=VALUE`` or a key given twice.
+    """
+    settings: dict[str, object] = {}
+    for entry in entries:
+        key, equals, text = entry.partition("=")
+        if not (equals and key.strip().isidentifier()) or key.strip() in settings:
+            raise UsageError(f"--discovery-config {entry!r}: expected KEY=VALUE once per key, e.g. trials=8.")
+        settings[key.strip()] = _config_value(text.strip())
+    return settings
+
+
 def _config_value(text: str) -> object:
     """A ``--method-config`` value: a Python literal, else a torch dtype, else the text itself."""
     import torch

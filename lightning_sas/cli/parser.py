@@ -332,6 +332,14 @@ def _add_discovery_options(group: argparse._ArgumentGroup) -> None:
         help="whose maps discovery reads (one of --methods; default: occlusion, else sas, ...), "
         "e.g. --discovery-method sas.",
     )
+    group.add_argument(
+        "--discovery-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of discovery, repeatable, e.g. --discovery-config completion=True (grow regions to "
+        "the whole thing they sit on) or --discovery-config trials=8 (docs/discovery.md lists them).",
+    )
 
 
 def _add_output_options(group: argparse._ArgumentGroup) -> None:

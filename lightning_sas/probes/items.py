@@ -49,9 +49,9 @@ def item_keys(keys: Mapping[str, str | int] | ItemKeys | None) -> ItemKeys:
 
     Example:
         >>> item_keys({"mask": 2}).positions
-        {'image': 0, 'label': 1, 'mask': 2}
+        {'image': 0, 'label': 1, 'mask': 2, 'object_mask': None}
         >>> item_keys({"image": "pixels", "roi": "ruler"}).keys
-        {'image': 'pixels', 'label': 'label', 'mask': 'ruler'}
+        {'image': 'pixels', 'label': 'label', 'mask': 'ruler', 'object_mask': 'object_mask'}
 
     Raises:
         ValueError: If ``keys`` names another field, or a value is neither a string nor an int >= 0.

@@ -108,7 +108,8 @@ def test_when_it_runs_and_when_it_cannot() -> None:
     roi = torch.zeros(COUNT, SIZE, SIZE, dtype=torch.bool)
     roi[:, :4, :4] = True
     with_roi = Probes(images, labels, roi, [])
-    assert run_audit(Rule("sticker"), with_roi, {"saliency": Saliency()}, discovery=DiscoveryOptions()).discovery is None
+    masked = run_audit(Rule("sticker"), with_roi, {"saliency": Saliency()}, discovery=DiscoveryOptions())
+    assert masked.discovery is None
 
 
 def test_a_failing_discovery_loses_nothing_else() -> None:

@@ -12,16 +12,12 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lit_models import ROI_THIRD, LitClassifier, corner_dataset, fit, loaders, make_trainer, read_events
+from lit_models import ROI_THIRD, LitClassifier, cheap_methods, corner_dataset, fit, loaders, make_trainer, read_events
 from scipy.stats import spearmanr
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_sas import GradCAM, SaS, SASAuditCallback
 from lightning_sas.methods import METHODS
-
-
-def cheap_methods() -> list:
-    return [SaS(iterations=3, num_masks=4), GradCAM()]
 
 
 def test_logs_grids_panels_scalars_and_raw_maps(tmp_path: Path) -> None:

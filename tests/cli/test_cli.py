@@ -604,7 +604,7 @@ def test_trusted_checkpoint_without_masks_has_nothing_to_check(
         "audit", "--checkpoint", str(checkpoints.needs_unpickling), "--trust-checkpoint", "--model", MODEL,
         "--probe", str(probe_set.images), "--labels", str(probe_set.labels), "--class-names", ",".join(CLASS_NAMES),
         "--methods", "gradcam", "--target", "label", *FAST, "--shortcut-threshold", "0", "--out", str(out),
-        "--no-faithfulness", "--discovery", "never",  # 6 probes: too few for discovery (tests/cli/test_cli_discovery.py)
+        "--no-faithfulness", "--discovery", "never",  # 6 probes: too few for discovery (test_cli_discovery.py)
     ]  # fmt: skip
     assert main(arguments) == 0
     assert "nothing to check" in capsys.readouterr().out

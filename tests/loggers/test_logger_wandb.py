@@ -12,9 +12,8 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pytest
-from lit_models import LitClassifier, corner_dataset, loaders
+from lit_models import LitClassifier, corner_dataset, loaders, make_trainer
 from PIL import Image
-from test_callback import make_trainer
 
 from lightning_sas import SASAuditCallback
 

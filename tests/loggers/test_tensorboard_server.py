@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_callback import cheap_methods, fit, read_events
+from lit_models import cheap_methods, fit, read_events
 
 from lightning_sas import SASAuditCallback
 

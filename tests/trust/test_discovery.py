@@ -217,6 +217,7 @@ def test_the_model_and_the_random_streams_are_left_as_they_were_also_on_failure(
         (lambda m, i, p: discover(Sticker(), i, m, p, windows=3), "unknown discovery setting"),
         (lambda m, i, p: discover(Sticker(), i, m, p, top_fraction=0.0), "`top_fraction` must be"),
         (lambda m, i, p: discover(Sticker(), i, m, p, trials=0), "`trials` must be an integer >= 1"),
+        (lambda m, i, p: discover(Sticker(), i, m, p, completion="yes"), "`completion` must be True, False or None"),
         (lambda m, i, p: propose_candidates(m[:, :8], p, i), "`images` must have shape"),
         (lambda m, i, p: propose_candidates(m, p.float(), i), "`predictions` must be integer class indices"),
         (lambda m, i, p: propose_candidates(m, p, i, torch.ones(4, 4)), "`object_masks` must have the shape"),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_sas.trust.strategies import cluster_strategies
+from lightning_sas.trust.discovery.strategies import cluster_strategies
 
 SIZE = 16
 

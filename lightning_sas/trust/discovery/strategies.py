@@ -205,6 +205,17 @@ def cluster_strategies(
         >>> found[0].clusters, found[0].labels.tolist()
         (2, [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
     """
+    _check_inputs(maps, predictions, max_clusters, seed)
+    maps = maps.detach().cpu()
+    predicted = predictions.detach().cpu().long()
+    return {
+        int(class_index): _class_strategies(maps, predicted, int(class_index), max_clusters, seed)
+        for class_index in torch.unique(predicted).tolist()
+    }
+
+
+def _check_inputs(maps: Tensor, predictions: Tensor, max_clusters: int, seed: int) -> None:
+    """``TypeError`` / ``ValueError`` unless the maps, predictions and settings fit."""
     require_tensor("cluster_strategies", "maps", maps)
     require_tensor("cluster_strategies", "predictions", predictions)
     require_int("max_clusters", max_clusters, minimum=1)
@@ -216,34 +227,33 @@ def cluster_strategies(
             f"cluster_strategies: `predictions` must be integer class indices [{maps.shape[0]}], "
             f"got {predictions.dtype} {shape_of(predictions)}"
         )
-    maps = maps.detach().cpu()
-    predicted = predictions.detach().cpu().long()
-    found: dict[int, Strategies] = {}
-    for class_index in torch.unique(predicted).tolist():
-        positions = torch.nonzero(predicted == class_index).flatten()
-        patterns = _patterns(maps[positions])
-        if len(positions) > max(max_clusters, 2):
-            labels, eigengap, eigenvalues = _split(patterns.numpy(), max_clusters, seed)
-        else:
-            labels, eigengap, eigenvalues = np.zeros(len(positions), dtype=np.int64), float("nan"), []
-        labels = _ordered(torch.from_numpy(labels))
-        clusters = int(labels.max()) + 1
-        members = [torch.nonzero(labels == cluster).flatten() for cluster in range(clusters)]
-        representatives = []
-        for rows in members:
-            centre = patterns[rows].mean(dim=0, keepdim=True)
-            closest = torch.cdist(patterns[rows], centre)[:, 0].argsort(stable=True)[:REPRESENTATIVES]
-            representatives.append(positions[rows[closest]].tolist())
-        found[int(class_index)] = Strategies(
-            class_index=int(class_index),
-            labels=labels,
-            positions=positions.tolist(),
-            mean_maps=torch.stack([maps[positions[rows]].float().nan_to_num(0.0).mean(dim=0) for rows in members]),
-            representatives=representatives,
-            eigengap=eigengap,
-            eigenvalues=[float(value) for value in eigenvalues],
-        )
-    return found
+
+
+def _class_strategies(maps: Tensor, predicted: Tensor, class_index: int, max_clusters: int, seed: int) -> Strategies:
+    """The strategies of one predicted class: its maps clustered, each cluster's mean and representatives."""
+    positions = torch.nonzero(predicted == class_index).flatten()
+    patterns = _patterns(maps[positions])
+    if len(positions) > max(max_clusters, 2):
+        labels, eigengap, eigenvalues = _split(patterns.numpy(), max_clusters, seed)
+    else:
+        labels, eigengap, eigenvalues = np.zeros(len(positions), dtype=np.int64), float("nan"), []
+    labels = _ordered(torch.from_numpy(labels))
+    clusters = int(labels.max()) + 1
+    members = [torch.nonzero(labels == cluster).flatten() for cluster in range(clusters)]
+    representatives = []
+    for rows in members:
+        centre = patterns[rows].mean(dim=0, keepdim=True)
+        closest = torch.cdist(patterns[rows], centre)[:, 0].argsort(stable=True)[:REPRESENTATIVES]
+        representatives.append(positions[rows[closest]].tolist())
+    return Strategies(
+        class_index=class_index,
+        labels=labels,
+        positions=positions.tolist(),
+        mean_maps=torch.stack([maps[positions[rows]].float().nan_to_num(0.0).mean(dim=0) for rows in members]),
+        representatives=representatives,
+        eigengap=eigengap,
+        eigenvalues=[float(value) for value in eigenvalues],
+    )
 
 
 def _ordered(labels: Tensor) -> Tensor:

@@ -11,8 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
-from lit_models import LitClassifier, classic_classifier_class, corner_dataset, loaders
-from test_callback import make_trainer, read_events
+from lit_models import LitClassifier, classic_classifier_class, corner_dataset, loaders, make_trainer, read_events
 
 from lightning_sas import SASAuditCallback
 
