@@ -117,7 +117,10 @@ def patch_split(
     return images, labels, masks
 
 
-def make_data(kind: str, biased: bool, seed: int, size: int, n_train: int, n_val: int) -> dict:
+def split_plan(biased: bool, seed: int, n_train: int, n_val: int) -> tuple:
+    """One run's draws, shared by the studies: ``(rng, high, low, rates, counts, seeds)`` -- the
+    artifact rates of the two classes, each split's rates, sizes and seed; ``rng`` goes on drawing
+    the run's other choices."""
     rng = np.random.default_rng(10_000 + seed)
     high, low = float(rng.uniform(0.6, 0.95)), float(rng.uniform(0.02, 0.2))
     if not biased:
@@ -130,6 +133,11 @@ def make_data(kind: str, biased: bool, seed: int, size: int, n_train: int, n_val
     }
     counts = {"train": n_train, "val": n_val, "counterfactual": n_val, "probe": n_val}
     seeds = np.random.SeedSequence(seed).generate_state(4, dtype=np.uint32)
+    return rng, high, low, rates, counts, seeds
+
+
+def make_data(kind: str, biased: bool, seed: int, size: int, n_train: int, n_val: int) -> dict:
+    rng, high, low, rates, counts, seeds = split_plan(biased, seed, n_train, n_val)
     side = int(round(size * rng.uniform(0.10, 0.25)))
     colour = torch.tensor(rng.uniform(0, 1, 3), dtype=torch.float32)
     splits = {}

@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples" / "ruler_bias"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from alert_study import PROBE_ARTIFACT_RATE, USES_SHORTCUT_DROP, accuracy, normalise, train, wilson
+from alert_study import PROBE_ARTIFACT_RATE, USES_SHORTCUT_DROP, accuracy, normalise, split_plan, train, wilson
 from model import LesionClassifier
 from shortcut_kinds import KINDS, LOCAL_KINDS, draw_style, render
 
@@ -84,18 +84,7 @@ def method_objects(sas_iterations: int | None) -> dict[str, object]:
 def make_data(kind: str, biased: bool, seed: int, size: int, n_train: int, n_val: int) -> dict:
     """The four splits of one run (normalised images, labels, object masks, artifact masks), as
     ``alert_study.make_data`` makes them: the same rate draws per seed, the same split seeds."""
-    rng = np.random.default_rng(10_000 + seed)
-    high, low = float(rng.uniform(0.6, 0.95)), float(rng.uniform(0.02, 0.2))
-    if not biased:
-        high = low = (high + low) / 2
-    rates = {
-        "train": (high, low),
-        "val": (high, low),
-        "counterfactual": (low, high),
-        "probe": (PROBE_ARTIFACT_RATE, PROBE_ARTIFACT_RATE),
-    }
-    counts = {"train": n_train, "val": n_val, "counterfactual": n_val, "probe": n_val}
-    seeds = np.random.SeedSequence(seed).generate_state(4, dtype=np.uint32)
+    _, high, low, rates, counts, seeds = split_plan(biased, seed, n_train, n_val)
     # One look per run (colour, size range), shared by its splits.
     style = draw_style(kind, np.random.default_rng([seed, KINDS.index(kind), 22]))
     splits = {}
