@@ -16,6 +16,7 @@ __all__ = [
     "IntegratedGradients",
     "LIME",
     "Occlusion",
+    "ProbeFolderDataset",
     "SASAuditCallback",
     "SaS",
     "Saliency",
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
         SaS,
         SmoothGrad,
     )
+    from lightning_sas.probes.folder_dataset import ProbeFolderDataset
     from lightning_sas.runtime.outputs import ClassifierOutput
     from lightning_sas.scores.faithfulness import Faithfulness
     from lightning_sas.trust.intervention import Artifacts
@@ -58,6 +60,7 @@ _LAZY = {
     },
     "AlertRule": "lightning_sas.audit.verdict",
     "Artifacts": "lightning_sas.trust.intervention",
+    "ProbeFolderDataset": "lightning_sas.probes.folder_dataset",
     "ClassifierOutput": "lightning_sas.runtime.outputs",
     "Faithfulness": "lightning_sas.scores.faithfulness",
 }

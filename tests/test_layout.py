@@ -1,8 +1,8 @@
 """The package's rooms: sub-packages import only the ones below them (no cycles, no climbing back up).
 
 The order, from the bottom: what every room may use, then the data, the methods, the scores on
-top of them, the trust checks, one audit, and the three ways out (loggers, report, the two
-front doors). ``docs/design.md`` draws it.
+top of them, the trust checks, one audit, the ways out (loggers, report) beside the nightly
+job's machinery (checkpoints, cache, processes), and the two front doors. ``docs/design.md`` draws it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ LAYERS = [
     {"scores"},
     {"trust"},
     {"audit"},
-    {"loggers", "report"},
+    {"loggers", "report", "nightly"},
     {"callback", "cli"},
 ]
 

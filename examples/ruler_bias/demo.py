@@ -10,6 +10,8 @@
    codes (1 = shortcut found, 0 = none) and the report paths.
 5. Run it once more as a team that does not know about rulers would: a larger fresh probe set
    without masks and without ruler examples, so shortcut discovery decides (same exit codes).
+6. Audit every epoch's checkpoint of the biased run in one job (``--checkpoint 'epoch=*.ckpt'``,
+   ``--gate last``): a combined report with the trend across training.
 
 Run from the repository root::
 
@@ -23,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -49,10 +52,17 @@ def elapsed() -> str:
 
 
 def audit_checkpoint(
-    run: dict, probes: Path, out: Path, sas_iterations: int | None, image_size: int, *, named: bool = True
+    run: dict,
+    probes: Path,
+    out: Path,
+    sas_iterations: int | None,
+    image_size: int,
+    *,
+    named: bool = True,
+    extra: Sequence[str] = (),
 ) -> tuple[int, Path]:
-    """``lightning-sas audit`` on a run's checkpoint, as a nightly job would call it: with the rulers'
-    masks and examples (``named``), or with neither (shortcut discovery decides)."""
+    """``lightning-sas audit`` on a run's checkpoint (or a glob of them), as a nightly job would call it:
+    with the rulers' masks and examples (``named``), or with neither (shortcut discovery decides)."""
     told = [
         "--masks", str(probes / "masks"),
         "--artifacts", str(probes / "artifacts"), "--artifact-class", "malignant",
@@ -66,7 +76,7 @@ def audit_checkpoint(
         "--image-size", str(image_size),
         "--mean", *map(str, MEAN), "--std", *map(str, STD),
         *(["--sas-iterations", str(sas_iterations)] if sas_iterations is not None else []),
-        "--device", "cpu",
+        "--device", "cpu", *extra,
         "--overwrite",
         "--out", str(out),
     ]  # fmt: skip
@@ -92,13 +102,13 @@ def main() -> None:
                      "--sas-iterations", "10", "--width", "8"]  # fmt: skip
 
     print(
-        f"{elapsed()} 1/4 training the biased model (rulers beside 90% of malignant, 10% of benign lesions)", flush=True
+        f"{elapsed()} 1/6 training the biased model (rulers beside 90% of malignant, 10% of benign lesions)", flush=True
     )
     biased = train.run(settings)
-    print(f"{elapsed()} 2/4 training the clean control (rulers equally likely in both classes)", flush=True)
+    print(f"{elapsed()} 2/6 training the clean control (rulers equally likely in both classes)", flush=True)
     clean = train.run([*settings, "--clean"])
 
-    print(f"{elapsed()} 3/5 exporting a fresh probe set (seed {FRESH_SEED}) and ruler examples", flush=True)
+    print(f"{elapsed()} 3/6 exporting a fresh probe set (seed {FRESH_SEED}) and ruler examples", flush=True)
     fresh = make_splits(n_train=200, n_val=200, n_counterfactual=1, image_size=image_size, seed=FRESH_SEED)
     probes = args.out / "fresh_probes"
     export_probes(
@@ -120,13 +130,13 @@ def main() -> None:
         std=STD,
     )
 
-    print(f"{elapsed()} 4/5 nightly audit of both checkpoints on the fresh probes (lightning-sas audit)", flush=True)
+    print(f"{elapsed()} 4/6 nightly audit of both checkpoints on the fresh probes (lightning-sas audit)", flush=True)
     results = {}
     for name, run in (("biased", biased), ("clean", clean)):
         print(f"  {name}:", flush=True)
         results[name] = audit_checkpoint(run, probes, args.out / f"audit_{name}", sas_iterations, image_size)
 
-    print(f"{elapsed()} 5/5 nightly audit without masks or ruler examples: shortcut discovery", flush=True)
+    print(f"{elapsed()} 5/6 nightly audit without masks or ruler examples: shortcut discovery", flush=True)
     unnamed = args.out / "fresh_probes_unnamed"
     export_probes(
         fresh["val"], unnamed, count=DISCOVERY_PROBES, seed=FRESH_SEED, mean=MEAN, std=STD, class_names=CLASS_NAMES
@@ -136,6 +146,11 @@ def main() -> None:
         print(f"  {name}:", flush=True)
         out = args.out / f"discovery_{name}"
         discovered[name] = audit_checkpoint(run, unnamed, out, sas_iterations, image_size, named=False)
+
+    print(f"{elapsed()} 6/6 nightly audit of every epoch's checkpoint of the biased run: the trend", flush=True)
+    epochs = str(Path(biased["checkpoint"]).parent / "epoch=*.ckpt")
+    trend = audit_checkpoint({"checkpoint": epochs}, probes, args.out / "trend_biased", sas_iterations, image_size,
+                             extra=("--methods", "gradcam", "--gate", "last"))  # fmt: skip
 
     print(f"\n{elapsed()} done.\n")
     header = f"{'run':<7} {'val acc':>8} {'counterfactual acc':>19} {'alerts in training':>19} {'audit exit':>11}"
@@ -150,6 +165,7 @@ def main() -> None:
             f"{name:<7} {run['val_acc']:>8.3f} {run['counterfactual_acc']:>19.3f} {len(run['alerts']):>19} "
             f"{meaning(code):>11} {meaning(found):>15}  {report}, {found_report}"
         )
+    print(f"trend over the biased run's epochs (--gate last): exit {meaning(trend[0])}, {trend[1]}")
     print(f"\nTensorBoard: tensorboard --logdir {args.out}")
     expected = {"biased": 1, "clean": 0}
     if any(discovered[name][0] != code for name, code in expected.items()):

@@ -187,7 +187,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
         accelerator="auto",
         devices=1,
         logger=logger,
-        callbacks=[audit, table, ModelCheckpoint(save_last=True, save_top_k=0)],
+        callbacks=[audit, table, ModelCheckpoint(save_last=True, save_top_k=-1, every_n_epochs=1)],  # one per epoch
         enable_progress_bar=True,  # training and each audit show a progress bar; the table sums up each epoch
         enable_model_summary=not args.quiet,
         log_every_n_steps=10,

@@ -16,14 +16,15 @@ and runs once more at the end of ``fit`` if the last epoch was not audited.
 
 The pieces: probe selection and resume (:mod:`~lightning_sas.callback.probe_selection`), the
 checks before training (:mod:`~lightning_sas.callback.preflight`), the sharded audit
-(:mod:`~lightning_sas.callback.sharded_audit`), what is kept (:mod:`~lightning_sas.callback.records`),
-what is said (:mod:`~lightning_sas.callback.messages`) and written
-(:mod:`~lightning_sas.callback.publishing`).
+(:mod:`~lightning_sas.audit.sharded_run`, shared with the command line), what is kept
+(:mod:`~lightning_sas.callback.records`), what is said (:mod:`~lightning_sas.callback.messages`)
+and written (:mod:`~lightning_sas.callback.publishing`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -42,6 +43,7 @@ from typing_extensions import override
 from lightning_sas.audit.cost import AuditCost, audit_passes
 from lightning_sas.audit.discovery import DiscoveryOptions
 from lightning_sas.audit.run import AuditResult, problems, resolve_methods
+from lightning_sas.audit.sharded_run import Ranks, explain_on_every_rank
 from lightning_sas.audit.verdict import AlertRule, decide
 from lightning_sas.callback.arguments import (
     check_choices,
@@ -57,7 +59,6 @@ from lightning_sas.callback.preflight import estimate_cost, locate_layers
 from lightning_sas.callback.probe_selection import ProbeRequest, select_probes
 from lightning_sas.callback.publishing import Publisher
 from lightning_sas.callback.records import AuditRecords, RecordField
-from lightning_sas.callback.sharded_audit import explain_on_every_rank
 from lightning_sas.loggers.content import audit_scalars, scalar_layout
 from lightning_sas.loggers.writing import describe_error
 from lightning_sas.methods.base import AttributionMethod
@@ -183,6 +184,22 @@ class SASAuditCallback(Callback):
         self._publisher = Publisher(name, self.mean, self.std, self.class_names)
         self._run_trainer: weakref.ref[pl.Trainer] | None = None  # the Trainer of the run audited so far
 
+    @classmethod
+    def from_config(cls, config: str | os.PathLike[str] | Mapping[str, Any], **overrides: Any) -> SASAuditCallback:
+        """The callback of a job file: its ``audit:`` section read as ``lightning-sas audit --config`` reads it.
+
+        The probes are ``ProbeFolderDataset(probe, masks=..., ...)``; the methods, alert rule,
+        artifacts, faithfulness, sanity check and discovery are the command line's. The optional
+        ``callback:`` section holds the callback's own arguments (``every-n-epochs``, ``name``, ...);
+        ``overrides`` win over both. Which key goes where: :mod:`lightning_sas.callback.job_config`.
+
+        Raises:
+            ValueError: For a file that cannot be read, or a key or value the audit or the callback refuses.
+        """
+        from lightning_sas.callback.job_config import callback_arguments
+
+        return cls(**callback_arguments(config, overrides))
+
     @property
     @override
     def state_key(self) -> str:
@@ -287,11 +304,18 @@ class SASAuditCallback(Callback):
     def _run_audit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes, epoch: int) -> None:
         started = time.perf_counter()
         with self._progress(trainer, epoch):
+            ranks = Ranks(
+                trainer.world_size,
+                trainer.global_rank,
+                pl_module.all_gather,
+                pl_module.device,
+                trainer.precision_plugin,
+            )
             result = explain_on_every_rank(
-                trainer,
                 pl_module,
                 probes,
                 self.methods,
+                ranks,
                 self.records.previous_masks,
                 self.discovery,
                 target=self.target,

@@ -9,32 +9,31 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightning_sas.cli.audit_cache import CACHEABLE, audit_key, cached_outcome, copy_audit, job_cache, store_in_cache
 from lightning_sas.cli.audit_inputs import AuditInputs, check_out, previous_audit_files, read_inputs
 from lightning_sas.cli.audit_output import (
     estimate_line,
-    incomplete_parts,
+    exit_status,
+    print_exit_reason,
     print_summary,
     progress_bar,
     tensorboard_texts,
     write_candidates,
     write_tensorboard,
 )
-from lightning_sas.cli.errors import EXIT_ERROR, EXIT_OK, EXIT_SHORTCUT, PROGRAM, UsageError, stage
-from lightning_sas.cli.methods import build_methods, parse_discovery_config
-from lightning_sas.cli.model_import import ModelLoadError
+from lightning_sas.cli.errors import PROGRAM, UsageError, stage
 from lightning_sas.cli.model_setup import (
+    PreparedModel,
     check_gradcam_layer,
     check_model_output,
     explained_layers,
-    import_model,
     load_model,
-    resolve_device,
-    resolve_output,
+    prepare_model,
+    resolve_job_device,
 )
 from lightning_sas.probes.artifact_folder import ArtifactFolder
 
@@ -45,6 +44,7 @@ if TYPE_CHECKING:
 
     from lightning_sas.audit.discovery import DiscoveryOptions
     from lightning_sas.audit.run import AuditResult
+    from lightning_sas.audit.sharded_run import Ranks
     from lightning_sas.audit.verdict import Verdict
     from lightning_sas.methods import AttributionMethod
     from lightning_sas.probes.probe_set import Probes
@@ -52,13 +52,11 @@ if TYPE_CHECKING:
     from lightning_sas.scores.faithfulness import Faithfulness
     from lightning_sas.trust.intervention import Artifacts
 
-__all__ = ["ARTIFACT_SEED", "SANITY_SEED", "AuditSetup", "run_audit_command"]
+__all__ = ["ARTIFACT_SEED", "SANITY_SEED", "AuditReport", "AuditSetup", "audit_checkpoint", "run_audit_command"]
 
 #: Seed of the artifact pastes (positions and examples) and of the sanity check's re-initialisation.
 ARTIFACT_SEED = 0
 SANITY_SEED = 0
-#: Seed of shortcut discovery's transplants and clustering.
-DISCOVERY_SEED = 0
 
 
 @dataclass
@@ -101,6 +99,9 @@ class AuditReport:
 def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
     """Run ``lightning-sas audit``; returns the exit status.
 
+    One checkpoint on one process is audited into ``--out`` itself; several checkpoints, or
+    several processes, go through :func:`~lightning_sas.cli.many_checkpoints.audit_many`.
+
     Returns:
         0 (the alert rule did not fire), 1 (it fired: :func:`lightning_sas.audit.verdict.decide`) or 2
         (the audit is incomplete; the outputs are written all the same).
@@ -111,38 +112,94 @@ def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
     """
     with stage("reading the inputs"):
         inputs = read_inputs(args)
-    out = Path(args.out)
-    setup = _set_up(args, inputs)
-    with stage("timing one model pass"):
-        line = estimate_line(setup.model, setup.probes.images, setup.passes, setup.output)
-    if line:
-        print(line, file=sys.stderr, flush=True)
-    result = _explain(args, setup)
+    from lightning_sas.cli.many_checkpoints import audit_many, start_job_processes
+
+    processes = start_job_processes(args, command)
+    if len(inputs.checkpoints) == 1 and processes.world_size == 1:
+        return _audit_one_checkpoint(args, inputs, command)
+    return audit_many(args, inputs, processes, command)
+
+
+def _audit_one_checkpoint(args: argparse.Namespace, inputs: AuditInputs, command: list[str]) -> int:
+    """One checkpoint, one process: the audit (or its cached copy) written beside ``--out``, then put in place."""
+    from lightning_sas.report.staging import put_in_place, staging_folder
+
+    out, checkpoint = Path(args.out), inputs.checkpoints[0].path
+    prepared = prepare_model(args, inputs, resolve_job_device(args))
+    cache = job_cache(args)
+    key = audit_key(args, inputs, checkpoint, prepared)
+    cached = cache.lookup(key) if cache is not None else None
+    staged = None
+    try:
+        staged = staging_folder(out)
+        if cached is not None:
+            copy_audit(Path(cached["folder"]), staged)
+            summary, issues, status = cached_outcome(cached, staged)
+            print(f"{PROGRAM}: {checkpoint}: unchanged since the audit of {summary['created']}, reused from "
+                  f"the cache {cache.root} (--no-cache audits again)", file=sys.stderr)  # fmt: skip
+        else:
+            report, status = audit_checkpoint(args, inputs, checkpoint, prepared, staged, command)
+            summary, issues = report.summary, report.issues
+            if cache is not None and status in CACHEABLE:
+                store_in_cache(cache, key, staged, status, issues)
+        with stage(f"writing to --out {args.out}"):
+            check_out(args)  # again: another run may have written an audit there meanwhile
+            put_in_place(staged, out, previous_audit_files(out))
+    except OSError as error:
+        raise UsageError(f"--out {args.out}: cannot write ({error.strerror or error}).") from None
+    finally:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)  # still there only when not put in place
+    print_summary(summary, issues, out)
+    print_exit_reason(summary, out)
+    return status
+
+
+def audit_checkpoint(
+    args: argparse.Namespace,
+    inputs: AuditInputs,
+    checkpoint: Path,
+    prepared: PreparedModel,
+    folder: Path | None,
+    command: list[str],
+    ranks: Ranks | None = None,
+) -> tuple[AuditReport, int]:
+    """Audit one checkpoint and write its outputs into ``folder`` (``None``: write nothing, another rank does).
+
+    Args:
+        args: The command line.
+        inputs: What :func:`~lightning_sas.cli.audit_inputs.read_inputs` read.
+        checkpoint: The checkpoint file.
+        prepared: The model class, constructor arguments, output selector, methods and device.
+        folder: A new folder to write the audit into.
+        command: The command line as given (recorded).
+        ranks: Several processes explaining a share of the probes each; ``None``: this one alone.
+
+    Returns:
+        The report and the exit status.
+    """
+    setup = _set_up(args, inputs, checkpoint, prepared)
+    if ranks is None or ranks.rank == 0:
+        with stage("timing one model pass"):
+            line = estimate_line(setup.model, setup.probes.images, setup.passes, setup.output)
+        if line:
+            print(line, file=sys.stderr, flush=True)
+    result = _explain(args, setup, ranks)
     with stage("building the report"):
-        report = _build_report(args, inputs, setup, result, command)
-    with stage(f"writing to --out {args.out}"):
-        _write_outputs(args, setup, report)
-    print_summary(report.summary, report.issues, out)
-    return _exit_status(report.summary, report.verdict, out)
+        report = _build_report(args, inputs, setup, result, command, checkpoint)
+    if folder is not None:  # an OSError here is the output's: the caller names where it writes
+        _write_outputs(folder, setup, report)
+    return report, exit_status(report.summary)
 
 
-def _set_up(args: argparse.Namespace, inputs: AuditInputs) -> AuditSetup:
-    """Import and load the model, build the methods, prepare probes and artifacts, count the passes.
+def _set_up(args: argparse.Namespace, inputs: AuditInputs, checkpoint: Path, prepared: PreparedModel) -> AuditSetup:
+    """Load the checkpoint, prepare probes and artifacts, count the passes.
 
     Raises:
         UsageError: For any usage or input problem found on the way.
     """
-    from lightning_sas.cli.checkpoint import merge_init_args
-
-    model_class = import_model(args.model)
-    try:
-        init_args = merge_init_args(model_class, inputs.init_args)
-    except ModelLoadError as error:
-        raise UsageError(str(error)) from None
-    output = resolve_output(args.output)
-    methods = build_methods(inputs.method_names, args.sas_iterations, args.gradcam_layer, args.method_config)
-    device = resolve_device(args.device)
-    model = load_model(model_class, args, device, init_args)
+    model_class, methods, device, output = prepared.model_class, prepared.methods, prepared.device, prepared.output
+    model = load_model(model_class, args, device, prepared.init_args, checkpoint)
     check_gradcam_layer(model, methods, args.gradcam_layer)
     with stage("preparing the probe images"):
         from lightning_sas.probes.folder import to_probes
@@ -153,17 +210,10 @@ def _set_up(args: argparse.Namespace, inputs: AuditInputs) -> AuditSetup:
         details = explained_layers(model, methods, probes.images, output)
     artifacts = _prepare_artifacts(args, inputs, num_classes, device)
     from lightning_sas.audit.cost import audit_passes
-    from lightning_sas.audit.discovery import DiscoveryOptions
     from lightning_sas.scores.faithfulness import Faithfulness
 
     faithfulness = None if args.no_faithfulness else Faithfulness(steps=args.faithfulness_steps)
-    try:
-        settings = parse_discovery_config(args.discovery_config)
-        discovery = DiscoveryOptions(args.discovery, args.discovery_method, DISCOVERY_SEED, settings)
-    except ValueError as error:
-        raise UsageError(f"--discovery-config: {error}") from None
-    if args.discovery_method is not None and args.discovery_method not in methods:
-        raise UsageError(f"--discovery-method {args.discovery_method} is not one of --methods ({', '.join(methods)}).")
+    discovery = prepared.discovery
     passes = audit_passes(
         methods,
         len(probes),
@@ -205,30 +255,42 @@ def _prepare_artifacts(
         )
 
 
-def _explain(args: argparse.Namespace, setup: AuditSetup) -> AuditResult:
-    """Run the audit itself, with a progress bar counting the model passes."""
+def _explain(args: argparse.Namespace, setup: AuditSetup, ranks: Ranks | None) -> AuditResult:
+    """Run the audit itself, with a progress bar counting the model passes (sharded over ``ranks``)."""
     from lightning_sas.audit.run import run_audit
     from lightning_sas.runtime.progress import reporting
 
+    options = {
+        "target": args.target,
+        "output": setup.output,
+        "artifacts": setup.artifacts,
+        "faithfulness": setup.faithfulness,
+        "sanity_stages": args.sanity_stages if args.sanity else 0,
+        "sanity_seed": SANITY_SEED,
+    }
     explaining = stage(f"explaining the probes with {', '.join(setup.methods)}")
+    if ranks is not None:
+        from lightning_sas.audit.sharded_run import explain_on_every_rank
+        from lightning_sas.runtime.distributed import all_ranks_together
+
+        with explaining, all_ranks_together():
+            return explain_on_every_rank(
+                setup.model, setup.probes, setup.methods, ranks, discovery=setup.discovery, **options
+            )
     with progress_bar(sum(count for count, _ in setup.passes.values())) as bar, reporting(bar.update), explaining:
+        progress = lambda name: bar.set_description(name, refresh=False)
         return run_audit(
-            setup.model,
-            setup.probes,
-            setup.methods,
-            target=args.target,
-            progress=lambda name: bar.set_description(name, refresh=False),
-            output=setup.output,
-            artifacts=setup.artifacts,
-            faithfulness=setup.faithfulness,
-            sanity_stages=args.sanity_stages if args.sanity else 0,
-            sanity_seed=SANITY_SEED,
-            discovery=setup.discovery,
+            setup.model, setup.probes, setup.methods, discovery=setup.discovery, progress=progress, **options
         )
 
 
 def _build_report(
-    args: argparse.Namespace, inputs: AuditInputs, setup: AuditSetup, result: AuditResult, command: list[str]
+    args: argparse.Namespace,
+    inputs: AuditInputs,
+    setup: AuditSetup,
+    result: AuditResult,
+    command: list[str],
+    checkpoint: Path,
 ) -> AuditReport:
     """The verdict, summary.json's content (with the baseline comparison), the problems, scalars and pictures."""
     from lightning_sas.audit.run import problems
@@ -248,7 +310,7 @@ def _build_report(
         verdict=verdict,
         rule=inputs.rule,
         class_names=inputs.class_names,
-        run=_run_record(args, inputs, setup.model_class, setup.device, command, setup.methods),
+        run=_run_record(args, inputs, setup, command, checkpoint),
         faithfulness=setup.faithfulness,
         artifacts=None if inputs.artifacts is None else _artifacts_record(args, inputs.artifacts),
         sanity=result.sanity,
@@ -261,7 +323,7 @@ def _build_report(
     issues = problems(result, setup.probes.names)
     scalars = audit_scalars(result)
     display = {"mean": inputs.mean, "std": inputs.std}
-    title = f"{setup.model_class.__name__} {Path(args.checkpoint).name}"
+    title = f"{setup.model_class.__name__} {checkpoint.name}"
     probes = setup.probes
     pictures = (
         render_audit(result, probes, **display, class_names=inputs.class_names, title=title) if result.maps else {}
@@ -280,67 +342,28 @@ def _build_report(
     return AuditReport(summary, verdict, issues, scalars, pictures, html_pictures, texts, exports, display)
 
 
-def _write_outputs(args: argparse.Namespace, setup: AuditSetup, audit: AuditReport) -> None:
-    """TensorBoard events, summary.json and report.html, written beside ``--out`` and then renamed into place.
-
-    Raises:
-        UsageError: If ``--out`` cannot be written, or holds an audit written meanwhile (without ``--overwrite``).
-    """
+def _write_outputs(folder: Path, setup: AuditSetup, audit: AuditReport) -> None:
+    """TensorBoard events, summary.json, report.html and exported candidates, written into ``folder``."""
     from lightning_sas.loggers.content import scalar_layout
     from lightning_sas.report import html
-    from lightning_sas.report.staging import put_in_place, staging_folder
     from lightning_sas.report.summary import write_summary
 
-    out = Path(args.out)
-    staged = None
-    try:
-        # A new folder beside --out, renamed into place once complete: a failure keeps the previous audit.
-        staged = staging_folder(out)
-        layout = scalar_layout(
-            list(setup.methods),
-            roi=bool(setup.probes.roi.any()),
-            faithfulness=setup.faithfulness is not None,
-            intervention=setup.artifacts is not None,
-            discovery=audit.summary.get("discovery") is not None,
-        )
-        write_tensorboard(staged, audit.pictures, audit.scalars, audit.texts, layout)
-        write_candidates(staged, setup.probes, audit.exports, **audit.display)
-        write_summary(audit.summary, staged / "summary.json")
-        sheets = {tag: picture for tag, picture in audit.pictures.items() if tag.startswith("audit/discovery/")}
-        html.write_report(audit.summary, audit.html_pictures, staged / "report.html", sheets)
-        check_out(args)  # again: another run may have written an audit there meanwhile
-        put_in_place(staged, out, previous_audit_files(out))
-    except OSError as error:
-        raise UsageError(f"--out {args.out}: cannot write ({error.strerror or error}).") from None
-    finally:
-        if staged is not None:
-            shutil.rmtree(staged, ignore_errors=True)  # still there only when not put in place
-
-
-def _exit_status(summary: dict[str, Any], verdict: Verdict, out: Path) -> int:
-    """1 when the alert rule fired, 2 for an incomplete audit or a verdict that cannot tell, else 0."""
-    incomplete = incomplete_parts(summary)
-    if incomplete:
-        print(
-            f"{PROGRAM}: {'warning' if verdict.alert else 'error'}: the audit is incomplete: {'; '.join(incomplete)}; "
-            f"{out / 'summary.json'} and {out / 'report.html'} list it.",
-            file=sys.stderr,
-        )
-    if verdict.alert:  # a criterion that fired is never hidden by a part that failed
-        return EXIT_SHORTCUT
-    if verdict.status == "cannot tell" and verdict.not_checkable:
-        print(f"{PROGRAM}: error: {verdict.summary()}.", file=sys.stderr)
-        return EXIT_ERROR
-    return EXIT_ERROR if incomplete else EXIT_OK
+    layout = scalar_layout(
+        list(setup.methods),
+        roi=bool(setup.probes.roi.any()),
+        faithfulness=setup.faithfulness is not None,
+        intervention=setup.artifacts is not None,
+        discovery=audit.summary.get("discovery") is not None,
+    )
+    write_tensorboard(folder, audit.pictures, audit.scalars, audit.texts, layout)
+    write_candidates(folder, setup.probes, audit.exports, **audit.display)
+    write_summary(audit.summary, folder / "summary.json")
+    sheets = {tag: picture for tag, picture in audit.pictures.items() if tag.startswith("audit/discovery/")}
+    html.write_report(audit.summary, audit.html_pictures, folder / "report.html", sheets)
 
 
 def _run_record(
-    args: argparse.Namespace,
-    inputs: AuditInputs,
-    model_class: type[LightningModule],
-    device: torch.device,
-    command: list[str],
-    methods: Mapping[str, AttributionMethod],
+    args: argparse.Namespace, inputs: AuditInputs, setup: AuditSetup, command: list[str], checkpoint: Path
 ) -> dict:
     """What identifies this run in ``summary.json``: versions, command line, inputs, settings."""
     import lightning
@@ -353,17 +376,17 @@ def _run_record(
         "torch": torch.__version__,
         "lightning": lightning.__version__,
         "command": command,
-        "checkpoint": str(args.checkpoint),
+        "checkpoint": str(checkpoint),
         "model": args.model,
-        "model_class": model_class.__qualname__,
+        "model_class": setup.model_class.__qualname__,
         "output": args.output,
-        "device": str(device),
+        "device": str(setup.device),
         "image_size": list(inputs.image_size),
         "channels": args.channels,
         "mean": inputs.mean,
         "std": inputs.std,
         "target": args.target,
-        "method_settings": {name: repr(method) for name, method in methods.items()},
+        "method_settings": {name: repr(method) for name, method in setup.methods.items()},
     }
 
 

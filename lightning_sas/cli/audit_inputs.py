@@ -2,7 +2,11 @@
 
 :func:`read_inputs` runs the cheap checks first (paths, the checkpoint's first bytes,
 ``--model``, ``--out``), then reads the probe and artifact folders, the labels, the baseline
-and the constructor arguments into an :class:`AuditInputs`.
+and the constructor arguments into an :class:`AuditInputs`. With ``--probes-from-checkpoint``
+the probes are those the checkpoints' audit callback recorded
+(:mod:`lightning_sas.probes.checkpoint_manifest`), checked here, before any model is loaded.
+:func:`read_normalization` and :func:`alert_rule` are shared with
+:meth:`lightning_sas.callback.audit_callback.SASAuditCallback.from_config`, which reads the same options.
 """
 
 from __future__ import annotations
@@ -18,26 +22,40 @@ from lightning_sas.audit.verdict import AlertRule
 from lightning_sas.cli.errors import ERROR_LOG, PROGRAM, UsageError
 from lightning_sas.cli.model_import import SPEC_PATTERN, ModelLoadError
 from lightning_sas.cli.options import float_list, name_list, parse_image_size
+from lightning_sas.nightly.checkpoints import CheckpointEntry
 from lightning_sas.probes.artifact_folder import ArtifactFolder
 from lightning_sas.probes.errors import ProbeFolderError
 from lightning_sas.probes.folder import ProbeFolder
 
-__all__ = ["AUDIT_FILES", "EVENTS_PREFIX", "AuditInputs", "check_out", "previous_audit_files", "read_inputs"]
+__all__ = [
+    "AUDIT_FILES",
+    "AUDIT_FOLDERS",
+    "EVENTS_PREFIX",
+    "AuditInputs",
+    "alert_rule",
+    "check_out",
+    "previous_audit_files",
+    "read_inputs",
+    "read_normalization",
+]
 
 #: Files of a previous audit in ``--out`` (``--overwrite`` removes them); TensorBoard's event
 #: files are matched by prefix.
 AUDIT_FILES = ("summary.json", "report.html", "hparams.yaml")
 EVENTS_PREFIX = "events.out.tfevents."
+#: Folders an audit writes: exported discovery candidates, and each checkpoint's audit of a combined one.
+AUDIT_FOLDERS = ("candidates", "checkpoints")
 
 
 def previous_audit_files(out: Path) -> list[Path]:
-    """Files of an earlier audit (or its error log) directly in ``out``, in name order."""
+    """Files of an earlier audit (or its error log) and its folders directly in ``out``, in name order."""
     if not out.is_dir():
         return []
     return sorted(
         path
         for path in out.iterdir()
-        if path.is_file() and (path.name in (*AUDIT_FILES, ERROR_LOG) or path.name.startswith(EVENTS_PREFIX))
+        if (path.is_file() and (path.name in (*AUDIT_FILES, ERROR_LOG) or path.name.startswith(EVENTS_PREFIX)))
+        or (path.is_dir() and path.name in AUDIT_FOLDERS)
     )
 
 
@@ -45,7 +63,7 @@ def check_out(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder; give a folder (it is created if missing).")
-    held = [path.name for path in previous_audit_files(out) if path.name != ERROR_LOG]
+    held = [path.name for path in previous_audit_files(out) if path.name not in (ERROR_LOG, *AUDIT_FOLDERS)]
     if held and not args.overwrite:
         raise UsageError(
             f"--out {args.out} already holds an audit ({', '.join(held[:3])}); give a fresh folder per audit, "
@@ -59,8 +77,6 @@ def _check_inputs(args: argparse.Namespace) -> None:
     Raises:
         UsageError: For the first problem found.
     """
-    from lightning_sas.cli.checkpoint import check_checkpoint_file
-
     if not re.fullmatch(SPEC_PATTERN, args.model):
         raise UsageError(f"--model must be 'package.module:ClassName', got {args.model!r}.")
     if args.output is not None and not args.output.strip():
@@ -87,13 +103,30 @@ def _check_inputs(args: argparse.Namespace) -> None:
         if value is not None and not Path(value).is_file():
             raise UsageError(f"{option} {value}: no such file.")
     check_out(args)
+
+
+def _read_checkpoints(args: argparse.Namespace) -> list[CheckpointEntry]:
+    """``--checkpoint`` (files, folders, globs; repeatable): each file looked at, named and ordered by step.
+
+    Raises:
+        UsageError: For a value that names no checkpoint, or a file that is no checkpoint.
+    """
+    from lightning_sas.cli.checkpoint import check_checkpoint_file
+    from lightning_sas.nightly.checkpoints import checkpoint_entries, expand_checkpoints
+
     try:
-        check_checkpoint_file(args.checkpoint)
-    except ModelLoadError as error:
+        files = expand_checkpoints(args.checkpoint)
+    except ValueError as error:
         raise UsageError(f"--checkpoint {error}") from None
+    for path in files:
+        try:
+            check_checkpoint_file(path)
+        except ModelLoadError as error:
+            raise UsageError(f"--checkpoint {error}") from None
+    return checkpoint_entries(files)
 
 
-def _read_normalization(args: argparse.Namespace) -> tuple[list[float], list[float]]:
+def read_normalization(args: argparse.Namespace) -> tuple[list[float], list[float]]:
     """``--mean`` / ``--std`` per channel, read by :mod:`lightning_sas.validation` (0 and 1 when absent).
 
     Raises:
@@ -135,6 +168,8 @@ class AuditInputs:
     artifact_class: int | None = None
     #: Constructor arguments as (option and value, arguments, class_path), in the order they apply.
     init_args: list[tuple[str, dict[str, Any], str | None]] = field(default_factory=list)
+    #: The checkpoints to audit, ordered by training step.
+    checkpoints: list[CheckpointEntry] = field(default_factory=list)
 
 
 def read_inputs(args: argparse.Namespace) -> AuditInputs:
@@ -144,26 +179,25 @@ def read_inputs(args: argparse.Namespace) -> AuditInputs:
         UsageError: For any usage or input problem.
     """
     _check_inputs(args)
+    checkpoints = _read_checkpoints(args)
     image_size = parse_image_size(args.image_size)
     class_names = name_list(args.class_names)
     method_names = name_list(args.methods) or []
     if not method_names:
         raise UsageError("--methods needs at least one method name, e.g. --methods sas,gradcam.")
-    mean, std = _read_normalization(args)
+    mean, std = read_normalization(args)
     folder = _read_probes(args, class_names, image_size)
+    if args.probes_from_checkpoint is not None:
+        folder = _recorded_probes(args, [entry.path for entry in checkpoints], folder, (mean, std))
+    _check_target_labels(args, folder)
     baseline = _read_baseline(args.baseline) if args.baseline else None
-    rule = AlertRule(
-        min_enrichment=args.min_enrichment,
-        min_flip_rate=args.min_flip_rate,
-        max_roi_share=args.shortcut_threshold,
-        min_roi_pixels=args.min_roi_pixels,
-    )
+    rule = alert_rule(args)
     artifacts, artifact_class = None, None
     if args.artifacts is not None:
         artifacts, artifact_class = _read_artifacts(args, class_names, image_size, folder)
     return AuditInputs(
         class_names, method_names, image_size, mean, std, folder, baseline, rule, artifacts, artifact_class,
-        _read_init_args(args),
+        _read_init_args(args), checkpoints,
     )  # fmt: skip
 
 
@@ -194,10 +228,79 @@ def _read_probes(args: argparse.Namespace, class_names: list[str] | None, image_
             f"{PROGRAM}: warning: --labels names {len(unmatched)} file(s) not in --probe, e.g. {unmatched[0]}",
             file=sys.stderr,
         )
+    return folder
+
+
+def _recorded_probes(
+    args: argparse.Namespace, checkpoints: list[Path], folder: ProbeFolder, normalization: tuple[list[float], ...]
+) -> ProbeFolder:
+    """``--probes-from-checkpoint``: the probes of ``--probe`` that each checkpoint's audit callback recorded.
+
+    Every checkpoint's own manifest is read and checked against the folder (names, content
+    hashes, labels). Several checkpoints must have recorded the same probes: one audit compares
+    its checkpoints on one probe set.
+
+    Raises:
+        UsageError: For a checkpoint without the callback's state (or several without NAME), a
+            recorded probe not in ``--probe``, a content hash or label that differs, or
+            checkpoints that recorded different probes.
+    """
+    from lightning_sas.probes.checkpoint_manifest import ManifestError, read_checkpoint_manifest, select_recorded
+
+    option = "--probes-from-checkpoint"
+    chosen: tuple[Path, ProbeFolder] | None = None
+    for path in checkpoints:
+        try:
+            recorded = read_checkpoint_manifest(
+                path,
+                args.probes_from_checkpoint or None,
+                trust=args.trust_checkpoint,
+                name_hint=f"give its name, {option} NAME",
+                trust_hint="re-run with --trust-checkpoint",
+            )
+            settings = "--image-size, --channels, --mean and --std"
+            selected = select_recorded(folder, recorded, *normalization, settings=settings)
+        except ManifestError as error:
+            raise UsageError(f"{option}: {error}") from None
+        if chosen is not None and selected.names != chosen[1].names:
+            raise UsageError(
+                f"{option}: {path} recorded other probes than {chosen[0]} ({len(selected.names)} vs "
+                f"{len(chosen[1].names)}, first difference: {_first_difference(selected.names, chosen[1].names)}); "
+                "one audit compares its checkpoints on one probe set: audit them separately."
+            )
+        chosen = chosen or (path, selected)
+    if chosen is None:
+        return folder
+    left_out = len(folder.names) - len(chosen[1].names)
+    if left_out:
+        print(
+            f"{PROGRAM}: note: {option}: auditing the {len(chosen[1].names)} probes the checkpoint recorded; "
+            f"{left_out} other file(s) in --probe are left out.",
+            file=sys.stderr,
+        )
+    return chosen[1]
+
+
+def _first_difference(names: list[str], others: list[str]) -> str:
+    """``"a.png / b.png"``: the first position where two probe lists differ, for messages."""
+    return next((f"{a} / {b}" for a, b in zip(names, others, strict=False) if a != b), "one list is longer")
+
+
+def _check_target_labels(args: argparse.Namespace, folder: ProbeFolder) -> None:
+    """``--target label`` needs a label for every probe audited."""
     if args.target == "label" and any(label < 0 for label in folder.labels):
         missing = [name for name, label in zip(folder.names, folder.labels, strict=True) if label < 0]
         raise UsageError(f"--target label needs a label for every probe; none for {', '.join(missing[:3])}.")
-    return folder
+
+
+def alert_rule(args: argparse.Namespace) -> AlertRule:
+    """The rule of ``--min-enrichment``, ``--min-flip-rate``, ``--shortcut-threshold``, ``--min-roi-pixels``."""
+    return AlertRule(
+        min_enrichment=args.min_enrichment,
+        min_flip_rate=args.min_flip_rate,
+        max_roi_share=args.shortcut_threshold,
+        min_roi_pixels=args.min_roi_pixels,
+    )
 
 
 def _read_baseline(path: str) -> dict[str, Any]:

@@ -22,13 +22,15 @@ if TYPE_CHECKING:
     from lightning_sas.trust.discovery import Candidate
 
 __all__ = [
-    "write_candidates",
     "PROGRESS_DELAY",
     "estimate_line",
+    "exit_status",
     "incomplete_parts",
+    "print_exit_reason",
     "print_summary",
     "progress_bar",
     "tensorboard_texts",
+    "write_candidates",
     "write_tensorboard",
 ]
 
@@ -273,3 +275,32 @@ def _print_trust_checks(summary: Mapping[str, Any]) -> None:
         warning = _sanity_warning(summary)
         if warning:
             print(f"  warning: {warning}")
+
+
+def exit_status(summary: Mapping[str, Any]) -> int:
+    """1 when the alert rule fired, 2 for an incomplete audit or a verdict that cannot tell, else 0.
+
+    A criterion that fired is never hidden by a part that failed.
+    """
+    from lightning_sas.cli.errors import EXIT_ERROR, EXIT_OK, EXIT_SHORTCUT
+
+    verdict = summary["verdict"]
+    if verdict["alert"]:
+        return EXIT_SHORTCUT
+    if verdict["status"] == "cannot tell" and verdict["not_checkable"]:
+        return EXIT_ERROR
+    return EXIT_ERROR if incomplete_parts(dict(summary)) else EXIT_OK
+
+
+def print_exit_reason(summary: Mapping[str, Any], out: Path) -> None:
+    """Why the audit did not exit 0 or 1, on stderr: its incomplete parts, or a verdict that cannot tell."""
+    verdict = summary["verdict"]
+    incomplete = incomplete_parts(dict(summary))
+    if incomplete:
+        print(
+            f"{PROGRAM}: {'warning' if verdict['alert'] else 'error'}: the audit is incomplete: "
+            f"{'; '.join(incomplete)}; {out / 'summary.json'} and {out / 'report.html'} list it.",
+            file=sys.stderr,
+        )
+    if not verdict["alert"] and verdict["status"] == "cannot tell" and verdict["not_checkable"]:
+        print(f"{PROGRAM}: error: {verdict['summary']}.", file=sys.stderr)

@@ -21,8 +21,11 @@ Each key becomes the option's default, so an option given on the command line wi
 file, and an option the file gives is no longer required on the command line. Values are read
 exactly as the command line reads them (the same checks, the same messages); a list is a
 comma-separated option's items (``methods``, ``class-names``) or a multi-value option's values
-(``mean``, ``image-size``). Relative paths are relative to the working directory, as on the
-command line.
+(``mean``, ``image-size``); an option whose value may be left out takes ``true`` for the option
+alone (``probes-from-checkpoint: true``). Relative paths are relative to the working directory,
+as on the command line. The training callback reads the same section
+(:meth:`SASAuditCallback.from_config <lightning_sas.callback.audit_callback.SASAuditCallback.from_config>`,
+:mod:`lightning_sas.callback.job_config`).
 
 Only the standard library is imported with this module; PyYAML is imported when a file is read.
 """
@@ -100,6 +103,8 @@ def _as_command_line(action: argparse.Action, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise UsageError(f"{where} is a switch: true or false, got {value!r}.")
         return value
+    if action.nargs == "?" and isinstance(value, bool):  # an optional value: true is the option given bare
+        return action.const if value else None
     values = list(value) if isinstance(value, list | tuple) else [value]
     if action.nargs in ("+", "*") or isinstance(action.default, list):  # several values, or a repeatable option
         return [_text(item) for item in values]

@@ -54,6 +54,11 @@ looked up as soon as the model is loaded, before any method runs; the layer Grad
 an importable callable (:func:`lightning_sas.probes.export.export_probes`), with the same error
 conventions (exit 2, one line).
 
+``lightning-sas explain IMAGE [IMAGE ...]`` explains single images with any classifier (a torchvision
+or timm architecture with ``--weights``, a TorchScript or ``torch.export`` file, or a Lightning
+checkpoint): per image and method a grey PNG and a colour overlay at the image's size and the raw
+map as ``.npy`` (:mod:`~lightning_sas.cli.explain_command`); exit 2 for an error or a failed method.
+
 Reading the probe and artifact folders lives in :mod:`lightning_sas.probes.folder` and
 importing the model and loading the checkpoint in :mod:`lightning_sas.cli.checkpoint`. The
 command line itself is split by concept: :mod:`~lightning_sas.cli.parser` (the options,
@@ -86,6 +91,7 @@ from lightning_sas.cli.errors import (
     one_line,
     write_error_log,
 )
+from lightning_sas.cli.explain_command import run_explain_command
 from lightning_sas.cli.export_command import run_export_command
 from lightning_sas.cli.job_file import job_options
 from lightning_sas.cli.methods import build_methods, parse_method_config
@@ -172,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     command = [PROGRAM, *arguments]
-    run = run_export_command if args.command == "export-probes" else run_audit_command
+    run = {"export-probes": run_export_command, "explain": run_explain_command}.get(args.command, run_audit_command)
     try:
         return run(args, command)
     except UsageError as error:

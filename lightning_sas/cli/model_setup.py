@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightning_sas.cli.errors import UsageError, stage
@@ -19,16 +21,85 @@ if TYPE_CHECKING:
     import torch
     from lightning.pytorch import LightningModule
 
+    from lightning_sas.audit.discovery import DiscoveryOptions
+    from lightning_sas.cli.audit_inputs import AuditInputs
     from lightning_sas.methods import AttributionMethod
     from lightning_sas.runtime.outputs import OutputSelector
 
+#: Seed of shortcut discovery's transplants and clustering.
+DISCOVERY_SEED = 0
+
+
+@dataclass
+class PreparedModel:
+    """What every checkpoint of a job shares, ready before any is loaded."""
+
+    model_class: type[LightningModule]
+    #: Constructor arguments merged from the config file and ``--init-args``.
+    init_args: dict[str, Any]
+    output: OutputSelector
+    methods: dict[str, AttributionMethod]
+    device: torch.device
+    discovery: DiscoveryOptions
+
+
+def prepare_model(args: argparse.Namespace, inputs: AuditInputs, device: torch.device) -> PreparedModel:
+    """Import ``--model``, merge its constructor arguments, resolve ``--output``, build the methods and
+    discovery's options: everything but loading a checkpoint.
+
+    Raises:
+        UsageError: For any usage problem found on the way.
+    """
+    from lightning_sas.audit.discovery import DiscoveryOptions
+    from lightning_sas.cli.checkpoint import merge_init_args
+    from lightning_sas.cli.methods import build_methods, parse_discovery_config
+
+    model_class = import_model(args.model)
+    try:
+        init_args = merge_init_args(model_class, inputs.init_args)
+    except ModelLoadError as error:
+        raise UsageError(str(error)) from None
+    output = resolve_output(args.output)
+    methods = build_methods(inputs.method_names, args.sas_iterations, args.gradcam_layer, args.method_config)
+    try:
+        settings = parse_discovery_config(args.discovery_config)
+        discovery = DiscoveryOptions(args.discovery, args.discovery_method, DISCOVERY_SEED, settings)
+    except ValueError as error:
+        raise UsageError(f"--discovery-config: {error}") from None
+    if args.discovery_method is not None and args.discovery_method not in methods:
+        raise UsageError(f"--discovery-method {args.discovery_method} is not one of --methods ({', '.join(methods)}).")
+    return PreparedModel(model_class, init_args, output, methods, device, discovery)
+
+
+def resolve_job_device(args: argparse.Namespace) -> torch.device:
+    """The one process's device: ``--device``, or ``--accelerator`` when only that is given.
+
+    Raises:
+        UsageError: If both name a device and disagree, or the device is not there.
+    """
+    accelerator = (args.accelerator or "").lower()
+    if accelerator and accelerator != "auto" and args.device != "auto":
+        raise UsageError(
+            f"--device {args.device} and --accelerator {args.accelerator}: give one (--device for one process, "
+            "--accelerator with --devices for several)."
+        )
+    if accelerator in ("cpu", "mps"):
+        return resolve_device(accelerator)
+    if accelerator in ("cuda", "gpu"):
+        return resolve_device("cuda")
+    return resolve_device(args.device)
+
+
 __all__ = [
+    "PreparedModel",
     "check_gradcam_layer",
     "check_model_output",
     "explained_layers",
     "import_model",
     "load_model",
+    "prepare_model",
     "resolve_device",
+    "resolve_job_device",
     "resolve_output",
 ]
 
@@ -79,9 +150,14 @@ def resolve_output(text: str | None) -> OutputSelector:
 
 
 def load_model(
-    model_class: type[LightningModule], args: argparse.Namespace, device: torch.device, init_args: dict[str, Any]
+    model_class: type[LightningModule],
+    args: argparse.Namespace,
+    device: torch.device,
+    init_args: dict[str, Any],
+    checkpoint: Path,
 ) -> LightningModule:
-    """``--checkpoint`` loaded into ``model_class`` on ``device`` with the merged constructor arguments.
+    """``checkpoint`` (from ``--checkpoint``) loaded into ``model_class`` on ``device`` with the merged
+    constructor arguments.
 
     Raises:
         UsageError: For a checkpoint that cannot be loaded (damaged, untrusted, weights that do not fit, ...).
@@ -89,11 +165,11 @@ def load_model(
     """
     from lightning_sas.cli.checkpoint import load_checkpoint
 
-    with stage(f"loading --checkpoint {args.checkpoint} into {model_class.__name__}"):
+    with stage(f"loading --checkpoint {checkpoint} into {model_class.__name__}"):
         try:
             return load_checkpoint(
                 model_class,
-                args.checkpoint,
+                checkpoint,
                 device,
                 trust=args.trust_checkpoint,
                 trust_hint="re-run with --trust-checkpoint",
@@ -210,15 +286,25 @@ def _selected_output(raw: Any, output: OutputSelector, spec: str | None) -> Any:
 
 
 def resolve_device(choice: str) -> torch.device:
-    """``auto``: the GPU when there is one, else the CPU.
+    """``--device``: ``auto`` (the GPU when there is one, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
 
     Raises:
-        UsageError: If ``cuda`` is asked for and there is none.
+        UsageError: If the device asked for is not there.
     """
     import torch
 
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available (use --device cpu or auto).")
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    return torch.device("cuda", torch.cuda.current_device())
+    if choice == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError("--device mps: no Apple GPU (MPS) is available (use --device cpu or auto).")
+        return torch.device("mps")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {choice}: no CUDA device is available (use --device cpu or auto).")
+    index = int(choice.partition(":")[2]) if ":" in choice else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise UsageError(
+            f"--device {choice}: there are {torch.cuda.device_count()} CUDA devices (cuda:0..cuda:"
+            f"{torch.cuda.device_count() - 1})."
+        )
+    return torch.device("cuda", index)

@@ -12,7 +12,18 @@ from collections.abc import Callable, Sequence
 
 from lightning_sas.cli.errors import UsageError
 
-__all__ = ["at_least_two", "float_list", "name_list", "off_or", "parse_image_size", "positive_int", "unit_float"]
+__all__ = [
+    "CommandLineWins",
+    "at_least_two",
+    "device_spec",
+    "devices_count",
+    "float_list",
+    "name_list",
+    "off_or",
+    "parse_image_size",
+    "positive_int",
+    "unit_float",
+]
 
 
 def float_list(values: Sequence[str] | None, option: str) -> list[float] | None:
@@ -106,3 +117,49 @@ def parse_image_size(values: Sequence[str]) -> tuple[int, int]:
         f"--image-size takes N (N x N pixels), H W or HxW with positive integers "
         f"(e.g. --image-size 224 or --image-size 192x256), got {' '.join(values)!r}."
     )
+
+
+def device_spec(text: str) -> str:
+    """An ``argparse`` type: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    Example:
+        >>> device_spec("cuda:1"), device_spec("CPU")
+        ('cuda:1', 'cpu')
+    """
+    value = text.strip().lower()
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N (e.g. cuda:1) or mps, got {text!r}")
+    return value
+
+
+def devices_count(text: str) -> int | str:
+    """An ``argparse`` type: Fabric's ``devices``: a count (``-1``: all), ``auto``, or indices like ``0,1``.
+
+    Example:
+        >>> devices_count("2"), devices_count("-1"), devices_count("0,1"), devices_count("auto")
+        (2, -1, '0,1', 'auto')
+    """
+    value = text.strip().lower()
+    if re.fullmatch(r"-1|[1-9]\d*", value):
+        return int(value)
+    if value == "auto" or re.fullmatch(r"\d+(,\d+)*,?", value):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"expected a device count (e.g. 2; -1 for all), auto, or indices such as 0,1, got {text!r}"
+    )
+
+
+class CommandLineWins(argparse.Action):
+    """A repeatable option (``append``) whose command-line values replace its default, a ``--config``
+    file's, instead of adding to it."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        current = getattr(namespace, self.dest, None)
+        given = [] if current is None or current is self.default else list(current)
+        setattr(namespace, self.dest, [*given, values])

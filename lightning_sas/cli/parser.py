@@ -12,10 +12,19 @@ from typing import Any
 
 from lightning_sas.audit.verdict import DEFAULT_MIN_ENRICHMENT, DEFAULT_MIN_FLIP_RATE, DEFAULT_MIN_ROI_PIXELS
 from lightning_sas.cli.errors import PROGRAM
+from lightning_sas.cli.explain_parser import add_explain_parser
 from lightning_sas.cli.export_parser import add_export_parser
 from lightning_sas.cli.help_texts import AUDIT_EPILOG, ENRICHMENT_DEFAULTS
 from lightning_sas.cli.job_file import apply_job
-from lightning_sas.cli.options import at_least_two, off_or, positive_int, unit_float
+from lightning_sas.cli.options import (
+    CommandLineWins,
+    at_least_two,
+    device_spec,
+    devices_count,
+    off_or,
+    positive_int,
+    unit_float,
+)
 
 __all__ = ["build_parser"]
 
@@ -30,14 +39,15 @@ def build_parser(job: tuple[str, Mapping[str, Any]] | None = None) -> argparse.A
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
         description="Audit image classifiers trained with PyTorch Lightning: which pixels drive their decisions.",
-        epilog=f"run '{PROGRAM} audit --help' or '{PROGRAM} export-probes --help' for options, examples "
-        "and exit status.",
+        epilog=f"run '{PROGRAM} audit --help', '{PROGRAM} explain --help' or '{PROGRAM} export-probes --help' "
+        "for options, examples and exit status.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     audit = _add_audit_parser(commands)
     if job is not None:
         apply_job(audit, *job)
     add_export_parser(commands)
+    add_explain_parser(commands)
     return parser
 
 
@@ -64,6 +74,7 @@ def _add_audit_parser(commands: argparse._SubParsersAction) -> argparse.Argument
     _add_trust_check_options(trust)
     _add_discovery_options(trust)
     _add_output_options(audit.add_argument_group("outputs"))
+    _add_scale_options(audit.add_argument_group("many checkpoints, processes and the cache"))
     return audit
 
 
@@ -72,8 +83,13 @@ def _add_model_inputs(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--checkpoint",
         required=True,
+        action=CommandLineWins,
+        default=[],
         metavar="PATH",
-        help="Lightning checkpoint file (.ckpt, from Trainer.save_checkpoint) to audit, e.g. runs/last.ckpt.",
+        help="Lightning checkpoint file (.ckpt, from Trainer.save_checkpoint) to audit, e.g. runs/last.ckpt; "
+        "repeatable, and a folder (its .ckpt files, recursively) or a quoted glob, e.g. 'runs/*/epoch=*.ckpt'. "
+        "With several, each is audited into <out>/checkpoints/<name>/ and <out> gets the combined summary.json "
+        "and report.html, ordered by training step (see --gate).",
     )
     group.add_argument(
         "--model",
@@ -143,6 +159,17 @@ def _add_probe_inputs(group: argparse._ArgumentGroup) -> None:
         "--class-names",
         metavar="NAMES",
         help="comma-separated class names by index, used in the report and in --labels, e.g. benign,malignant.",
+    )
+    group.add_argument(
+        "--probes-from-checkpoint",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="audit exactly the probes the training callback recorded in each checkpoint (its manifest, from "
+        "probe=ProbeFolderDataset(...)): those files of --probe, in that order, checked by content hash (a "
+        "changed file, or other --image-size/--channels/--mean/--std than in training, exits 2). NAME: the "
+        "callback's name, needed when a checkpoint holds several, e.g. --probes-from-checkpoint or "
+        "--probes-from-checkpoint val_audit (in --config: 'probes-from-checkpoint: true').",
     )
 
 
@@ -221,9 +248,10 @@ def _add_method_options(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--device",
-        choices=("auto", "cpu", "cuda"),
+        type=device_spec,
         default="auto",
-        help="where to run: auto (the GPU when there is one, default), cpu or cuda, e.g. --device cpu.",
+        help="where to run one process: auto (the GPU when there is one, default), cpu, cuda, cuda:N or mps, "
+        "e.g. --device cuda:1 (for several devices, see --devices).",
     )
 
 
@@ -371,4 +399,58 @@ def _add_output_options(group: argparse._ArgumentGroup) -> None:
         help="replace the audit already in --out once this audit is written (into a new folder beside --out, "
         "then renamed into place); a run that fails leaves the previous audit as it was, with its error.log "
         "beside it, e.g. --out audits/latest --overwrite.",
+    )
+
+
+def _add_scale_options(group: argparse._ArgumentGroup) -> None:
+    """Several checkpoints (the gate), several processes (Lightning Fabric) and the result cache."""
+    group.add_argument(
+        "--gate",
+        choices=("any", "last"),
+        default="any",
+        help="with several checkpoints: exit 1 when the alert rule fires on any of them (any, default) or only "
+        "on the last by training step (last), e.g. --gate last. An audit that fails still exits 2.",
+    )
+    group.add_argument(
+        "--accelerator",
+        default=None,
+        metavar="NAME",
+        help="Lightning Fabric's accelerator for several processes: cpu, cuda, gpu or auto, e.g. --accelerator "
+        "cuda (default: as --device).",
+    )
+    group.add_argument(
+        "--devices",
+        type=devices_count,
+        default=1,
+        metavar="N",
+        help="processes on this node, one per device, launched with Lightning Fabric (or started by torchrun / "
+        "srun), e.g. --devices 4 (-1: every GPU; default: 1). Checkpoints and probes are shared out between them; "
+        "the result is the one process's.",
+    )
+    group.add_argument(
+        "--num-nodes",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="nodes of the job (torchrun / SLURM start the processes on each), e.g. --num-nodes 2 (default: 1). "
+        "--out and the cache must be on a file system every node sees.",
+    )
+    group.add_argument(
+        "--strategy",
+        default=None,
+        metavar="NAME",
+        help="Lightning Fabric's strategy for several processes, e.g. --strategy ddp (default: ddp).",
+    )
+    group.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="where finished audits are kept by content (checkpoint, probes, settings, versions): a re-run over "
+        "unchanged checkpoints reuses them and a job killed half-way resumes, e.g. --cache /shared/sas-cache "
+        "(default: $LIGHTNING_SAS_CACHE, else ~/.cache/lightning_sas/audits).",
+    )
+    group.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="audit every checkpoint again and keep nothing in the cache, e.g. after changing code the key does "
+        "not see (a helper module of the model).",
     )

@@ -154,7 +154,10 @@ def probes_from_dataset(
     Args:
         dataset: A map-style dataset.
         positions: The items to read.
-        prefix: Names are ``"<prefix>[<position>]"`` (plus the item's file name, if it has one).
+        prefix: Names are ``"<prefix>[<position>]"`` (plus the item's file name, if it has one),
+            unless the dataset names its probes: a ``probe_name(position) -> str`` method gives
+            each probe's name itself (:class:`~lightning_sas.probes.folder_dataset.ProbeFolderDataset`:
+            the file name, so that a manifest's names find the files again).
         keys: Where the items' fields are (:func:`item_keys`).
         prepare: Maps one item to the batch the model's ``validation_step`` would receive
             (collate, then the batch hooks); the probe is read from that one-item batch.
@@ -190,12 +193,15 @@ def probes_from_dataset(
         images.append(image)
         masks_of.append(masks)
     has_objects = any(read.object_mask is not None for read in items)
+    namer = getattr(dataset, "probe_name", None)
     return Probes(
         images=torch.stack(images),
         labels=torch.tensor([read.label for read in items], dtype=torch.long),
         roi=torch.stack([masks[0] for masks in masks_of]),
         names=[
-            f"{prefix}[{position}]" + (f" {PurePath(read.file_name).name}" if read.file_name else "")
+            str(namer(position))
+            if callable(namer)
+            else f"{prefix}[{position}]" + (f" {PurePath(read.file_name).name}" if read.file_name else "")
             for position, read in zip(positions, items, strict=True)
         ],
         indices=[int(position) for position in positions],

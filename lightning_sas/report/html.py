@@ -1,8 +1,10 @@
 """``report.html``: the audit for people, rendered from the Jinja2 templates in ``templates/``.
 
-``report.html`` is one self-contained file: every picture is embedded as a base64 PNG, the CSS
-is inline, and every piece of text that comes from the user (file names, labels, class names,
-paths, the command line) is HTML-escaped by the template engine (autoescaping).
+``report.html`` is one self-contained file: every picture is embedded as a base64 PNG (the
+faithfulness plot is drawn from ``summary.json``'s mean deletion / insertion curves), the CSS
+is inline, wide tables scroll inside their own box, and every piece of text that comes from the
+user (file names, labels, class names, paths, the command line) is HTML-escaped by the template
+engine (autoescaping).
 
 The names the command line imports from here (the summary, the baseline comparison and the
 output folder's staging) are re-exported from :mod:`~lightning_sas.report.summary`,
@@ -26,15 +28,19 @@ from PIL import Image
 
 from lightning_sas.audit.run import AuditResult
 from lightning_sas.probes.probe_set import Probes, class_label
+from lightning_sas.report.plots import curve_panels, line_figure
 from lightning_sas.report.render import overlay, to_display, to_uint8
 from lightning_sas.report.summary import AUDIT_PARTS, method_errors
 from lightning_sas.report.verdict import rule_text
 
 __all__ = [
+    "faithfulness_plot",
+    "png_bytes_uri",
     "png_data_uri",
     "probe_pictures",
     "render_report",
     "report_title",
+    "template_environment",
     "write_report",
 ]
 
@@ -43,7 +49,23 @@ def png_data_uri(picture: np.ndarray) -> str:
     """A ``data:image/png;base64,...`` URI of an RGB uint8 ``[H, W, 3]`` array."""
     buffer = io.BytesIO()
     Image.fromarray(picture, mode="RGB").save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return png_bytes_uri(buffer.getvalue())
+
+
+def png_bytes_uri(png: bytes) -> str:
+    """A ``data:image/png;base64,...`` URI of a PNG file's bytes."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def faithfulness_plot(summary: Mapping[str, Any]) -> bytes | None:
+    """The mean deletion and insertion curves of every method, side by side, as PNG bytes.
+
+    Read from the summary (``"methods"``' ``deletion_curve`` / ``insertion_curve``, written by
+    :func:`~lightning_sas.report.summary.build_summary`), so the report needs nothing beyond
+    what ``summary.json`` keeps; ``None`` when no method has a curve (faithfulness off or failed).
+    """
+    panels = curve_panels(summary["methods"])
+    return line_figure(panels) if panels else None
 
 
 def probe_pictures(
@@ -90,11 +112,13 @@ def render_report(
         One self-contained HTML document.
     """
     areas = [entry["roi_area"] for entry in summary["probes"] if entry.get("roi_area") is not None]
+    curves = faithfulness_plot(summary)
     return (
-        _environment()
+        template_environment()
         .get_template("report.html")
         .render(
             summary=summary,
+            curves=None if curves is None else png_bytes_uri(curves),
             pictures=pictures,
             sheets=dict(sheets or {}),
             title=report_title(summary),
@@ -117,8 +141,12 @@ def write_report(
 
 
 @functools.cache
-def _environment() -> jinja2.Environment:
-    """The template environment: the package's ``templates`` folder, HTML autoescaped, the report's helpers."""
+def template_environment() -> jinja2.Environment:
+    """The template environment: the package's ``templates`` folder, HTML autoescaped, the report's helpers.
+
+    Shared with the combined report (:mod:`~lightning_sas.report.trends`), so both pages use the
+    same CSS, filters and escaping.
+    """
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("lightning_sas.report", "templates"),
         autoescape=jinja2.select_autoescape(("html",)),
@@ -136,6 +164,7 @@ def _environment() -> jinja2.Environment:
         meta_rows=_meta_rows,
         method_errors=method_errors,
         method_status=_method_status,
+        png_bytes_uri=png_bytes_uri,
         png_data_uri=png_data_uri,
         probe_rows=_probe_rows,
         rule_text=rule_text,

@@ -61,7 +61,9 @@ def put_in_place(staged: Path, out: Path, previous: Sequence[Path]) -> None:
             shutil.rmtree(trash, ignore_errors=True)
             return
     for path in previous:
-        if not (staged / path.name).exists():
+        if path.is_dir():
+            shutil.rmtree(path)  # an audit's folder (candidates, checkpoints): replaced whole, never merged
+        elif not (staged / path.name).exists():
             path.unlink(missing_ok=True)
     for path in staged.iterdir():
         os.replace(path, out / path.name)

@@ -21,9 +21,10 @@ statistic, :func:`lightning_sas.scores.metrics.roi_enrichment`), ``no_evidence``
 was flat, left out of its scores) and ``roi_lift`` (``roi_share`` over its chance
 level, the ROI's area share) per probe and as a mean; with faithfulness on (``"faithfulness"``
 not ``null``), ``deletion_auc``/``insertion_auc`` per probe and as means (with
-``insertion_minus_deletion``); with artifacts, ``"intervention"`` (flip rate, mean
-probability change, per-probe flips); with the sanity check, ``"sanity"`` (similarity per
-randomisation stage and the flagged methods).
+``insertion_minus_deletion``) and the mean curves ``deletion_curve``/``insertion_curve``
+(``steps + 1`` points each, :mod:`~lightning_sas.report.curves`); with artifacts,
+``"intervention"`` (flip rate, mean probability change, per-probe flips); with the sanity
+check, ``"sanity"`` (similarity per randomisation stage and the flagged methods).
 
 Version 2 replaced version 1's ``threshold``, ``threshold_checked``, ``crossed`` and
 ``shortcuts`` by ``verdict``; version 3 added the verdict's ``status`` and the enrichment, and
@@ -54,6 +55,7 @@ from lightning_sas.audit.run import AuditResult
 from lightning_sas.audit.verdict import AlertRule, Verdict
 from lightning_sas.probes.folder import SkippedFile
 from lightning_sas.probes.probe_set import Probes, class_label
+from lightning_sas.report.curves import CURVE_KEYS, mean_curves
 from lightning_sas.report.verdict import verdict_record
 
 if TYPE_CHECKING:
@@ -176,6 +178,7 @@ def _method_means(
     has_roi = probes.has_roi.cpu()
     means = result.mean_scores(rule.min_roi_pixels)
     faithfulness_means = result.faithfulness_means()
+    curves = mean_curves(result.faithfulness)
     method_means: dict[str, dict[str, Any]] = {}
     for name in result.maps:
         shares = result.roi_share[name].float().cpu()
@@ -195,6 +198,8 @@ def _method_means(
         if faithfulness is not None:
             for key in ("deletion_auc", "insertion_auc", "insertion_minus_deletion"):
                 method_means[name][key] = json_number(faithfulness_means.get(name, {}).get(key))
+            # The mean curves, for the report's plot and the combined report (None when not measured).
+            method_means[name].update(curves.get(name, dict.fromkeys(CURVE_KEYS.values())))
     return method_means
 
 

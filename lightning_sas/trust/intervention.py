@@ -19,8 +19,10 @@ DDP audit that measures each rank's shard gets the results of one process measur
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +31,9 @@ from torch import Tensor, nn
 from lightning_sas.probes.artifact_folder import ArtifactFolder
 from lightning_sas.runtime.model_state import attribution_mode
 from lightning_sas.runtime.outputs import ClassifierOutput, OutputSelector
+
+if TYPE_CHECKING:
+    from lightning_sas.probes.folder_dataset import ProbeFolderDataset
 
 #: A custom paste: ``paste(images [N, C, H, W], generator) -> images with the artifact``. It is
 #: called with one image at a time (``N = 1``), the generator in the same state for every probe
@@ -101,6 +106,54 @@ class Artifacts:
         self.masks = masks > 0.5 if masks.is_floating_point() else masks.bool()
         if not bool(self.masks.flatten(1).any(dim=1).all()):
             raise ValueError("every artifact mask in `masks` must mark at least one pixel.")
+
+    @classmethod
+    def from_folder(
+        cls,
+        directory: str | os.PathLike[str],
+        target_class: int | str,
+        probes: ProbeFolderDataset,
+        *,
+        trials: int = 4,
+        seed: int = 0,
+    ) -> Artifacts:
+        """The artifact folder ``lightning-sas audit --artifacts DIR`` reads, for the callback's ``artifacts=``.
+
+        The patches are read and normalised as the command line reads them for the same probes
+        (:func:`~lightning_sas.probes.artifact_folder.read_artifact_folder`, :func:`to_artifacts`):
+        at the probes' size, channels and normalisation, whole images recognised by the probe
+        files' sizes.
+
+        Args:
+            directory: The artifact folder (patches, and their masks in ``masks/``).
+            target_class: The class the artifact is suspected to push to: an index, or a name of
+                ``probes.class_names`` (``--artifact-class``).
+            probes: The probe set the artifacts are pasted onto.
+            trials: Pastes per probe (``--artifact-trials``).
+            seed: Seed of the pastes.
+
+        Raises:
+            ValueError: If the folder or the class cannot be used (the message names the argument).
+        """
+        from lightning_sas.probes.artifact_folder import read_artifact_folder
+        from lightning_sas.probes.errors import ProbeFolderError
+        from lightning_sas.probes.labels import class_index
+
+        try:
+            index = (
+                target_class
+                if isinstance(target_class, int)
+                else class_index(str(target_class), probes.class_names, source="the probes' `class_names`")
+            )
+        except ProbeFolderError as error:
+            raise ValueError(f"`target_class`: {error}") from None
+        try:
+            folder = read_artifact_folder(
+                directory, size=probes.image_size, channels=probes.channels, probe_file_sizes=probes.folder.file_sizes
+            )
+        except ProbeFolderError as error:
+            raise ValueError(f"`directory`: {error}") from None
+        return to_artifacts(folder, probes.mean, probes.std, target_class=index, trials=trials, seed=seed)
 
     def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """``images`` ``[N, C, H, W]`` with one artifact pasted into each, the same draw from

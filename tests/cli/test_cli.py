@@ -427,7 +427,8 @@ def test_report_is_self_contained_and_escaped(first_audit: Audit, probe_set: Pro
     # Nothing user-provided becomes markup: no <img onerror>, no <i> from the class name.
     assert HTML_NAME not in raw and CLASS_NAMES[1] not in raw
     assert "i" not in report.start_tags and "script" not in report.start_tags
-    assert report.start_tags.count("img") == len(probe_set.names) * (1 + len(METHODS))
+    # A picture per probe and method, the probe itself, and the deletion / insertion curves.
+    assert report.start_tags.count("img") == len(probe_set.names) * (1 + len(METHODS)) + 1
 
     summary_rows = {
         row["attrs"]["data-method"]: row for row in report.tables["summary"] if "data-method" in row["attrs"]

@@ -99,11 +99,12 @@ CASES = [
     # Cheap cases: refused before torch is imported.
     Case("empty checkpoint file", ("--checkpoint", "{empty}"), ("--checkpoint", "is an empty file (0 bytes)")),
     Case(
-        "folder as checkpoint",
-        ("--checkpoint", "{checkpoint_dir}"),
-        ("is a folder, not a checkpoint file", "epoch=0-step=5.ckpt"),
+        "folder without checkpoints",
+        ("--checkpoint", "{modules}"),
+        ("--checkpoint", "a folder without checkpoint files (.ckpt)"),
         absent=("no such file",),
     ),
+    Case("glob matching nothing", ("--checkpoint", "{root}/*.nothing"), ("--checkpoint", "matches no file")),
     Case(
         "PNG as checkpoint",
         ("--checkpoint", "{png}"),
@@ -184,7 +185,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     )
     paths.update(
         empty=str(root / "empty.ckpt"),
-        checkpoint_dir=str(root / "runs"),
+        modules=str(root / "modules"),
+        root=str(root),
         png=str(images / "probe_0.png"),
         text=str(root / "metrics.ckpt"),
         lfs=str(root / "pointer.ckpt"),

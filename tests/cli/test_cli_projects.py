@@ -252,7 +252,7 @@ def test_a_failed_run_with_overwrite_keeps_the_previous_audit(
 
     with monkeypatch.context() as patch:
         patch.setattr(lightning_sas.report.html, "write_report", disk_full)
-        assert main(audit(project, out, "--overwrite")) == 2
+        assert main(audit(project, out, "--overwrite", "--no-cache")) == 2
     (line,) = error_lines(capsys.readouterr().err)
     assert "cannot write (No space left on device)" in line
     unchanged()
