@@ -72,13 +72,19 @@ from lightning_sas.trust.intervention import Artifacts
 from lightning_sas.validation import check_normalization
 
 
+def _trainer_ranks(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Ranks:
+    """The Trainer's processes as the sharded audit sees them (one, or the DDP ranks)."""
+    world, rank = trainer.world_size, trainer.global_rank
+    return Ranks(world, rank, pl_module.all_gather, pl_module.device, trainer.precision_plugin)
+
+
 class SASAuditCallback(Callback):
     r"""Audit the model every ``every_n_epochs`` epochs with SaS and Grad-CAM, logged for review.
 
     The records live on the callback as plain data and in its checkpoint state:
     :attr:`history` (the scalars of each audit, with ``epoch`` and ``step``), :attr:`alerts`,
-    :attr:`verdicts`, :attr:`sanity`, :attr:`manifest`, :attr:`audited_epochs`,
-    :attr:`probe_changes`; :attr:`cost` (the estimate) and :attr:`layers` (Grad-CAM's layers).
+    :attr:`verdicts`, :attr:`sanity`, :attr:`manifest`, :attr:`audited_epochs`, :attr:`probe_changes`;
+    :attr:`cost` (the estimate) and :attr:`layers` (Grad-CAM's layers). ``from_config``: from a YAML job.
 
     Args:
         probe: How many validation images to pick (seeded, class-balanced), indices, or a ``Dataset``.
@@ -105,8 +111,7 @@ class SASAuditCallback(Callback):
         cost_warning_share: Warn before training when one audit would take more than this share of
             the training time between two audits (text ``audit/cost``); ``None``: no estimate.
         progress_bar: A progress bar in model passes (``None``: as the Trainer).
-        sanity: The model-parameter randomisation check at the first audit: ``True`` (4 stages), a
-            number of stages, or ``False``. About ``stages + 1`` audits' worth of passes, once.
+        sanity: Parameter randomisation check at the 1st audit: ``True`` (4 stages), stages, ``False``.
         batch_hooks: Pass probes through the collate function and batch hooks, as validation does.
         name: The tag prefix and part of the checkpoint key (two callbacks in one Trainer: two names).
         checkpoint_maps: Keep the last maps and SaS masks in checkpoints (``probes × H × W × 2`` B per method).
@@ -186,16 +191,9 @@ class SASAuditCallback(Callback):
 
     @classmethod
     def from_config(cls, config: str | os.PathLike[str] | Mapping[str, Any], **overrides: Any) -> SASAuditCallback:
-        """The callback of a job file: its ``audit:`` section read as ``lightning-sas audit --config`` reads it.
-
-        The probes are ``ProbeFolderDataset(probe, masks=..., ...)``; the methods, alert rule,
-        artifacts, faithfulness, sanity check and discovery are the command line's. The optional
-        ``callback:`` section holds the callback's own arguments (``every-n-epochs``, ``name``, ...);
-        ``overrides`` win over both. Which key goes where: :mod:`lightning_sas.callback.job_config`.
-
-        Raises:
-            ValueError: For a file that cannot be read, or a key or value the audit or the callback refuses.
-        """
+        """The callback of a job file's ``audit:`` section, read as ``lightning-sas audit --config`` reads
+        it (probes: ``ProbeFolderDataset``); ``callback:`` holds its own arguments, ``overrides`` win.
+        Which key goes where: :mod:`lightning_sas.callback.job_config` (``ValueError`` for a bad one)."""
         from lightning_sas.callback.job_config import callback_arguments
 
         return cls(**callback_arguments(config, overrides))
@@ -303,19 +301,12 @@ class SASAuditCallback(Callback):
 
     def _run_audit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: Probes, epoch: int) -> None:
         started = time.perf_counter()
-        with self._progress(trainer, epoch):
-            ranks = Ranks(
-                trainer.world_size,
-                trainer.global_rank,
-                pl_module.all_gather,
-                pl_module.device,
-                trainer.precision_plugin,
-            )
+        with _audit_progress(self, trainer, epoch):
             result = explain_on_every_rank(
                 pl_module,
                 probes,
                 self.methods,
-                ranks,
+                _trainer_ranks(trainer, pl_module),
                 self.records.previous_masks,
                 self.discovery,
                 target=self.target,
@@ -361,14 +352,6 @@ class SASAuditCallback(Callback):
         if outcome.alert and self.stop_on_shortcut:
             trainer.should_stop = True
 
-    def _progress(self, trainer: pl.Trainer, epoch: int) -> AbstractContextManager:
-        """A progress bar in model passes on rank 0 (see ``progress_bar``)."""
-        show = self.progress_bar if self.progress_bar is not None else trainer.progress_bar_callback is not None
-        if not show or not trainer.is_global_zero or self.probes is None:
-            return nullcontext()
-        total = sum(count for count, _ in self._audit_passes(trainer).values())
-        return progress_bar(total, f"audit (epoch {epoch})")
-
     @override
     def state_dict(self) -> dict[str, Any]:
         return self.records.state_dict(self.checkpoint_maps)
@@ -395,3 +378,12 @@ class SASAuditCallback(Callback):
         parts["discovery"] = self._discovers()
         layout = scalar_layout(list(self.methods), **parts)
         self._publisher.write_manifest(trainer.loggers, self.manifest, layout, trainer.global_step)
+
+
+def _audit_progress(callback: SASAuditCallback, trainer: pl.Trainer, epoch: int) -> AbstractContextManager:
+    """A progress bar in model passes on rank 0 (see the callback's ``progress_bar``)."""
+    show = callback.progress_bar if callback.progress_bar is not None else trainer.progress_bar_callback is not None
+    if not show or not trainer.is_global_zero or callback.probes is None:
+        return nullcontext()
+    total = sum(count for count, _ in callback._audit_passes(trainer).values())
+    return progress_bar(total, f"audit (epoch {epoch})")

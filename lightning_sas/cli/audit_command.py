@@ -35,6 +35,7 @@ from lightning_sas.cli.model_setup import (
     prepare_model,
     resolve_job_device,
 )
+from lightning_sas.cli.run_record import run_record
 from lightning_sas.probes.artifact_folder import ArtifactFolder
 
 if TYPE_CHECKING:
@@ -310,7 +311,7 @@ def _build_report(
         verdict=verdict,
         rule=inputs.rule,
         class_names=inputs.class_names,
-        run=_run_record(args, inputs, setup, command, checkpoint),
+        run=run_record(args, inputs, setup.model_class, setup.device, setup.methods, command, checkpoint),
         faithfulness=setup.faithfulness,
         artifacts=None if inputs.artifacts is None else _artifacts_record(args, inputs.artifacts),
         sanity=result.sanity,
@@ -362,34 +363,6 @@ def _write_outputs(folder: Path, setup: AuditSetup, audit: AuditReport) -> None:
     html.write_report(audit.summary, audit.html_pictures, folder / "report.html", sheets)
 
 
-def _run_record(
-    args: argparse.Namespace, inputs: AuditInputs, setup: AuditSetup, command: list[str], checkpoint: Path
-) -> dict:
-    """What identifies this run in ``summary.json``: versions, command line, inputs, settings."""
-    import lightning
-    import torch
-
-    import lightning_sas
-
-    return {
-        "lightning_sas": lightning_sas.__version__,
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "command": command,
-        "checkpoint": str(checkpoint),
-        "model": args.model,
-        "model_class": setup.model_class.__qualname__,
-        "output": args.output,
-        "device": str(setup.device),
-        "image_size": list(inputs.image_size),
-        "channels": args.channels,
-        "mean": inputs.mean,
-        "std": inputs.std,
-        "target": args.target,
-        "method_settings": {name: repr(method) for name, method in setup.methods.items()},
-    }
-
-
 def _artifacts_record(args: argparse.Namespace, folder: ArtifactFolder) -> dict[str, Any]:
     return {
         "folder": str(args.artifacts),
@@ -400,6 +373,3 @@ def _artifacts_record(args: argparse.Namespace, folder: ArtifactFolder) -> dict[
         "trials": args.artifact_trials,
         "seed": ARTIFACT_SEED,
     }
-
-
-#: Seed of the artifact pastes (positions and examples) and of the sanity check's re-initialisation.

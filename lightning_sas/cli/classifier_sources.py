@@ -363,8 +363,8 @@ def _exported_module(module: nn.Module) -> nn.Module:
 
 def _load_lightning(args: argparse.Namespace, device: torch.device) -> Classifier:
     """``--checkpoint`` loaded into ``--model`` with ``--init-args``, as ``lightning-sas audit`` loads it."""
-    from lightning_sas.cli.checkpoint import load_checkpoint, merge_init_args, parse_init_args
-    from lightning_sas.cli.model_setup import import_model
+    from lightning_sas.cli.checkpoint import merge_init_args, parse_init_args
+    from lightning_sas.cli.model_setup import import_model, load_model
 
     model_class = import_model(args.model)
     try:
@@ -372,17 +372,6 @@ def _load_lightning(args: argparse.Namespace, device: torch.device) -> Classifie
         init_args = merge_init_args(model_class, sources)
     except ModelLoadError as error:
         raise UsageError(str(error) if str(error).startswith("--") else f"--init-args {error}") from None
-    with stage(f"loading --checkpoint {args.checkpoint} into {model_class.__name__}"):
-        try:
-            model = load_checkpoint(
-                model_class,
-                args.checkpoint,
-                device,
-                trust=args.trust_checkpoint,
-                trust_hint="re-run with --trust-checkpoint",
-                init_args=init_args,
-                init_args_hint="give it with --init-args NAME=VALUE",
-            )
-        except ModelLoadError as error:
-            raise UsageError(f"--checkpoint {error}") from None
+    hint = "give it with --init-args NAME=VALUE"
+    model = load_model(model_class, args, device, init_args, Path(args.checkpoint), init_args_hint=hint)
     return Classifier(model.eval(), "eager")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lightning_sas.cli.options import device_spec, positive_int
+from lightning_sas.cli.options import add_method_arguments, device_spec, positive_int
 from lightning_sas.probes.images import IMAGE_EXTENSIONS
 
 __all__ = ["DEFAULT_OUT", "EXPLAIN_EPILOG", "IMAGENET_MEAN", "IMAGENET_STD", "add_explain_parser"]
@@ -186,21 +186,7 @@ def _add_preprocessing_options(group: argparse._ArgumentGroup) -> None:
 
 def _add_method_options(group: argparse._ArgumentGroup) -> None:
     """The methods, their settings, the class explained, the class names and the device."""
-    group.add_argument(
-        "--methods",
-        default="sas,gradcam",
-        metavar="NAMES",
-        help="comma-separated attribution methods, e.g. --methods saliency,gradcam (default: sas,gradcam); "
-        "names: sas, gradcam, saliency, smoothgrad, ig, gradientshap, occlusion, lime.",
-    )
-    group.add_argument(
-        "--method-config",
-        action="append",
-        default=[],
-        metavar="METHOD.KEY=VALUE",
-        help="an option of one method, repeatable, e.g. --method-config sas.iterations=30 "
-        "--method-config gradcam.target_layer=layer4.",
-    )
+    add_method_arguments(group, example="saliency,gradcam")
     group.add_argument(
         "--target",
         default="pred",

@@ -155,6 +155,7 @@ def load_model(
     device: torch.device,
     init_args: dict[str, Any],
     checkpoint: Path,
+    init_args_hint: str = "give it with --init-args NAME=VALUE or in the model: section of --config FILE.yaml",
 ) -> LightningModule:
     """``checkpoint`` (from ``--checkpoint``) loaded into ``model_class`` on ``device`` with the merged
     constructor arguments.
@@ -174,7 +175,7 @@ def load_model(
                 trust=args.trust_checkpoint,
                 trust_hint="re-run with --trust-checkpoint",
                 init_args=init_args,
-                init_args_hint="give it with --init-args NAME=VALUE or in the model: section of --config FILE.yaml",
+                init_args_hint=init_args_hint,
             )
         except ModelLoadError as error:
             raise UsageError(f"--checkpoint {error}") from None

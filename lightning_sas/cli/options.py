@@ -14,6 +14,7 @@ from lightning_sas.cli.errors import UsageError
 
 __all__ = [
     "CommandLineWins",
+    "add_method_arguments",
     "at_least_two",
     "device_spec",
     "devices_count",
@@ -163,3 +164,28 @@ class CommandLineWins(argparse.Action):
         current = getattr(namespace, self.dest, None)
         given = [] if current is None or current is self.default else list(current)
         setattr(namespace, self.dest, [*given, values])
+
+
+def add_method_arguments(group: argparse._ArgumentGroup, example: str) -> None:
+    """``--methods`` and ``--method-config``, as every command that explains takes them.
+
+    Args:
+        group: Where the options go.
+        example: The ``--methods`` value shown as the example.
+    """
+    group.add_argument(
+        "--methods",
+        default="sas,gradcam",
+        metavar="NAMES",
+        help=f"comma-separated attribution methods, e.g. --methods {example} (default: sas,gradcam); "
+        "names: sas, gradcam, saliency, smoothgrad, ig, gradientshap, occlusion, lime.",
+    )
+    group.add_argument(
+        "--method-config",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="an option of one method, repeatable, e.g. --method-config sas.iterations=30 "
+        "--method-config ig.rule=gausslegendre --method-config gradcam.target_layer=layer4 "
+        "(values are Python literals, None, a torch dtype such as torch.bfloat16, or else text).",
+    )

@@ -18,13 +18,14 @@ from lightning_sas.cli.help_texts import AUDIT_EPILOG, ENRICHMENT_DEFAULTS
 from lightning_sas.cli.job_file import apply_job
 from lightning_sas.cli.options import (
     CommandLineWins,
+    add_method_arguments,
     at_least_two,
     device_spec,
-    devices_count,
     off_or,
     positive_int,
     unit_float,
 )
+from lightning_sas.cli.scale_parser import add_scale_options
 
 __all__ = ["build_parser"]
 
@@ -74,7 +75,7 @@ def _add_audit_parser(commands: argparse._SubParsersAction) -> argparse.Argument
     _add_trust_check_options(trust)
     _add_discovery_options(trust)
     _add_output_options(audit.add_argument_group("outputs"))
-    _add_scale_options(audit.add_argument_group("many checkpoints, processes and the cache"))
+    add_scale_options(audit.add_argument_group("many checkpoints, processes and the cache"))
     return audit
 
 
@@ -208,22 +209,7 @@ def _add_preprocessing_options(group: argparse._ArgumentGroup) -> None:
 
 def _add_method_options(group: argparse._ArgumentGroup) -> None:
     """The attribution methods of the audit, their settings, the target class and the device."""
-    group.add_argument(
-        "--methods",
-        default="sas,gradcam",
-        metavar="NAMES",
-        help="comma-separated attribution methods, e.g. --methods gradcam (default: sas,gradcam); "
-        "names: sas, gradcam, saliency, smoothgrad, ig, gradientshap, occlusion, lime.",
-    )
-    group.add_argument(
-        "--method-config",
-        action="append",
-        default=[],
-        metavar="METHOD.KEY=VALUE",
-        help="an option of one method, repeatable, e.g. --method-config sas.iterations=30 "
-        "--method-config ig.rule=gausslegendre --method-config sas.autocast_dtype=torch.bfloat16 "
-        "(values are Python literals, None, a torch dtype, or else text).",
-    )
+    add_method_arguments(group, example="gradcam")
     group.add_argument(
         "--sas-iterations",
         type=positive_int,
@@ -401,56 +387,3 @@ def _add_output_options(group: argparse._ArgumentGroup) -> None:
         "beside it, e.g. --out audits/latest --overwrite.",
     )
 
-
-def _add_scale_options(group: argparse._ArgumentGroup) -> None:
-    """Several checkpoints (the gate), several processes (Lightning Fabric) and the result cache."""
-    group.add_argument(
-        "--gate",
-        choices=("any", "last"),
-        default="any",
-        help="with several checkpoints: exit 1 when the alert rule fires on any of them (any, default) or only "
-        "on the last by training step (last), e.g. --gate last. An audit that fails still exits 2.",
-    )
-    group.add_argument(
-        "--accelerator",
-        default=None,
-        metavar="NAME",
-        help="Lightning Fabric's accelerator for several processes: cpu, cuda, gpu or auto, e.g. --accelerator "
-        "cuda (default: as --device).",
-    )
-    group.add_argument(
-        "--devices",
-        type=devices_count,
-        default=1,
-        metavar="N",
-        help="processes on this node, one per device, launched with Lightning Fabric (or started by torchrun / "
-        "srun), e.g. --devices 4 (-1: every GPU; default: 1). Checkpoints and probes are shared out between them; "
-        "the result is the one process's.",
-    )
-    group.add_argument(
-        "--num-nodes",
-        type=positive_int,
-        default=1,
-        metavar="N",
-        help="nodes of the job (torchrun / SLURM start the processes on each), e.g. --num-nodes 2 (default: 1). "
-        "--out and the cache must be on a file system every node sees.",
-    )
-    group.add_argument(
-        "--strategy",
-        default=None,
-        metavar="NAME",
-        help="Lightning Fabric's strategy for several processes, e.g. --strategy ddp (default: ddp).",
-    )
-    group.add_argument(
-        "--cache",
-        metavar="DIR",
-        help="where finished audits are kept by content (checkpoint, probes, settings, versions): a re-run over "
-        "unchanged checkpoints reuses them and a job killed half-way resumes, e.g. --cache /shared/sas-cache "
-        "(default: $LIGHTNING_SAS_CACHE, else ~/.cache/lightning_sas/audits).",
-    )
-    group.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="audit every checkpoint again and keep nothing in the cache, e.g. after changing code the key does "
-        "not see (a helper module of the model).",
-    )

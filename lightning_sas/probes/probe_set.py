@@ -193,21 +193,26 @@ def probes_from_dataset(
         images.append(image)
         masks_of.append(masks)
     has_objects = any(read.object_mask is not None for read in items)
-    namer = getattr(dataset, "probe_name", None)
     return Probes(
         images=torch.stack(images),
         labels=torch.tensor([read.label for read in items], dtype=torch.long),
         roi=torch.stack([masks[0] for masks in masks_of]),
-        names=[
-            str(namer(position))
-            if callable(namer)
-            else f"{prefix}[{position}]" + (f" {PurePath(read.file_name).name}" if read.file_name else "")
-            for position, read in zip(positions, items, strict=True)
-        ],
+        names=_probe_names(dataset, positions, items, prefix),
         indices=[int(position) for position in positions],
         integer_input=any(not read.image.is_floating_point() for read in items),
         object_mask=torch.stack([masks[1] for masks in masks_of]) if has_objects else None,
     )
+
+
+def _probe_names(dataset: Dataset, positions: Sequence[int], items: Sequence[ProbeItem], prefix: str) -> list[str]:
+    """The dataset's own names (``probe_name(position)``), else ``"<prefix>[<position>]"`` and the file name."""
+    namer = getattr(dataset, "probe_name", None)
+    if callable(namer):
+        return [str(namer(position)) for position in positions]
+    return [
+        f"{prefix}[{position}]" + (f" {PurePath(read.file_name).name}" if read.file_name else "")
+        for position, read in zip(positions, items, strict=True)
+    ]
 
 
 def _one_of_batch(batch: object) -> object:
