@@ -324,3 +324,24 @@ def write_probes(
             cv2.imwrite(str(masks_dir / name), mask.numpy().astype(np.uint8) * 255)
         names.append(name)
     return images_dir, masks_dir, names
+
+
+class LargeBatchFails(LitClassifier):
+    """The ruler model failing on batches of more than 8 images, as a model short of memory would:
+    Grad-CAM on a few probes runs, methods that batch many perturbations (occlusion) fail."""
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.shape[0] > 8:
+            raise RuntimeError(f"a batch of {images.shape[0]} images is more than this test model takes")
+        return super().forward(images)
+
+
+class FailsOnRankOne(LitClassifier):
+    """The ruler model whose construction fails on the second process only (a node short of memory)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        import os
+
+        if os.environ.get("LOCAL_RANK") == "1":
+            raise MemoryError("no memory left on this process (rank 1, on purpose)")
+        super().__init__(*args, **kwargs)

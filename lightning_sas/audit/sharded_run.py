@@ -91,7 +91,7 @@ def explain_on_every_rank(
     if discovery is not None and discovery.applies(probes, options.get("artifacts") is not None):
         whole = probes.to(device)
         whole.images = everything
-        with _forward_context(ranks):
+        with failing_together(device, "shortcut discovery"), _forward_context(ranks):
             run_discovery(model, whole, result, discovery, options.get("output"))
     return result
 

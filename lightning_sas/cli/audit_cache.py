@@ -3,9 +3,10 @@ copying finished audits in and out.
 
 :func:`audit_key` hashes everything that decides an audit's numbers: the checkpoint's bytes (and
 its path, which the report names), every probe, mask, object-mask, label, artifact and baseline
-file's bytes, the model class's source file, the constructor arguments, the method settings
-(their ``repr``, defaults included), the device type, every other option of the command line
-(new options count by default), and the versions of lightning_sas, torch and Lightning. Options
+file's bytes (and which files were skipped), the source files of the model class and of an
+``--output`` function, the constructor arguments, the method settings (their ``repr``, defaults
+included), the device type, every other option of the command line (new options count by
+default), lightning_sas's own source files and the versions of torch and Lightning. Options
 that only say where to write or how to split the work (``--out``, ``--overwrite``, ``--cache``,
 ``--devices``, ``--gate``, ...) do not count: the audit is the same.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import inspect
 import json
 import shutil
@@ -27,10 +29,9 @@ if TYPE_CHECKING:
     from lightning_sas.cli.audit_inputs import AuditInputs
     from lightning_sas.cli.model_setup import PreparedModel
 
-__all__ = ["CACHEABLE", "audit_key", "cached_outcome", "copy_audit", "job_cache", "store_in_cache"]
+__all__ = ["CACHEABLE", "audit_key", "cacheable", "cached_outcome", "copy_audit", "job_cache", "store_in_cache"]
 
-#: Exit statuses whose audits are kept: complete audits. A failed one may fail for a passing reason
-#: (memory, a full disk) and is run again next time.
+#: Exit statuses whose audits may be kept (when complete: :func:`cacheable`).
 CACHEABLE = (0, 1)
 #: Options that do not change an audit's result (where it goes, how the work is split), or that
 #: count through their content (files) or their resolved value (the device type, the constructor arguments).
@@ -39,6 +40,15 @@ _NOT_KEYED = {
     "strategy", "device", "checkpoint", "probe", "masks", "object_masks", "labels", "artifacts", "baseline",
     "config", "init_args",
 }  # fmt: skip
+
+
+def cacheable(summary: dict[str, Any], status: int) -> bool:
+    """Whether an audit is kept: exit 0 or 1 and complete. One with a failed part (a method, the
+    faithfulness scores, discovery) may have failed for a passing reason (memory, a full disk) and
+    is run again next time, even when the rule fired."""
+    from lightning_sas.cli.audit_output import incomplete_parts
+
+    return status in CACHEABLE and not incomplete_parts(summary)
 
 
 def job_cache(args: argparse.Namespace) -> AuditCache | None:
@@ -59,13 +69,21 @@ def _file_hash(path: str | None) -> str | None:
     return None if path is None else file_sha256(path)
 
 
-def _source_hash(model_class: type) -> str | None:
-    """The model class's source file's hash: edited model code is a new audit."""
+def _source_hash(code: object) -> str | None:
+    """The hash of the file that defines ``code`` (the model class, an ``--output`` function): edited
+    code is a new audit."""
     try:
-        source = inspect.getsourcefile(model_class)
+        source = inspect.getsourcefile(code)  # type: ignore[arg-type]
     except TypeError:
         return None
     return file_sha256(source) if source is not None and Path(source).is_file() else None
+
+
+@functools.cache
+def _package_hash() -> str:
+    """The hash of lightning_sas's own source files: an edited install (not only a new version) is a new audit."""
+    root = Path(__file__).resolve().parents[1]
+    return content_key({str(path.relative_to(root)): file_sha256(path) for path in sorted(root.rglob("*.py"))})
 
 
 def audit_key(args: argparse.Namespace, inputs: AuditInputs, checkpoint: Path, prepared: PreparedModel) -> str:
@@ -76,15 +94,17 @@ def audit_key(args: argparse.Namespace, inputs: AuditInputs, checkpoint: Path, p
     import lightning_sas
 
     parts: dict[str, Any] = {
-        "versions": [lightning_sas.__version__, torch.__version__, lightning.__version__],
+        "versions": [lightning_sas.__version__, _package_hash(), torch.__version__, lightning.__version__],
         "checkpoint": file_sha256(checkpoint),
         # The path too: the audit's report and summary name it, so a copy elsewhere is audited anew.
         "checkpoint_path": str(checkpoint.resolve()),
         "model_source": _source_hash(prepared.model_class),
+        "output_source": _source_hash(prepared.output) if callable(prepared.output) else None,
         "init_args": prepared.init_args,
         "methods": {name: repr(method) for name, method in prepared.methods.items()},
         "device": prepared.device.type,
         "probes": list(zip(inputs.folder.names, inputs.folder.file_hashes, strict=True)),
+        "skipped": [(item.file, item.reason) for item in inputs.folder.skipped],
         "masks": _folder_hashes(args.masks),
         "object_masks": _folder_hashes(args.object_masks),
         "artifacts": _folder_hashes(args.artifacts),

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning_sas.cli.audit_cache import CACHEABLE, audit_key, cached_outcome, copy_audit, job_cache, store_in_cache
+from lightning_sas.cli.audit_cache import audit_key, cacheable, cached_outcome, copy_audit, job_cache, store_in_cache
 from lightning_sas.cli.audit_inputs import AuditInputs, check_out, previous_audit_files, read_inputs
 from lightning_sas.cli.audit_output import (
     estimate_line,
@@ -141,7 +142,7 @@ def _audit_one_checkpoint(args: argparse.Namespace, inputs: AuditInputs, command
         else:
             report, status = audit_checkpoint(args, inputs, checkpoint, prepared, staged, command)
             summary, issues = report.summary, report.issues
-            if cache is not None and status in CACHEABLE:
+            if cache is not None and cacheable(summary, status):
                 store_in_cache(cache, key, staged, status, issues)
         with stage(f"writing to --out {args.out}"):
             check_out(args)  # again: another run may have written an audit there meanwhile
@@ -179,13 +180,18 @@ def audit_checkpoint(
     Returns:
         The report and the exit status.
     """
-    setup = _set_up(args, inputs, checkpoint, prepared)
-    if ranks is None or ranks.rank == 0:
-        with stage("timing one model pass"):
-            line = estimate_line(setup.model, setup.probes.images, setup.passes, setup.output)
-        if line:
-            print(line, file=sys.stderr, flush=True)
-    result = _explain(args, setup, ranks)
+    from lightning_sas.runtime.distributed import all_ranks_together, failing_together
+
+    # With several ranks, every step they take together fails on all of them or on none: none waits.
+    with all_ranks_together() if ranks is not None else nullcontext():
+        with failing_together(prepared.device, f"loading {checkpoint}"):
+            setup = _set_up(args, inputs, checkpoint, prepared)
+        if ranks is None or ranks.rank == 0:
+            with stage("timing one model pass"):
+                line = estimate_line(setup.model, setup.probes.images, setup.passes, setup.output)
+            if line:
+                print(line, file=sys.stderr, flush=True)
+        result = _explain(args, setup, ranks)
     with stage("building the report"):
         report = _build_report(args, inputs, setup, result, command, checkpoint)
     if folder is not None:  # an OSError here is the output's: the caller names where it writes
@@ -272,9 +278,8 @@ def _explain(args: argparse.Namespace, setup: AuditSetup, ranks: Ranks | None) -
     explaining = stage(f"explaining the probes with {', '.join(setup.methods)}")
     if ranks is not None:
         from lightning_sas.audit.sharded_run import explain_on_every_rank
-        from lightning_sas.runtime.distributed import all_ranks_together
 
-        with explaining, all_ranks_together():
+        with explaining:
             return explain_on_every_rank(
                 setup.model, setup.probes, setup.methods, ranks, discovery=setup.discovery, **options
             )

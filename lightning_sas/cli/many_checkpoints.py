@@ -19,11 +19,12 @@ import argparse
 import json
 import shutil
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning_sas.cli.audit_cache import CACHEABLE, audit_key, cache_record, copy_audit, job_cache
+from lightning_sas.cli.audit_cache import audit_key, cache_record, cacheable, copy_audit, job_cache
 from lightning_sas.cli.audit_command import audit_checkpoint
 from lightning_sas.cli.audit_inputs import AuditInputs, check_out, previous_audit_files
 from lightning_sas.cli.errors import (
@@ -79,31 +80,36 @@ def start_job_processes(args: argparse.Namespace, command: list[str]) -> Process
 
 
 def gate_status(rows: list[dict[str, Any]], gate: str) -> int:
-    """The job's exit status from its rows (ordered by step) and ``--gate`` (see the module's docstring)."""
+    """The job's exit status from its rows (ordered by step) and ``--gate`` (see the module's docstring):
+    a failed or incomplete audit anywhere is 2 unless the gated rows fired."""
     gated = rows if gate == "any" else rows[-1:]
     if any(row["alert"] for row in gated):
         return EXIT_SHORTCUT
-    return EXIT_ERROR if any(row["exit_status"] == EXIT_ERROR for row in rows) else EXIT_OK
+    incomplete = any(row["exit_status"] == EXIT_ERROR or row.get("errors") for row in rows)
+    return EXIT_ERROR if incomplete else EXIT_OK
 
 
 def audit_many(args: argparse.Namespace, inputs: AuditInputs, processes: Processes, command: list[str]) -> int:
     """Audit every checkpoint of ``inputs`` on ``processes``, then write the combined results (rank 0).
 
+    Rank 0 decides (its checkpoints, their keys, what the cache holds) and tells the others, so
+    every rank works from one plan; a problem rank 0 meets there, or while writing, reaches every
+    rank, so none waits for it.
+
     Returns:
         The exit status on rank 0; 0 on the other ranks.
+
+    Raises:
+        UsageError: On every rank, for a problem rank 0 met while planning or writing.
     """
-    out = Path(args.out)
     prepared = prepare_model(args, inputs, processes.device or resolve_job_device(args))
     cache = job_cache(args)
-    store = cache if cache is not None else AuditCache(out.resolve().parent / f".{out.name}.work")
-    entries = inputs.checkpoints
-    plan = None
-    if processes.is_main:
-        keys = [audit_key(args, inputs, entry.path, prepared) for entry in entries]
-        found = {index: cache.lookup(key) for index, key in enumerate(keys)} if cache is not None else {}
-        done = {index: record for index, record in found.items() if record is not None}
-        plan = (keys, done, [index for index in range(len(entries)) if index not in done])
-    keys, done, pending = processes.broadcast(plan)
+    plan = _plan(args, inputs, prepared, cache) if processes.is_main else None
+    plan = processes.broadcast(plan)
+    if isinstance(plan, str):
+        raise UsageError(plan)
+    entries, keys, done, pending, root = plan
+    store = AuditCache(root)
     alone, together = share_work(pending, processes.world_size, processes.rank)
     mine: dict[int, Outcome] = {}
     for index in alone:
@@ -117,16 +123,47 @@ def audit_many(args: argparse.Namespace, inputs: AuditInputs, processes: Process
     outcomes |= {
         index: Outcome(int(record["exit_status"]), record["folder"], cached=True) for index, record in done.items()
     }
-    status = None
+    status: int | str | None = None
     if processes.is_main:
         try:
             status = _write_combined(args, entries, outcomes, prepared, command)
+        except UsageError as error:
+            status = str(error)
         finally:
             if cache is None:
-                shutil.rmtree(store.root, ignore_errors=True)
+                shutil.rmtree(root, ignore_errors=True)
     status = processes.broadcast(status)  # every rank waits until rank 0 has written
+    if isinstance(status, str):
+        raise UsageError(status)
     # Only rank 0 reports: a launcher (torchrun) would read another rank's 1 as a crash and stop rank 0.
     return status if processes.is_main else EXIT_OK
+
+
+def _plan(
+    args: argparse.Namespace, inputs: AuditInputs, prepared: PreparedModel, cache: AuditCache | None
+) -> tuple[list[CheckpointEntry], list[str], dict[int, dict[str, Any]], list[int], str] | str:
+    """Rank 0's plan: ``(checkpoints, keys, cached records by position, positions to audit, store folder)``,
+    or the message of a problem met on the way (every rank raises it).
+
+    Without a cache the store is a new work folder beside ``--out`` (removed at the end): a run
+    never finds another run's audits there.
+    """
+    import tempfile
+
+    try:
+        entries = list(inputs.checkpoints)
+        keys = [audit_key(args, inputs, entry.path, prepared) for entry in entries]
+        found = {index: cache.lookup(key) for index, key in enumerate(keys)} if cache is not None else {}
+        if cache is None:
+            out = Path(args.out).resolve()
+            out.parent.mkdir(parents=True, exist_ok=True)
+            root = tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent)
+        else:
+            root = str(cache.root)
+    except OSError as error:
+        return f"--checkpoint / --cache: cannot read or write ({error.strerror or error}: {error.filename})."
+    done = {index: record for index, record in found.items() if record is not None}
+    return entries, keys, done, [index for index in range(len(entries)) if index not in done], root
 
 
 def _audit_entry(
@@ -142,10 +179,11 @@ def _audit_entry(
     """One checkpoint's audit into a new folder of ``store``, kept there when complete; never raises
     for a problem of this checkpoint (the others are still audited)."""
     writes = ranks is None or ranks.rank == 0
-    folder = store.new_folder() if writes else None
+    folder = None
     issues: list[str] = []
     error = None
     try:
+        folder = store.new_folder() if writes else None
         report, status = audit_checkpoint(args, inputs, entry.path, prepared, folder, command, ranks)
         issues, verdict = report.issues, report.summary["verdict"]["summary"]
     except UsageError as problem:
@@ -154,7 +192,11 @@ def _audit_entry(
         status, error = EXIT_ERROR, f"cannot write its audit to {folder} ({problem.strerror or problem})"
     except Exception as problem:  # noqa: BLE001 - a bug or the user's code: this checkpoint fails, the job goes on
         cause, what = (problem.__cause__, problem.what) if isinstance(problem, StepFailure) else (problem, "auditing")
-        where = write_error_log(folder, cause, what, command) if folder is not None else "on another rank"
+        if folder is not None:
+            where = write_error_log(folder, cause, what, command)
+        else:  # a rank that writes nothing: its traceback goes to its stderr
+            traceback.print_exception(cause, file=sys.stderr)
+            where = "traceback above"
         status, error = EXIT_ERROR, f"{what} raised {type(cause).__name__}: {one_line(str(cause))}; {where}"
     if error is not None:
         print(f"{PROGRAM}: error: {entry.path}: {error}", file=sys.stderr)
@@ -163,8 +205,11 @@ def _audit_entry(
         print(f"{PROGRAM}: {entry.name}{step}: exit {status}: {verdict}", file=sys.stderr)
     if folder is None:
         return Outcome(status, None, error=error)
-    if status in CACHEABLE:
-        folder = store.store(key, folder, cache_record(status, issues))
+    if error is None and cacheable(report.summary, status):
+        try:
+            folder = store.store(key, folder, cache_record(status, issues))
+        except OSError as problem:  # the audit stands; only the next run will not find it
+            print(f"{PROGRAM}: warning: {entry.path}: not cached ({problem.strerror or problem})", file=sys.stderr)
     return Outcome(status, str(folder), error=error)
 
 
@@ -188,8 +233,8 @@ def _write_combined(
             target.mkdir(parents=True)
             if outcome.folder is not None:
                 copy_audit(Path(outcome.folder), target)
-                if not outcome.cached and outcome.status not in CACHEABLE:
-                    shutil.rmtree(outcome.folder, ignore_errors=True)  # a failed audit's folder: not kept
+                if not outcome.cached and Path(outcome.folder).name.startswith(".writing-"):
+                    shutil.rmtree(outcome.folder, ignore_errors=True)  # an audit the cache did not keep
             rows.append(_row(entry, outcome, target, staged))
         status = gate_status(rows, args.gate)
         _write_combined_files(staged, rows, args, status, prepared, command)

@@ -16,6 +16,7 @@ import torch
 from lit_classifier import IMAGE_SIZE, LitClassifier, save_checkpoint, train_quickly, write_probes
 
 from lightning_sas.cli.main import main
+from lightning_sas.cli.many_checkpoints import gate_status
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 MODEL = "lit_classifier:LitClassifier"
@@ -224,3 +225,51 @@ def test_a_checkpoint_that_fails_leaves_the_others_audited(
     assert rows["b_untrained"]["exit_status"] == 0 and (tmp_path / "out" / rows["b_untrained"]["folder"]).is_dir()
     assert rows["narrow"]["exit_status"] == 2 and "the weights do not fit LitClassifier" in rows["narrow"]["error"]
     assert f"lightning-sas: error: {narrow}: --checkpoint" in err
+
+
+def test_an_incomplete_audit_is_audited_again_even_when_the_rule_fired(
+    job: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Occlusion fails (the model takes at most 8 images at once), Grad-CAM fires the rule: exit 1, incomplete.
+    trained = (str(job["runs"] / "a_trained.ckpt"),)
+    arguments = _arguments(job, tmp_path / "first", "--methods", "gradcam,occlusion", checkpoints=trained)
+    arguments[arguments.index(MODEL)] = "lit_classifier:LargeBatchFails"
+    assert main(arguments) == 1
+    assert "occlusion" in _summary(tmp_path / "first")["errors"]
+    capsys.readouterr()
+    arguments[arguments.index(str(tmp_path / "first"))] = str(tmp_path / "second")
+    assert main(arguments) == 1
+    assert "reused from the cache" not in capsys.readouterr().err
+    assert not list(Path(os.environ["LIGHTNING_SAS_CACHE"]).glob("??/*/entry.json"))
+
+
+def test_the_gate_reads_alerts_of_the_gated_rows_and_failures_of_all() -> None:
+    fired_incomplete = {"alert": True, "exit_status": 1, "errors": {"occlusion": "out of memory"}}
+    fired = {"alert": True, "exit_status": 1, "errors": {}}
+    clean = {"alert": False, "exit_status": 0, "errors": {}}
+    failed = {"alert": False, "exit_status": 2, "errors": {}, "error": "weights do not fit"}
+    assert gate_status([fired, clean], "any") == 1 and gate_status([fired, clean], "last") == 0
+    assert gate_status([clean, fired], "last") == 1
+    assert gate_status([fired_incomplete, clean], "last") == 2  # a failed part is never hidden by the gate
+    assert gate_status([failed, clean], "last") == 2 and gate_status([failed, fired], "any") == 1
+    assert gate_status([clean, clean], "any") == 0
+
+
+def test_no_cache_keeps_nothing_and_leaves_no_work_folder(job: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "audits" / "tonight"
+    assert main(_arguments(job, out, "--no-cache")) in (0, 1)
+    assert sorted(path.name for path in out.parent.iterdir()) == ["tonight"]
+    assert not list(Path(os.environ["LIGHTNING_SAS_CACHE"]).glob("**/entry.json"))
+    assert all(not row["cached"] for row in _summary(out)["checkpoints"])
+
+
+def test_a_rank_that_fails_alone_fails_the_shared_audit_on_every_rank(job: dict[str, Path], tmp_path: Path) -> None:
+    # One checkpoint on two processes: both explain it together; rank 1 cannot even load it.
+    trained = (str(job["runs"] / "a_trained.ckpt"),)
+    arguments = _arguments(job, tmp_path / "out", "--accelerator", "cpu", "--devices", "2", checkpoints=trained)
+    arguments[arguments.index(MODEL)] = "lit_classifier:FailsOnRankOne"
+    completed = _run(arguments, timeout=240)  # before the fix: a hang until the timeout
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    (row,) = _summary(tmp_path / "out")["checkpoints"]
+    assert row["exit_status"] == 2 and "failed on another rank" in row["error"]
+    assert "no memory left on this process (rank 1, on purpose)" in completed.stderr
