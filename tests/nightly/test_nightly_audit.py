@@ -273,3 +273,42 @@ def test_a_rank_that_fails_alone_fails_the_shared_audit_on_every_rank(job: dict[
     (row,) = _summary(tmp_path / "out")["checkpoints"]
     assert row["exit_status"] == 2 and "failed on another rank" in row["error"]
     assert "no memory left on this process (rank 1, on purpose)" in completed.stderr
+
+
+def test_torchrun_starts_the_processes_and_rank_zero_reports(job: dict[str, Path], tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).parent / "torchrun"
+    command = [str(torchrun), "--nproc-per-node", "2", "-m", "lightning_sas"]
+    arguments = _arguments(job, tmp_path / "out", "--no-cache", "--accelerator", "cpu", "--devices", "2")
+    completed = subprocess.run(
+        [*command, *arguments], capture_output=True, text=True, env=_environment(), timeout=300, check=False
+    )
+    combined = _summary(tmp_path / "out")
+    # torchrun reports any non-zero exit as 1; the audit's own status is in summary.json.
+    assert completed.returncode == (0 if combined["exit_status"] == 0 else 1), completed.stderr[-2000:]
+    assert combined["exit_status"] == 1 and [row["step"] for row in combined["checkpoints"]] == [0, 20, 60]
+    assert "Starting with 2 processes" in completed.stdout + completed.stderr
+
+
+def test_a_yaml_job_lists_checkpoints_and_the_command_line_replaces_them(job: dict[str, Path], tmp_path: Path) -> None:
+    config = tmp_path / "nightly.yaml"
+    listed = [str(job["runs"] / "a_trained.ckpt"), str(job["runs"] / "b_untrained.ckpt")]
+    config.write_text(json.dumps({"audit": {"checkpoint": listed}}), encoding="utf-8")  # JSON is YAML
+    arguments = [part for part in _arguments(job, tmp_path / "from_file") if part != str(job["runs"])]
+    arguments.remove("--checkpoint")
+    assert main([*arguments, "--config", str(config)]) in (0, 1)
+    assert [row["name"] for row in _summary(tmp_path / "from_file")["checkpoints"]] == ["b_untrained", "a_trained"]
+    replaced = _arguments(job, tmp_path / "replaced", checkpoints=(str(job["runs"] / "c_half.ckpt"),))
+    assert main([*replaced, "--config", str(config)]) in (0, 1)
+    assert _summary(tmp_path / "replaced")["checkpoint"].endswith("c_half.ckpt")  # one checkpoint: a single audit
+
+
+def test_overwrite_swaps_a_combined_audit_and_a_single_one_whole(job: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "latest"
+    assert main(_arguments(job, out)) in (0, 1)
+    assert (out / "checkpoints").is_dir()
+    single = (str(job["runs"] / "a_trained.ckpt"),)
+    assert main(_arguments(job, out, checkpoints=single)) == 2  # an audit is there: --overwrite needed
+    assert main(_arguments(job, out, "--overwrite", checkpoints=single)) == 1
+    assert not (out / "checkpoints").exists() and "checkpoints" not in _summary(out)
+    assert main(_arguments(job, out, "--overwrite")) in (0, 1)
+    assert sorted(path.name for path in (out / "checkpoints").iterdir()) == ["a_trained", "b_untrained", "c_half"]
