@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -133,3 +135,14 @@ def fit(
     trainer = make_trainer(tmp_path, [callback] if callback else [], max_epochs=max_epochs, **kwargs)
     trainer.fit(model, train, val)
     return trainer, model
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Tiny models on a shared machine run fastest (and reproducibly) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

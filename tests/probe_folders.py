@@ -20,9 +20,9 @@ import cv2
 import lightning as L
 import numpy as np
 import pytest
-import torch
 from lit_classifier import IMAGE_SIZE, LitClassifier, ruler_images, write_probes
 from lit_models import make_trainer
+from lit_models import single_thread as one_thread
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_sas import SASAuditCallback
@@ -108,17 +108,6 @@ class Fit:
     callback: SASAuditCallback
     checkpoint: Path
     results: list[AuditResult] = field(default_factory=list)
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Tiny models on a shared machine run fastest (and reproducibly) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @contextmanager

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from lit_classifier import LitClassifier, save_checkpoint
+from lit_models import single_thread
 from torch import nn
 
 from lightning_sas.cli.main import PROGRAM, main
@@ -62,13 +63,8 @@ class Files:
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    """Tiny models on a shared machine run fastest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
