@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 from lit_classifier import IMAGE_SIZE, LitClassifier, Marker, ruler_images, ruler_mask
+from lit_models import single_thread
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.util import tensor_util
@@ -87,17 +87,6 @@ def assert_only_estimate(stderr: str) -> None:
 def error_lines(stderr: str) -> list[str]:
     """stderr without the estimate line."""
     return [line for line in stderr.strip().splitlines() if not line.startswith("lightning-sas: estimated ")]
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Tiny models on a shared machine run fastest (and reproducibly) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture
