@@ -19,17 +19,27 @@ import functools
 import inspect
 import json
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightning_sas.cli.errors import PROGRAM
 from lightning_sas.nightly.cache import ENTRY_FILE, AuditCache, content_key, default_cache_dir, file_sha256
 
 if TYPE_CHECKING:
     from lightning_sas.cli.audit_inputs import AuditInputs
     from lightning_sas.cli.model_setup import PreparedModel
 
-__all__ = ["CACHEABLE", "audit_key", "cacheable", "cached_outcome", "copy_audit", "job_cache", "store_in_cache"]
+__all__ = [
+    "CACHEABLE",
+    "audit_key",
+    "cacheable",
+    "cached_outcome",
+    "copy_audit",
+    "job_cache",
+    "keep_in_cache",
+]
 
 #: Exit statuses whose audits may be kept (when complete: :func:`cacheable`).
 CACHEABLE = (0, 1)
@@ -120,11 +130,34 @@ def copy_audit(source: Path, target: Path) -> None:
     shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(ENTRY_FILE))
 
 
-def store_in_cache(cache: AuditCache, key: str, folder: Path, status: int, issues: Sequence[str]) -> Path:
-    """Keep the audit written in ``folder`` under ``key`` (a copy: ``folder`` stays where it is)."""
-    entry = cache.new_folder()
-    copy_audit(folder, entry)
-    return cache.store(key, entry, cache_record(status, issues))
+def keep_in_cache(
+    cache: AuditCache | None,
+    key: str,
+    folder: Path,
+    summary: dict[str, Any],
+    issues: Sequence[str],
+    status: int,
+    *,
+    copy: bool = False,
+) -> Path:
+    """Keep a complete audit (:func:`cacheable`) under ``key``: moved into the cache, or a copy of it
+    with ``copy`` (``folder`` stays). A cache that cannot be written only warns: the audit stands.
+
+    Returns:
+        Where the audit is now (the cache's entry when it moved there, else ``folder``).
+    """
+    if cache is None or not cacheable(summary, status):
+        return folder
+    try:
+        if not copy:
+            return cache.store(key, folder, cache_record(status, issues))
+        entry = cache.new_folder()
+        copy_audit(folder, entry)
+        cache.store(key, entry, cache_record(status, issues))
+    except OSError as problem:
+        reason = problem.strerror or problem
+        print(f"{PROGRAM}: warning: {summary['checkpoint']}: not cached ({reason})", file=sys.stderr)
+    return folder
 
 
 def cache_record(status: int, issues: Sequence[str]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning_sas.cli.audit_cache import audit_key, cacheable, cached_outcome, copy_audit, job_cache, store_in_cache
+from lightning_sas.cli.audit_cache import audit_key, cached_outcome, copy_audit, job_cache, keep_in_cache
 from lightning_sas.cli.audit_inputs import AuditInputs, check_out, previous_audit_files, read_inputs
 from lightning_sas.cli.audit_output import (
     estimate_line,
@@ -142,8 +142,7 @@ def _audit_one_checkpoint(args: argparse.Namespace, inputs: AuditInputs, command
         else:
             report, status = audit_checkpoint(args, inputs, checkpoint, prepared, staged, command)
             summary, issues = report.summary, report.issues
-            if cache is not None and cacheable(summary, status):
-                store_in_cache(cache, key, staged, status, issues)
+            keep_in_cache(cache, key, staged, summary, issues, status, copy=True)
         with stage(f"writing to --out {args.out}"):
             check_out(args)  # again: another run may have written an audit there meanwhile
             put_in_place(staged, out, previous_audit_files(out))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning_sas.cli.audit_cache import audit_key, cache_record, cacheable, copy_audit, job_cache
+from lightning_sas.cli.audit_cache import audit_key, copy_audit, job_cache, keep_in_cache
 from lightning_sas.cli.audit_command import audit_checkpoint
 from lightning_sas.cli.audit_inputs import AuditInputs, check_out, previous_audit_files
 from lightning_sas.cli.errors import (
@@ -64,6 +64,9 @@ def start_job_processes(args: argparse.Namespace, command: list[str]) -> Process
     Raises:
         UsageError: If Fabric refuses them, or ``--device`` names one device while several are asked for.
     """
+    if ":" in args.device and (args.devices != 1 or args.num_nodes > 1 or args.strategy is not None):
+        # Checked before any process starts: Fabric, not --device, places several processes.
+        raise UsageError(f"--device {args.device} names one device; with several processes give --devices instead.")
     accelerator = args.accelerator or ("auto" if args.device == "auto" else args.device.partition(":")[0])
     try:
         processes = start_processes(
@@ -74,8 +77,6 @@ def start_job_processes(args: argparse.Namespace, command: list[str]) -> Process
             f"--accelerator {accelerator} --devices {args.devices} --num-nodes {args.num_nodes} "
             f"--strategy {args.strategy or 'ddp'}: {error}"
         ) from None
-    if processes.world_size > 1 and ":" in args.device:
-        raise UsageError(f"--device {args.device} names one device; with several processes give --devices instead.")
     return processes
 
 
@@ -203,14 +204,9 @@ def _audit_entry(
     elif writes:
         step = "" if entry.step is None else f" (step {entry.step})"
         print(f"{PROGRAM}: {entry.name}{step}: exit {status}: {verdict}", file=sys.stderr)
-    if folder is None:
-        return Outcome(status, None, error=error)
-    if error is None and cacheable(report.summary, status):
-        try:
-            folder = store.store(key, folder, cache_record(status, issues))
-        except OSError as problem:  # the audit stands; only the next run will not find it
-            print(f"{PROGRAM}: warning: {entry.path}: not cached ({problem.strerror or problem})", file=sys.stderr)
-    return Outcome(status, str(folder), error=error)
+    if folder is not None and error is None:
+        folder = keep_in_cache(store, key, folder, report.summary, issues, status)
+    return Outcome(status, None if folder is None else str(folder), error=error)
 
 
 def _write_combined(
