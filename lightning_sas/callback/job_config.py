@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_sas.cli.errors import UsageError
+from lightning_sas.cli.options import name_list
 
 __all__ = ["CALLBACK_SECTION", "SHARED", "Shared", "callback_arguments", "callback_only_arguments"]
 
@@ -70,7 +71,7 @@ class Shared:
 
 def _probe(args: argparse.Namespace, built: Mapping[str, Any]) -> Any:
     from lightning_sas.cli.audit_inputs import read_normalization
-    from lightning_sas.cli.options import name_list, parse_image_size
+    from lightning_sas.cli.options import parse_image_size
     from lightning_sas.probes.folder_dataset import ProbeFolderDataset
 
     if args.probe is None:
@@ -100,7 +101,6 @@ def _normalization(position: int) -> Callable[[argparse.Namespace, Mapping[str, 
 
 def _methods(args: argparse.Namespace, built: Mapping[str, Any]) -> list[Any]:
     from lightning_sas.cli.methods import build_methods
-    from lightning_sas.cli.options import name_list
 
     names = name_list(args.methods) or []
     return list(build_methods(names, args.sas_iterations, args.gradcam_layer, args.method_config).values())
@@ -126,7 +126,6 @@ def _discovery(args: argparse.Namespace, built: Mapping[str, Any]) -> Any:
     from lightning_sas.audit.discovery import DiscoveryOptions
     from lightning_sas.cli.methods import parse_discovery_config
     from lightning_sas.cli.model_setup import DISCOVERY_SEED
-    from lightning_sas.cli.options import name_list
 
     if args.discovery_method is not None and args.discovery_method not in (name_list(args.methods) or []):
         raise ValueError(f"discovery-method {args.discovery_method} is not one of methods ({args.methods}).")
@@ -158,7 +157,7 @@ SHARED: dict[str, Shared] = {
     "probe": Shared(
         ("probe", "masks", "object_masks", "labels", "class_names", "image_size", "channels", "mean", "std"), _probe
     ),
-    "class_names": Shared(("class_names",), lambda args, built: _names(args.class_names)),
+    "class_names": Shared(("class_names",), lambda args, built: name_list(args.class_names)),
     "mean": Shared(("mean", "channels"), _normalization(0)),
     "std": Shared(("std", "channels"), _normalization(1)),
     "methods": Shared(("methods", "method_config", "sas_iterations", "gradcam_layer"), _methods),
@@ -171,12 +170,6 @@ SHARED: dict[str, Shared] = {
     "sanity": Shared(("sanity", "sanity_stages"), lambda args, built: args.sanity_stages if args.sanity else False),
     "discovery": Shared(("discovery", "discovery_method", "discovery_config"), _discovery),
 }
-
-
-def _names(text: str | None) -> list[str] | None:
-    from lightning_sas.cli.options import name_list
-
-    return name_list(text)
 
 
 def callback_only_arguments() -> list[str]:

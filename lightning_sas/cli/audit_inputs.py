@@ -126,8 +126,10 @@ def _read_checkpoints(args: argparse.Namespace) -> list[CheckpointEntry]:
     return checkpoint_entries(files)
 
 
-def read_normalization(args: argparse.Namespace) -> tuple[list[float], list[float]]:
-    """``--mean`` / ``--std`` per channel, read by :mod:`lightning_sas.validation` (0 and 1 when absent).
+def read_normalization(
+    args: argparse.Namespace, defaults: tuple[list[float], list[float]] = ([0.0], [1.0])
+) -> tuple[list[float], list[float]]:
+    """``--mean`` / ``--std`` per channel, read by :mod:`lightning_sas.validation` (``defaults`` when absent).
 
     Raises:
         UsageError: If a value is not a number, a ``--std`` is not positive, or there are
@@ -141,9 +143,9 @@ def read_normalization(args: argparse.Namespace) -> tuple[list[float], list[floa
     except ValueError as error:
         raise UsageError(str(error)) from None
     resolved = {}
-    for name, values, default in (("mean", mean, 0.0), ("std", std, 1.0)):
+    for name, values, default in (("mean", mean, defaults[0]), ("std", std, defaults[1])):
         try:
-            resolved[name] = per_channel(name, values if values is not None else [default], args.channels)
+            resolved[name] = per_channel(name, values if values is not None else list(default), args.channels)
         except ValueError as error:
             reason = str(error).rstrip(".")
             raise UsageError(

@@ -67,8 +67,8 @@ def _text_preview(head: bytes) -> str | None:
     return first[:60] + ("..." if len(first) > 60 else "")
 
 
-def _is_safetensors(head: bytes) -> bool:
-    # safetensors: an 8-byte little-endian header length, then the JSON header.
+def is_safetensors(head: bytes) -> bool:
+    """Whether a file's first bytes are a safetensors file's: an 8-byte little-endian header length, then JSON."""
     return len(head) > 9 and head[8:10] in (b'{"', b"{ ")
 
 
@@ -162,7 +162,7 @@ def _what_it_is_instead(path: Path, head: bytes) -> str:
             f"{path} is a Python pickle but not a PyTorch checkpoint (torch.save writes a zip archive); "
             "save the model with Trainer.save_checkpoint."
         )
-    if _is_safetensors(head):
+    if is_safetensors(head):
         return (
             f"{path} is a safetensors file (weights only); a Lightning checkpoint (.ckpt, "
             "from Trainer.save_checkpoint) is needed."

@@ -246,10 +246,9 @@ def _read_state_dict(path: Path, trust: bool) -> dict[str, Any]:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as error:
-        raise ModelLoadError(
-            f"{path} needs unpickling arbitrary Python objects ({first_line(str(error))[:120]}); loading it could "
-            "run code from the file. If you trust its origin, re-run with --trust-checkpoint."
-        ) from None
+        from lightning_sas.cli.checkpoint import _unpickling_error
+
+        raise _unpickling_error(str(error), path, trust=trust, trust_hint="re-run with --trust-checkpoint") from None
     except (RuntimeError, EOFError) as error:
         raise ModelLoadError(f"{path} is a damaged PyTorch file ({first_line(str(error))[:160]}).") from None
     if isinstance(saved, torch.nn.Module):
@@ -266,13 +265,14 @@ def _read_state_dict(path: Path, trust: bool) -> dict[str, Any]:
 
 
 def _is_safetensors(path: Path) -> bool:
-    """Whether ``path`` starts as a safetensors file does: an 8-byte header length, then a JSON object."""
+    """Whether ``path`` starts as a safetensors file does (:func:`..checkpoint_file.is_safetensors`)."""
+    from lightning_sas.cli.checkpoint_file import is_safetensors
+
     try:
         with open(path, "rb") as file:
-            head = file.read(10)
+            return is_safetensors(file.read(16))
     except OSError:
         return False  # check_checkpoint_file names the problem
-    return len(head) == 10 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
 
 
 def model_file_kind(path: Path) -> Literal["torchscript", "export"]:

@@ -215,6 +215,7 @@ def _write_maps(folder: Path, original: np.ndarray, maps: dict[str, torch.Tensor
     import torch
 
     from lightning_sas.methods.base import minmax_normalize
+    from lightning_sas.probes.export_folder import encoded_image
     from lightning_sas.report.colour import overlay, to_uint8
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -233,23 +234,12 @@ def _write_maps(folder: Path, original: np.ndarray, maps: dict[str, torch.Tensor
         grey = np.round(np.nan_to_num(scaled.numpy(), nan=0.0).clip(0.0, 1.0) * 255).astype(np.uint8)
         coloured = to_uint8(overlay(display, scaled[None]))[0]
         files = [folder / f"{name}{ending}" for ending in MAP_FILES]
-        # imencode + write_bytes rather than imwrite: imwrite fails silently on some paths (non-ASCII on Windows).
-        files[0].write_bytes(_encoded(".png", grey))
-        files[1].write_bytes(_encoded(".jpg", np.ascontiguousarray(coloured[..., ::-1])))
+        files[0].write_bytes(encoded_image(grey, ".png"))
+        bgr = np.ascontiguousarray(coloured[..., ::-1])
+        files[1].write_bytes(encoded_image(bgr, ".jpg", (cv2.IMWRITE_JPEG_QUALITY, 90)))
         np.save(files[2], raw.numpy())
         written += files
     return written
-
-
-def _encoded(extension: str, pixels: np.ndarray) -> bytes:
-    """``pixels`` (grey or BGR uint8) encoded as PNG or JPEG (quality 90)."""
-    import cv2
-
-    settings = [cv2.IMWRITE_JPEG_QUALITY, 90] if extension == ".jpg" else []
-    ok, data = cv2.imencode(extension, pixels, settings)
-    if not ok:
-        raise OSError(f"OpenCV could not encode a {extension} image")
-    return data.tobytes()
 
 
 def _print_lines(inputs: ExplainInputs, result: AuditResult, written: list[list[Path]]) -> None:

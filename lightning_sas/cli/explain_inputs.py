@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from lightning_sas.cli.errors import UsageError
 from lightning_sas.cli.explain_parser import IMAGENET_MEAN, IMAGENET_STD
-from lightning_sas.cli.options import float_list, name_list, parse_image_size
+from lightning_sas.cli.options import name_list, parse_image_size
 from lightning_sas.probes.images import IMAGE_EXTENSIONS
 
 if TYPE_CHECKING:
@@ -78,27 +78,14 @@ def _normalization(args: argparse.Namespace) -> tuple[list[float], list[float]]:
     """``--mean`` / ``--std`` per channel; ImageNet's (their average for one channel) when not given.
 
     Raises:
-        UsageError: For a value that is no number, a ``--std`` that is not positive, or neither 1
-            nor ``--channels`` values.
+        UsageError: As :func:`~lightning_sas.cli.audit_inputs.read_normalization`.
     """
-    from lightning_sas.validation import check_normalization, per_channel
+    from lightning_sas.cli.audit_inputs import read_normalization
 
-    try:
-        given = check_normalization(float_list(args.mean, "--mean"), float_list(args.std, "--std"), prefix="--")
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    resolved = []
-    for name, values, default in zip(("mean", "std"), given, (IMAGENET_MEAN, IMAGENET_STD), strict=True):
-        if values is None:
-            values = list(default) if args.channels == 3 else [round(sum(default) / len(default), 3)]
-        try:
-            resolved.append(per_channel(name, values, args.channels))
-        except ValueError as error:
-            reason = str(error).rstrip(".")
-            raise UsageError(
-                f"--{name} {' '.join(getattr(args, name))}: {reason} (--channels {args.channels})."
-            ) from None
-    return resolved[0], resolved[1]
+    if args.channels == 3:
+        return read_normalization(args, (list(IMAGENET_MEAN), list(IMAGENET_STD)))
+    averages = [round(sum(values) / len(values), 3) for values in (IMAGENET_MEAN, IMAGENET_STD)]
+    return read_normalization(args, ([averages[0]], [averages[1]]))
 
 
 def _parse_target(text: str, class_names: list[str] | None) -> int | None:

@@ -386,4 +386,3 @@ def _add_output_options(group: argparse._ArgumentGroup) -> None:
         "then renamed into place); a run that fails leaves the previous audit as it was, with its error.log "
         "beside it, e.g. --out audits/latest --overwrite.",
     )
-

@@ -118,8 +118,10 @@ def audit_states(checkpoint: object) -> dict[str, Mapping[str, Any]]:
     the callback is found too; its name is read from the state key Lightning builds from it.
     """
     callbacks = checkpoint.get("callbacks") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(callbacks, Mapping):
+        return {}
     states: dict[str, Mapping[str, Any]] = {}
-    for key, state in (callbacks or {}).items() if isinstance(callbacks, Mapping) else ():
+    for key, state in callbacks.items():
         if isinstance(state, Mapping) and isinstance(state.get("manifest"), list) and "audited_epochs" in state:
             states[_callback_name(key)] = state
     return states

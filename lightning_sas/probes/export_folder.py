@@ -96,12 +96,20 @@ def to_pixels(
     return np.ascontiguousarray(pixels[..., ::-1]), clipped
 
 
+def encoded_image(pixels: np.ndarray, extension: str = ".png", params: Sequence[int] = ()) -> bytes:
+    """8-bit grey or BGR pixels encoded as an image file (``extension``: ``.png``, ``.jpg``, ...).
+
+    Encoded in memory and written with ``write_bytes``: ``cv2.imwrite`` fails silently on some paths.
+    """
+    ok, encoded = cv2.imencode(extension, pixels, list(params))
+    if not ok:  # pragma: no cover - OpenCV encodes any uint8 grey/BGR array
+        raise ExportError(f"OpenCV could not encode a {extension} image.")
+    return encoded.tobytes()
+
+
 def png_bytes(pixels: np.ndarray) -> bytes:
     """8-bit grey or BGR pixels encoded as a PNG file."""
-    ok, encoded = cv2.imencode(".png", pixels)
-    if not ok:  # pragma: no cover - OpenCV encodes any uint8 grey/BGR array
-        raise ExportError("OpenCV could not encode a PNG.")
-    return encoded.tobytes()
+    return encoded_image(pixels, ".png")
 
 
 def write_hashed(path: Path, data: bytes) -> str:

@@ -35,7 +35,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
 from torch.utils.data import Dataset
 
 from lightning_sas.probes.errors import ProbeFolderError
@@ -177,11 +176,6 @@ class ProbeFolderDataset(Dataset):
         """The probes' file names, in item order."""
         return list(self.folder.names)
 
-    @property
-    def images(self) -> Tensor:
-        """``[N, C, H, W]`` float32: every probe, normalised (the items' images stacked)."""
-        return self._probes.images
-
     def __repr__(self) -> str:
         height, width = self.image_size
         return (
@@ -220,12 +214,8 @@ def _normalisation(
     mean: Sequence[float] | None, std: Sequence[float] | None, channels: int
 ) -> tuple[list[float], list[float]]:
     """``mean`` and ``std`` per channel, 0 and 1 where not given (as the command line's ``--mean``/``--std``)."""
-    checked = dict(zip(("mean", "std"), check_normalization(mean, std), strict=True))
-    resolved = {}
-    for name, default in (("mean", 0.0), ("std", 1.0)):
-        values = checked[name]
-        resolved[name] = per_channel(name, values if values is not None else [default], channels)
-    return resolved["mean"], resolved["std"]
+    mean, std = check_normalization(mean, std)
+    return per_channel("mean", mean or [0.0], channels), per_channel("std", std or [1.0], channels)
 
 
 def _labels(labels: object, class_names: Sequence[str] | None) -> dict[str, int]:

@@ -57,15 +57,15 @@ def png_bytes_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def faithfulness_plot(summary: Mapping[str, Any]) -> bytes | None:
-    """The mean deletion and insertion curves of every method, side by side, as PNG bytes.
+def faithfulness_plot(summary: Mapping[str, Any]) -> str | None:
+    """The mean deletion and insertion curves of every method, side by side, as a PNG data URI.
 
     Read from the summary (``"methods"``' ``deletion_curve`` / ``insertion_curve``, written by
     :func:`~lightning_sas.report.summary.build_summary`), so the report needs nothing beyond
     what ``summary.json`` keeps; ``None`` when no method has a curve (faithfulness off or failed).
     """
     panels = curve_panels(summary["methods"])
-    return line_figure(panels) if panels else None
+    return png_bytes_uri(line_figure(panels)) if panels else None
 
 
 def probe_pictures(
@@ -112,13 +112,12 @@ def render_report(
         One self-contained HTML document.
     """
     areas = [entry["roi_area"] for entry in summary["probes"] if entry.get("roi_area") is not None]
-    curves = faithfulness_plot(summary)
     return (
         template_environment()
         .get_template("report.html")
         .render(
             summary=summary,
-            curves=None if curves is None else png_bytes_uri(curves),
+            curves=faithfulness_plot(summary),
             pictures=pictures,
             sheets=dict(sheets or {}),
             title=report_title(summary),
@@ -164,7 +163,6 @@ def template_environment() -> jinja2.Environment:
         meta_rows=_meta_rows,
         method_errors=method_errors,
         method_status=_method_status,
-        png_bytes_uri=png_bytes_uri,
         png_data_uri=png_data_uri,
         probe_rows=_probe_rows,
         rule_text=rule_text,

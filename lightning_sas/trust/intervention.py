@@ -140,11 +140,10 @@ class Artifacts:
         from lightning_sas.probes.labels import class_index
 
         try:
-            index = (
-                target_class
-                if isinstance(target_class, int)
-                else class_index(str(target_class), probes.class_names, source="the probes' `class_names`")
-            )
+            # An index is range-checked as a name is looked up (a bool is neither).
+            if isinstance(target_class, bool):
+                raise ProbeFolderError(f"a class name or index, got {target_class!r}.")
+            index = class_index(str(target_class), probes.class_names, source="the probes' `class_names`")
         except ProbeFolderError as error:
             raise ValueError(f"`target_class`: {error}") from None
         try:
