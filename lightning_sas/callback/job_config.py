@@ -236,7 +236,7 @@ def _audit_options(source: str, section: Mapping[str, Any]) -> argparse.Namespac
     try:
         parser = build_parser((source, dict(section)))
     except UsageError as error:
-        raise ValueError(str(error).replace("--config ", "", 1)) from None
+        raise ValueError(str(error)) from None
     # argparse keeps no public handle on a subcommand's parser.
     commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
     audit = commands.choices["audit"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lightning_sas.cli.options import add_method_arguments, device_spec, positive_int
+from lightning_sas.cli.options import add_channels_argument, add_method_arguments, device_spec, positive_int
 from lightning_sas.probes.images import IMAGE_EXTENSIONS
 
 __all__ = ["DEFAULT_OUT", "EXPLAIN_EPILOG", "IMAGENET_MEAN", "IMAGENET_STD", "add_explain_parser"]
@@ -160,13 +160,7 @@ def _add_preprocessing_options(group: argparse._ArgumentGroup) -> None:
         help="the model's input size: N x N, or H x W given as 'H W' or HxW, e.g. --image-size 192x256 "
         "(default: 224, or the size a torch.export file was exported for). Maps go back to each image's size.",
     )
-    group.add_argument(
-        "--channels",
-        type=int,
-        choices=(1, 3),
-        default=3,
-        help="input channels the model expects: 3 (RGB, default) or 1 (grey), e.g. --channels 1.",
-    )
+    add_channels_argument(group)
     group.add_argument(
         "--mean",
         nargs="+",

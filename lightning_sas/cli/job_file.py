@@ -45,7 +45,8 @@ AUDIT_SECTION = "audit"
 
 
 def job_options(argv: list[str]) -> tuple[str, dict[str, Any]] | None:
-    """``(path, the audit: section)`` of ``audit --config PATH`` in ``argv``, or ``None`` without one.
+    """``("--config PATH", the audit: section)`` of ``audit --config PATH`` in ``argv`` (how messages
+    name the file, and its options), or ``None`` without one.
 
     Raises:
         UsageError: If the file cannot be read, is not YAML, or its ``audit:`` section is not a mapping.
@@ -71,10 +72,10 @@ def job_options(argv: list[str]) -> tuple[str, dict[str, Any]] | None:
         return None
     if not isinstance(section, dict):
         raise UsageError(f"--config {path}: the audit: section must be a mapping of options, got {section!r}.")
-    return path, section
+    return f"--config {path}", section
 
 
-def apply_job(parser: argparse.ArgumentParser, path: str, job: Mapping[str, Any]) -> None:
+def apply_job(parser: argparse.ArgumentParser, source: str, job: Mapping[str, Any]) -> None:
     """Make each option of ``job`` the default of ``parser``'s option (no longer required).
 
     Raises:
@@ -89,9 +90,9 @@ def apply_job(parser: argparse.ArgumentParser, path: str, job: Mapping[str, Any]
         if dest not in actions or dest in ("help", "config"):
             near = difflib.get_close_matches(str(key).replace("_", "-"), names, n=3)
             hint = f" (did you mean {', '.join(near)}?)" if near else f"; options: {', '.join(names)}"
-            raise UsageError(f"--config {path}: audit.{key} is not an option of 'audit'{hint}.")
+            raise UsageError(f"{source}: audit.{key} is not an option of 'audit'{hint}.")
         action = actions[dest]
-        action.default = _as_command_line(action, value, f"--config {path}: audit.{key}")
+        action.default = _as_command_line(action, value, f"{source}: audit.{key}")
         action.required = False
 
 

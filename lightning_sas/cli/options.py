@@ -14,6 +14,7 @@ from lightning_sas.cli.errors import UsageError
 
 __all__ = [
     "CommandLineWins",
+    "add_channels_argument",
     "add_method_arguments",
     "at_least_two",
     "device_spec",
@@ -164,6 +165,17 @@ class CommandLineWins(argparse.Action):
         current = getattr(namespace, self.dest, None)
         given = [] if current is None or current is self.default else list(current)
         setattr(namespace, self.dest, [*given, values])
+
+
+def add_channels_argument(group: argparse._ArgumentGroup) -> None:
+    """``--channels``, as every command that feeds images to a model takes it."""
+    group.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        default=3,
+        help="input channels the model expects: 3 (RGB, default) or 1 (grey), e.g. --channels 1.",
+    )
 
 
 def add_method_arguments(group: argparse._ArgumentGroup, example: str) -> None:

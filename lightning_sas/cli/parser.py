@@ -18,6 +18,7 @@ from lightning_sas.cli.help_texts import AUDIT_EPILOG, ENRICHMENT_DEFAULTS
 from lightning_sas.cli.job_file import apply_job
 from lightning_sas.cli.options import (
     CommandLineWins,
+    add_channels_argument,
     add_method_arguments,
     at_least_two,
     device_spec,
@@ -34,8 +35,8 @@ def build_parser(job: tuple[str, Mapping[str, Any]] | None = None) -> argparse.A
     """The argument parser of ``lightning-sas`` with its ``audit`` and ``export-probes`` subcommands.
 
     Args:
-        job: ``(path, options)`` of a ``--config`` file's ``audit:`` section: the audit's defaults
-            (:mod:`~lightning_sas.cli.job_file`).
+        job: ``(how messages name the file, options)`` of a job file's ``audit:`` section: the
+            audit's defaults (:mod:`~lightning_sas.cli.job_file`).
     """
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
@@ -184,13 +185,7 @@ def _add_preprocessing_options(group: argparse._ArgumentGroup) -> None:
         help="images (and masks) are resized to N x N pixels, or H x W given as 'H W' or HxW, "
         "e.g. --image-size 224 or --image-size 192x256 (default: 224).",
     )
-    group.add_argument(
-        "--channels",
-        type=int,
-        choices=(1, 3),
-        default=3,
-        help="input channels the model expects: 3 (RGB, default) or 1 (grey), e.g. --channels 1.",
-    )
+    add_channels_argument(group)
     group.add_argument(
         "--mean",
         nargs="+",
