@@ -45,6 +45,8 @@ AUDIT_FILES = ("summary.json", "report.html", "hparams.yaml")
 EVENTS_PREFIX = "events.out.tfevents."
 #: Folders an audit writes: exported discovery candidates, and each checkpoint's audit of a combined one.
 AUDIT_FOLDERS = ("candidates", "checkpoints")
+#: The options that decide a probe's tensor (and content hash), named when a recorded probe differs.
+PREPROCESSING_OPTIONS = "--image-size, --channels, --mean and --std"
 
 
 def previous_audit_files(out: Path) -> list[Path]:
@@ -114,6 +116,8 @@ def _read_checkpoints(args: argparse.Namespace) -> list[CheckpointEntry]:
     from lightning_sas.cli.checkpoint import check_checkpoint_file
     from lightning_sas.nightly.checkpoints import checkpoint_entries, expand_checkpoints
 
+    if not args.checkpoint:  # a job file's empty list; the command line requires one
+        raise UsageError("--checkpoint: give at least one checkpoint file, folder or glob, e.g. runs/last.ckpt.")
     try:
         files = expand_checkpoints(args.checkpoint)
     except ValueError as error:
@@ -260,8 +264,7 @@ def _recorded_probes(
                 name_hint=f"give its name, {option} NAME",
                 trust_hint="re-run with --trust-checkpoint",
             )
-            settings = "--image-size, --channels, --mean and --std"
-            selected = select_recorded(folder, recorded, *normalization, settings=settings)
+            selected = select_recorded(folder, recorded, *normalization, settings=PREPROCESSING_OPTIONS)
         except ManifestError as error:
             raise UsageError(f"{option}: {error}") from None
         if chosen is not None and selected.names != chosen[1].names:
@@ -271,8 +274,6 @@ def _recorded_probes(
                 "one audit compares its checkpoints on one probe set: audit them separately."
             )
         chosen = chosen or (path, selected)
-    if chosen is None:
-        return folder
     left_out = len(folder.names) - len(chosen[1].names)
     if left_out:
         print(

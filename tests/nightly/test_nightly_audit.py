@@ -312,3 +312,15 @@ def test_overwrite_swaps_a_combined_audit_and_a_single_one_whole(job: dict[str, 
     assert not (out / "checkpoints").exists() and "checkpoints" not in _summary(out)
     assert main(_arguments(job, out, "--overwrite")) in (0, 1)
     assert sorted(path.name for path in (out / "checkpoints").iterdir()) == ["a_trained", "b_untrained", "c_half"]
+
+
+def test_a_job_file_with_no_checkpoint_is_refused_in_one_line(
+    job: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "nightly.yaml"
+    config.write_text(json.dumps({"audit": {"checkpoint": []}}), encoding="utf-8")
+    arguments = [part for part in _arguments(job, tmp_path / "out") if part != str(job["runs"])]
+    arguments.remove("--checkpoint")
+    assert main([*arguments, "--config", str(config)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("lightning-sas: error: --checkpoint: give at least one checkpoint")
