@@ -35,6 +35,7 @@ __all__ = [
     "alert_rule",
     "check_out",
     "previous_audit_files",
+    "read_init_args",
     "read_inputs",
     "read_normalization",
 ]
@@ -203,7 +204,7 @@ def read_inputs(args: argparse.Namespace) -> AuditInputs:
         artifacts, artifact_class = _read_artifacts(args, class_names, image_size, folder)
     return AuditInputs(
         class_names, method_names, image_size, mean, std, folder, baseline, rule, artifacts, artifact_class,
-        _read_init_args(args), checkpoints,
+        read_init_args(args), checkpoints,
     )  # fmt: skip
 
 
@@ -344,7 +345,7 @@ def _read_artifacts(
     return artifacts, artifact_class
 
 
-def _read_init_args(args: argparse.Namespace) -> list[tuple[str, dict[str, Any], str | None]]:
+def read_init_args(args: argparse.Namespace) -> list[tuple[str, dict[str, Any], str | None]]:
     """``--config`` and ``--init-args`` read (not yet checked against the model), in the order they apply.
 
     Raises:
@@ -354,7 +355,7 @@ def _read_init_args(args: argparse.Namespace) -> list[tuple[str, dict[str, Any],
     from lightning_sas.cli.checkpoint import parse_init_args, read_config
 
     sources: list[tuple[str, dict[str, Any], str | None]] = []
-    if args.config is not None:
+    if getattr(args, "config", None) is not None:  # explain has no --config
         try:
             sources.append((f"--config {args.config}", *read_config(args.config)))
         except ModelLoadError as error:

@@ -363,15 +363,16 @@ def _exported_module(module: nn.Module) -> nn.Module:
 
 def _load_lightning(args: argparse.Namespace, device: torch.device) -> Classifier:
     """``--checkpoint`` loaded into ``--model`` with ``--init-args``, as ``lightning-sas audit`` loads it."""
-    from lightning_sas.cli.checkpoint import merge_init_args, parse_init_args
+    from lightning_sas.cli.audit_inputs import read_init_args
+    from lightning_sas.cli.checkpoint import merge_init_args
     from lightning_sas.cli.model_setup import import_model, load_model
 
     model_class = import_model(args.model)
+    sources = read_init_args(args)
     try:
-        sources = [(f"--init-args {text!r}", parse_init_args(text), None) for text in args.init_args]
         init_args = merge_init_args(model_class, sources)
     except ModelLoadError as error:
-        raise UsageError(str(error) if str(error).startswith("--") else f"--init-args {error}") from None
+        raise UsageError(str(error)) from None
     hint = "give it with --init-args NAME=VALUE"
     model = load_model(model_class, args, device, init_args, Path(args.checkpoint), init_args_hint=hint)
     return Classifier(model.eval(), "eager")
