@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import inspect
 import itertools
 import json
 import math
@@ -208,6 +209,92 @@ def run_study(args: argparse.Namespace) -> None:
                 )
 
 
+def choose_natural_probes(labels: torch.Tensor, count: int, seed: int) -> list[int]:
+    """``count`` probes, half per class, drawn at random: the artifact comes at the split's own
+    rates (the bias the model was trained on), as in a probe set taken from the validation data."""
+    rng = np.random.default_rng([seed, 65])
+    chosen: list[int] = []
+    for label in (0, 1):
+        pool = torch.nonzero(labels == label).flatten().numpy()
+        chosen += rng.choice(pool, count // 2, replace=False).tolist()
+    return sorted(chosen)
+
+
+def natural_run(trained: dict, args: argparse.Namespace) -> dict:
+    """The run ``trained`` (a main-study cache entry: same model, same data) audited on probes
+    from its validation split, which carries the training bias, instead of the probe split."""
+    started = time.perf_counter()
+    settings = trained["settings"]
+    data = make_data(
+        trained["kind"],
+        trained["biased"],
+        trained["seed"],
+        settings["image_size"],
+        settings["train_size"],
+        settings["val_size"],
+    )
+    images, labels, objects, artifacts = data["splits"]["val"]
+    chosen = choose_natural_probes(labels, settings["probes"], trained["seed"])
+    probes = Probes(images[chosen], labels[chosen], artifacts[chosen], [f"val[{i}]" for i in chosen], chosen)
+    model = load_model(trained)
+    methods = {
+        name: method for name, method in method_objects(settings["sas_iterations"]).items() if name in args.methods
+    }
+    result = run_audit(model, probes, methods)
+    return {
+        **{
+            key: trained[key]
+            for key in (
+                "kind",
+                "biased",
+                "seed",
+                "state_dict",
+                "val_acc",
+                "counterfactual_acc",
+                "drop",
+                "rate_high",
+                "rate_low",
+                "style",
+                "settings",
+            )
+        },
+        "images": probes.images.clone(),
+        "labels": probes.labels.clone(),
+        "indices": chosen,
+        "predictions": result.predictions.clone(),
+        "confidences": result.confidences.clone(),
+        "object_masks": objects[chosen].clone(),
+        "artifact_masks": artifacts[chosen].clone(),
+        "maps": {key: value.detach().clone() for key, value in result.maps.items()},
+        "errors": dict(result.errors),
+        "probe_source": "val",
+        "seconds": time.perf_counter() - started,
+        "seconds_parts": {"maps": time.perf_counter() - started},
+    }
+
+
+def run_natural(args: argparse.Namespace) -> None:
+    """Audit every run of the main cache ``args.natural_probes`` again on natural-rate probes."""
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(args.natural_probes.glob("*.pt"), key=lambda p: (int(p.stem.rsplit("-", 1)[1]), p.stem)):
+        seed = int(path.stem.rsplit("-", 1)[1])
+        target = args.out / path.name
+        if seed % args.shards != args.shard or target.exists():
+            continue
+        run = natural_run(torch.load(path, weights_only=False), args)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        torch.save(run, temporary)
+        os.replace(temporary, target)
+        with_artifact = run["artifact_masks"].flatten(1).any(dim=1)
+        print(
+            f"{path.stem}: {run['seconds']:.1f} s; probes with the artifact: class 1 "
+            f"{int(with_artifact[run['labels'] == 1].sum())}/32, "
+            f"class 0 {int(with_artifact[run['labels'] == 0].sum())}/32",
+            flush=True,
+        )
+
+
 # ----------------------------------------------------------------------------- discovery on the cache
 
 
@@ -276,6 +363,7 @@ def discovery_records(run: dict, discover: Callable, methods: tuple[str, ...] = 
                     run["predictions"],
                     object_masks=run["object_masks"] if level == "object" else None,
                     seed=run["seed"],
+                    **({"labels": run["labels"]} if "labels" in inspect.signature(discover).parameters else {}),
                 )
             except Exception as error:  # noqa: BLE001 - one failure must not lose the study
                 record[f"{level}/{method}"] = {"error": f"{type(error).__name__}: {error}"}
@@ -330,6 +418,12 @@ def run_summary(run: dict) -> dict:
         "seconds_parts": run.get("seconds_parts", {}),
         "settings": run.get("settings", {}),
         "map_errors": run["errors"],
+        # Share of each class's probes with the artifact.
+        "artifact_share": {
+            str(label): float(run["artifact_masks"][run["labels"] == label].flatten(1).any(dim=1).float().mean())
+            for label in (0, 1)
+        },
+        "probe_accuracy": float((run["predictions"] == run["labels"]).float().mean()),
     }
 
 
@@ -404,14 +498,20 @@ def _value(candidate: dict, name: str, default: float) -> float:
 #:   similarity: a present-or-absent thing, not the object every image has);
 #: - ``flip+recurrence``: ``flip`` and ``recurrence >= recurrence`` (found in that share of the
 #:   probes predicted as its class: a shortcut recurs, a stray region does not);
+#: - ``flip+errors``: ``flip_rate > flip``, ``flip_rate - control_flip_rate >= margin`` (a non-local cue
+#:   flips its control as much), ``recurrence >= recurrence`` and ``source_accuracy <= errors`` (the
+#:   probes where the region appears are labelled as its class no more often than that: it goes with
+#:   the model's errors where the probes break its link with the label; the object goes with the label);
+#:   ``outside`` as in ``flip``;
 #: - ``suspicion``: the module's own ordering score ``suspicion > suspicion``;
 #: - ``enrichment`` (object masks only, no candidates): the pooled ``outside_enrichment`` of some
 #:   method's maps ``> enrichment`` -- the baseline "is the top evidence off the object?".
-FAMILIES = ("flip", "flip+contrast", "flip+recurrence", "suspicion", "enrichment")
+FAMILIES = ("flip", "flip+contrast", "flip+recurrence", "flip+errors", "suspicion", "enrichment")
 THRESHOLD = {
     "flip": "flip",
     "flip+contrast": "flip",
     "flip+recurrence": "flip",
+    "flip+errors": "flip",
     "suspicion": "suspicion",
     "enrichment": "enrichment",
 }
@@ -424,12 +524,21 @@ CONTROL_GRID = [None, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5]
 OUTSIDE_GRID = {"object": [None, 0.25, 0.5, 0.75, 0.9], "none": [None]}
 CONTRAST_GRID = [0.0, 0.1, 0.2, 0.3, 0.5, 0.75]
 RECURRENCE_GRID = [0.1, 0.2, 0.3, 0.5]
+MARGIN_GRID = [0.0, 0.1, 0.2, 0.3]
+ERRORS_GRID = [0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9]
 
 
 def conditions(family: str, level: str) -> list[dict]:
     """Every combination of the family's conditions other than its threshold."""
     if family in ("suspicion", "enrichment"):
         return [{}]
+    if family == "flip+errors":
+        return [
+            {"outside": outside, "recurrence": recurrence, "margin": margin, "errors": errors}
+            for outside, recurrence, margin, errors in itertools.product(
+                OUTSIDE_GRID[level], RECURRENCE_GRID, MARGIN_GRID, ERRORS_GRID
+            )
+        ]
     contrasts = CONTRAST_GRID if family == "flip+contrast" else [None]
     recurrences = RECURRENCE_GRID if family == "flip+recurrence" else [None]
     return [
@@ -443,8 +552,12 @@ def conditions(family: str, level: str) -> list[dict]:
 def passes(candidate: dict, condition: dict) -> bool:
     control, outside, contrast = condition.get("control"), condition.get("outside"), condition.get("contrast")
     recurrence = condition.get("recurrence")
+    margin, errors = condition.get("margin"), condition.get("errors")
+    flip = _value(candidate, "flip_rate", -math.inf)
     return (
         (control is None or _value(candidate, "control_flip_rate", 1.0) <= control)
+        and (margin is None or flip - _value(candidate, "control_flip_rate", 1.0) >= margin)
+        and (errors is None or _value(candidate, "source_accuracy", math.inf) <= errors)
         and (outside is None or _value(candidate, "outside_object", 0.0) >= outside)
         and (contrast is None or _value(candidate, "contrast", -math.inf) >= contrast)
         and (recurrence is None or _value(candidate, "recurrence", 0.0) >= recurrence)
@@ -520,9 +633,10 @@ def choose_rule(selection: list[dict], level: str, methods: tuple[str, ...], fam
 def describe(rule: dict) -> str:
     family = rule["family"]
     parts = [f"{THRESHOLD[family]} > {rule[THRESHOLD[family]]:g}"]
-    for name in ("control", "outside", "contrast", "recurrence"):
+    for name in ("control", "outside", "contrast", "recurrence", "margin", "errors"):
         if rule.get(name) is not None:
-            parts.append(f"{name} {'<=' if name == 'control' else '>='} {rule[name]:g}")
+            text = {"margin": "flip - control", "errors": "source_accuracy"}.get(name, name)
+            parts.append(f"{text} {'<=' if name in ('control', 'errors') else '>='} {rule[name]:g}")
     return ", ".join(parts)
 
 
@@ -639,6 +753,25 @@ def analyse(records: list[dict], version: str) -> tuple[str, dict]:
         lines += ["", statistics_table(records, level)]
         lines += ["", localisation_table(records, level, summary)]
         lines += ["", colour_cast_table(records, level)]
+    lines += [
+        "",
+        "## The package's default rule (`AlertRule()`) on SaS maps: the verdicts",
+        "",
+        "What `lightning-sas audit` and the callback decide with discovery alone (exit 1 / 2 / 0). Without "
+        "object masks the default rule has two tests (`DiscoveryThresholds`): with labels, a region that flips "
+        "the other classes and goes with the model's errors is a shortcut, and one that passes only the "
+        "control test while its probes are labelled as its class leaves the verdict at 'cannot tell'; the "
+        "thresholds of each test are the selection half's `flip+errors [sas]` and `flip+recurrence [sas]` "
+        "rules above, rounded; their combination was not tuned.",
+    ]
+    for level in LEVELS:
+        for label, part in (("held-out (odd seeds)", held_out), ("selection (even seeds)", selection)):
+            lines += [
+                "",
+                f"{'Object masks' if level == 'object' else 'Nothing'}, {label}:",
+                "",
+                outcome_table(part, level),
+            ]
     return "\n".join(lines), summary
 
 
@@ -758,6 +891,7 @@ JSON_CANDIDATE_FIELDS = (
     "outside_object",
     "flip_rate",
     "control_flip_rate",
+    "source_accuracy",
     "probability_change",
     "suspicion",
     "iou",
@@ -773,9 +907,113 @@ def display(path: Path) -> str:
         return str(path)
 
 
+def default_outcome(run: dict, level: str, method: str = "sas") -> str | None:
+    """The verdict the package's default rule (``AlertRule()``) reaches on the run's ``method`` maps
+    at ``level`` with discovery alone: ``"shortcut"``, ``"cannot tell"`` or ``"no shortcut"`` (as
+    ``check_discovery`` decides); ``None`` when discovery did not run there."""
+    from lightning_sas.audit.criteria import candidate_finding
+    from lightning_sas.audit.verdict import AlertRule
+
+    entry = run["discovery"].get(f"{level}/{method}")
+    if entry is None or "error" in entry:
+        return None
+    tested = [c for c in entry["candidates"] if c.get("trials")]
+    if entry["candidates"] and not tested:
+        return "cannot tell"
+    findings = {candidate_finding(c, AlertRule(), object_masks=level == "object") for c in tested}
+    return "shortcut" if "confirmed" in findings else "cannot tell" if "unresolved" in findings else "no shortcut"
+
+
+OUTCOMES = ("shortcut", "cannot tell", "no shortcut")
+
+
+def outcome_table(runs: list[dict], level: str) -> str:
+    """Per kind: how the default rule's verdicts split on the runs that use the shortcut and on the clean runs."""
+    lines = [
+        "| kind | uses the shortcut: shortcut / cannot tell / no shortcut "
+        "| clean: shortcut / cannot tell / no shortcut |",
+        "|---|---|---|",
+    ]
+
+    def split(group: list[dict]) -> str:
+        found = [default_outcome(r, level) for r in group]
+        found = [f for f in found if f is not None]
+        if not found:
+            return "–"
+        return (
+            " / ".join(f"{found.count(o)}" for o in OUTCOMES)
+            + f" of {len(found)} ({rate(found.count('shortcut'), len(found))} alert)"
+        )
+
+    for kind in [*[k for k in KINDS if any(r["kind"] == k for r in runs)], "all localised"]:
+        local = kind == "all localised"
+        of_kind = [r for r in runs if (r["kind"] in LOCAL_KINDS if local else r["kind"] == kind)]
+        clean = [r for r in runs if not r["biased"]] if local else [r for r in of_kind if not r["biased"]]
+        lines.append(
+            f"| {kind}{' (clean: all kinds)' if local else ''} | {split([r for r in of_kind if uses(r)])} "
+            f"| {split(clean)} |"
+        )
+    return "\n".join(lines)
+
+
+def natural_section(runs: list[dict], summary: dict, natural_out: Path) -> str:
+    """The rules chosen on the main study's selection half, applied to every run audited again on
+    natural-rate probes (``--natural-probes``): nothing was chosen on these runs."""
+    available = {key.split("/")[1] for r in runs for key in r["discovery"] if "error" not in r["discovery"][key]}
+    kinds = [k for k in LOCAL_KINDS if any(r["kind"] == k for r in runs)]
+    share = {label: [r["artifact_share"][label] for r in runs if r.get("artifact_share")] for label in ("1", "0")}
+    lines = [
+        "## Natural-rate probes: the same models and rules, probes drawn at the training bias's rates",
+        "",
+        "The main study's probes put the artifact on 75% of *both* classes, so a shortcut model's errors show. "
+        "A probe set taken from validation data carries the training bias instead. Every run above (the same "
+        "model) was audited again on 64 probes from its validation split, 32 per class drawn at random, with "
+        f"{'/'.join(sorted(available))} maps (`--natural-probes`, cache `{display(natural_out)}`); the rules are "
+        "the ones chosen above, nothing was chosen on these runs, so all seeds are reported.",
+        "",
+        f"Probes with the artifact (median over runs): class 1 {np.median(share['1']):.0%}, class 0 "
+        f"{np.median(share['0']):.0%}."
+        if share["1"]
+        else "",
+    ]
+    for level in LEVELS:
+        lines += [
+            "",
+            f"The default rule's verdicts, {'object masks' if level == 'object' else 'nothing'} (all seeds):",
+            "",
+            outcome_table(runs, level),
+        ]
+    lines += [
+        "",
+        "Every rule chosen above (recall and false alarms as above, all seeds):",
+        "",
+        "| level | rule | recall (localised kinds) | FA (all clean runs) | colour_cast: alerts on runs that use it | "
+        + " | ".join(kinds)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(kinds),
+    ]
+    for key, rule in summary["rules"].items():
+        level, family, name = key.split("/")
+        if family == "enrichment" or not set(RULE_SETS[name]) <= available:
+            continue
+        cells = held_out_cells(runs, level, RULE_SETS[name], rule, kinds)
+        lines.append(
+            f"| {level} | {family} [{name}]: {describe(rule)} | {rate(*cells['all'][:2])} "
+            f"| {rate(*cells['all'][2:])} | "
+            f"{rate(*cells['colour_cast'][:2])} | "
+            + " | ".join(f"{rate(*cells[k][:2])}; FA {rate(*cells[k][2:])}" for k in kinds)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def analyse_main(args: argparse.Namespace) -> None:
     records, version = analysis_records(args.out, refresh=args.refresh, stand_in=args.discovery_file)
     text, summary = analyse(records, version)
+    natural: list[dict] = []
+    if args.natural:
+        natural, _ = analysis_records(args.natural, refresh=args.refresh, stand_in=args.discovery_file)
+        text += "\n\n" + natural_section(natural, summary, args.natural)
     print(text)
     settings = sorted({json.dumps(r.get("settings", {}), sort_keys=True) for r in records})
     parts = sorted({key for r in records for key in r.get("seconds_parts", {})})
@@ -804,7 +1042,13 @@ def analyse_main(args: argparse.Namespace) -> None:
         "```",
         f"python benchmarks/discovery_study.py --runs-per-cell {args.runs_per_cell} --sas-iterations "
         f"{records[0].get('settings', {}).get('sas_iterations', 95) if records else 95} --out {display(args.out)}",
-        f"python benchmarks/discovery_study.py --analyse --out {display(args.out)}",
+        *(
+            f"python benchmarks/discovery_study.py --natural-probes {display(args.out)} --methods sas --shard {shard} "
+            f"--shards 2 --out {display(args.natural)}"
+            for shard in ((0, 1) if args.natural else ())
+        ),
+        f"python benchmarks/discovery_study.py --analyse --out {display(args.out)}"
+        + (f" --natural {display(args.natural)}" if args.natural else ""),
         "```",
         "",
         "Run settings: " + "; ".join(f"`{s}`" for s in settings) + ".",
@@ -854,11 +1098,19 @@ def analyse_main(args: argparse.Namespace) -> None:
                 }
                 for key, entry in r["discovery"].items()
             },
+            "default_verdict": {level: default_outcome(r, level) for level in LEVELS},
         }
         for r in records
     ]
     settings_list = [json.loads(text) for text in settings]
     record = {**summary, "run_settings": settings_list, "candidate_fields": list(JSON_CANDIDATE_FIELDS), "runs": slim}
+    record["natural_runs"] = [
+        {
+            **{key: small(r[key]) for key in ("kind", "biased", "seed", "drop", "artifact_share", "probe_accuracy")},
+            "default_verdict": {level: default_outcome(r, level) for level in LEVELS},
+        }
+        for r in natural
+    ]
     (args.results / "discovery_study.json").write_text(json.dumps(record, separators=(",", ":")))
 
 
@@ -884,9 +1136,25 @@ def main() -> None:
     parser.add_argument(
         "--results", type=Path, default=RESULTS, help="with --analyse: where discovery_study.md/.json go"
     )
+    parser.add_argument(
+        "--natural-probes",
+        type=Path,
+        metavar="MAIN_OUT",
+        help="audit the models cached in MAIN_OUT again, on probes from their validation split (the training bias's "
+        "rates); results go to --out",
+    )
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS, help="with --natural-probes")
+    parser.add_argument(
+        "--natural",
+        type=Path,
+        metavar="NATURAL_OUT",
+        help="with --analyse: also report the rules on this natural-probe cache",
+    )
     args = parser.parse_args()
     if args.analyse:
         analyse_main(args)
+    elif args.natural_probes:
+        run_natural(args)
     else:
         run_study(args)
 

@@ -8,8 +8,10 @@
    :func:`lightning_sas.probes.export.export_probes` / :func:`~lightning_sas.probes.export_artifacts.export_artifacts`.
 4. Run the nightly audit, ``lightning-sas audit``, on both checkpoints and print the exit
    codes (1 = shortcut found, 0 = none) and the report paths.
-5. Run it once more as a team that does not know about rulers would: a larger fresh probe set
-   without masks and without ruler examples, so shortcut discovery decides (same exit codes).
+5. Run it once more as a team that does not know about rulers would: a larger probe set without
+   masks and without ruler examples, so shortcut discovery decides (same exit codes). Its images
+   come from a second clinic, where rulers lie beside benign and malignant lesions alike: a
+   shortcut only shows where the probes break its link with the label (docs/discovery.md).
 6. Audit every epoch's checkpoint of the biased run in one job (``--checkpoint 'epoch=*.ckpt'``,
    ``--gate last``): a combined report with the trend across training.
 
@@ -41,6 +43,8 @@ from lightning_sas.probes.export_artifacts import export_artifacts
 
 #: Seed of the fresh probe set: neither run trained or validated on it.
 FRESH_SEED = 2026
+#: Seed of the second clinic's images (the audit without masks or examples).
+SECOND_CLINIC_SEED = 2027
 #: Probes of the audit without masks or examples: discovery needs more than the 16 of a masked audit.
 DISCOVERY_PROBES = 64
 #: Whose maps that audit computes (discovery reads the first; README, "Discovery study").
@@ -136,10 +140,24 @@ def main() -> None:
         print(f"  {name}:", flush=True)
         results[name] = audit_checkpoint(run, probes, args.out / f"audit_{name}", sas_iterations, image_size)
 
-    print(f"{elapsed()} 5/6 nightly audit without masks or ruler examples: shortcut discovery", flush=True)
-    unnamed = args.out / "fresh_probes_unnamed"
+    print(
+        f"{elapsed()} 5/6 nightly audit without masks or ruler examples, on a second clinic's images: "
+        "shortcut discovery",
+        flush=True,
+    )
+    unnamed = args.out / "second_clinic_probes"
+    # The second clinic: rulers beside half of all lesions, whatever the diagnosis.
+    second = make_splits(
+        n_train=1, n_val=200, n_counterfactual=1, image_size=image_size, seed=SECOND_CLINIC_SEED, clean=True
+    )
     export_probes(
-        fresh["val"], unnamed, count=DISCOVERY_PROBES, seed=FRESH_SEED, mean=MEAN, std=STD, class_names=CLASS_NAMES
+        second["val"],
+        unnamed,
+        count=DISCOVERY_PROBES,
+        seed=SECOND_CLINIC_SEED,
+        mean=MEAN,
+        std=STD,
+        class_names=CLASS_NAMES,
     )
     discovered = {}
     for name, run in (("biased", biased), ("clean", clean)):

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from lightning_sas.audit.verdict import AlertRule, DiscoveryThresholds, Evidence, Verdict
+
+#: What the discovery rule makes of one candidate (:func:`candidate_finding`).
+Finding = Literal["confirmed", "unresolved"]
 
 
 def check_roi(evidence: Evidence, rule: AlertRule, verdict: Verdict) -> None:
@@ -117,26 +120,48 @@ def check_intervention(evidence: Evidence, rule: AlertRule, verdict: Verdict) ->
         verdict.crossed.append(("flip_rate", None))
 
 
-def confirmed_candidate(candidate: Mapping[str, Any], rule: AlertRule, object_masks: bool) -> bool:
-    """Whether a discovered candidate (:meth:`~lightning_sas.trust.discovery.Candidate.to_dict`) is a
-    shortcut under ``rule``'s discovery thresholds for its level (with or without object masks)."""
+def candidate_finding(candidate: Mapping[str, Any], rule: AlertRule, object_masks: bool) -> Finding | None:
+    """What ``rule``'s discovery thresholds for its level (with or without object masks) make of a
+    discovered candidate (:meth:`~lightning_sas.trust.discovery.Candidate.to_dict`): ``"confirmed"``
+    (a shortcut), ``"unresolved"`` (the control test passes but the labels say the region goes with
+    them: the probes never show it on another class, so it may be the object) or ``None``. See
+    :class:`~lightning_sas.audit.verdict.DiscoveryThresholds` for the two tests."""
     thresholds = discovery_thresholds(rule, object_masks)
     if thresholds is None:
-        return False
+        return None
 
     def number(key: str) -> float:
         value = candidate.get(key)
         return float("nan") if value is None else float(value)
 
     flip, control = number("flip_rate"), number("control_flip_rate")
-    if not (math.isfinite(flip) and flip > thresholds.min_flip_rate):
-        return False
-    if math.isfinite(control) and control > thresholds.max_control_flip_rate:
-        return False  # a non-local cue: any window of the source flips too
-    if not number("recurrence") >= thresholds.min_recurrence:
-        return False
     contrast = number("contrast")
-    return thresholds.min_contrast is None or (math.isfinite(contrast) and contrast > thresholds.min_contrast)
+    if (
+        not (math.isfinite(flip) and flip > thresholds.min_flip_rate)
+        or not number("recurrence") >= thresholds.min_recurrence
+        or (
+            thresholds.min_contrast is not None and not (math.isfinite(contrast) and contrast > thresholds.min_contrast)
+        )
+    ):
+        return None
+    # A non-local cue (a colour cast) travels with any window of its source: the control flips too.
+    control_passes = not (math.isfinite(control) and control > thresholds.max_control_flip_rate)
+    if not by_labels(candidate, thresholds):
+        return "confirmed" if control_passes else None
+    goes_with_errors = number("source_accuracy") <= thresholds.max_source_accuracy  # type: ignore[operator]
+    if goes_with_errors and flip - (control if math.isfinite(control) else 0.0) >= thresholds.min_flip_over_control:
+        return "confirmed"
+    return "unresolved" if control_passes and not goes_with_errors else None
+
+
+def confirmed_candidate(candidate: Mapping[str, Any], rule: AlertRule, object_masks: bool) -> bool:
+    """Whether :func:`candidate_finding` confirms ``candidate`` as a shortcut."""
+    return candidate_finding(candidate, rule, object_masks) == "confirmed"
+
+
+def by_labels(candidate: Mapping[str, Any], thresholds: DiscoveryThresholds) -> bool:
+    """Whether ``thresholds`` judge ``candidate`` by its sources' labels (else by its control)."""
+    return thresholds.max_source_accuracy is not None and candidate.get("source_accuracy") is not None
 
 
 def discovery_thresholds(rule: AlertRule, object_masks: bool) -> DiscoveryThresholds | None:
@@ -145,9 +170,11 @@ def discovery_thresholds(rule: AlertRule, object_masks: bool) -> DiscoveryThresh
 
 
 def check_discovery(evidence: Evidence, rule: AlertRule, verdict: Verdict) -> None:
-    """A discovered region that moves other classes' predictions to its own (see :func:`confirmed_candidate`)."""
+    """A discovered region that moves other classes' predictions to its own (see :func:`candidate_finding`);
+    one the probes cannot tell from the object makes the verdict "cannot tell" unless another criterion fires."""
     found = evidence.discovery
-    if found is None or discovery_thresholds(rule, found.object_masks) is None:
+    thresholds = None if found is None else discovery_thresholds(rule, found.object_masks)
+    if found is None or thresholds is None:
         return
     if found.skipped is not None:
         verdict.not_checkable["discovery"] = f"shortcut discovery could not run: {found.skipped}"
@@ -160,17 +187,39 @@ def check_discovery(evidence: Evidence, rule: AlertRule, verdict: Verdict) -> No
         )
         return
     verdict.checked.append("discovery")
-    limit = discovery_thresholds(rule, found.object_masks).min_flip_rate  # type: ignore[union-attr]
-    for candidate in tested:
-        if not confirmed_candidate(candidate, rule, found.object_masks):
-            continue
-        y0, x0, y1, x1 = candidate["box"]
-        level = "off the object masks" if found.object_masks else "with no side information"
+    findings = [(candidate_finding(candidate, rule, found.object_masks), candidate) for candidate in tested]
+    confirmed = [candidate for finding, candidate in findings if finding == "confirmed"]
+    unresolved = [candidate for finding, candidate in findings if finding == "unresolved"]
+    level = "off the object masks" if found.object_masks else "with no side information"
+    if confirmed:
+        candidate = confirmed[0]  # one confirmed candidate decides; the report lists them all
+        errors = ""
+        if by_labels(candidate, thresholds):
+            errors = (
+                f"; only {candidate['source_accuracy']:.0%} of the {candidate['labelled_sources']} labelled probes "
+                f"where it appears are labelled as that class (source_accuracy <= {thresholds.max_source_accuracy:g})"
+            )
         verdict.reasons.append(
-            f"a region found in {found.method}'s maps {level} (class {candidate['class_index']}, at y "
-            f"{y0:.2f}-{y1:.2f}, x {x0:.2f}-{x1:.2f}, in {len(candidate['sources'])} probes) moves "
+            f"a region found in {found.method}'s maps {level} ({_where(candidate)}) moves "
             f"{candidate['flip_rate']:.0%} of the other classes' probes to its class when pasted on "
-            f"(control {candidate['control_flip_rate']:.0%}; flip_rate > {limit:g})"
+            f"(control {candidate['control_flip_rate']:.0%}; flip_rate > {thresholds.min_flip_rate:g}){errors}"
         )
         verdict.crossed.append(("discovery", None))
-        return  # one confirmed candidate decides; the report lists them all
+    elif unresolved:
+        candidate = unresolved[0]
+        verdict.not_checkable["discovery"] = (
+            f"a region found in {found.method}'s maps {level} ({_where(candidate)}) moves "
+            f"{candidate['flip_rate']:.0%} of the other classes' probes to its class when pasted on (control "
+            f"{candidate['control_flip_rate']:.0%}), but {candidate['source_accuracy']:.0%} of the "
+            f"{candidate['labelled_sources']} labelled probes where it appears are labelled as that class: the probes "
+            "never show it on images of another class, so it may be the object itself. Object masks, or probes "
+            "where it appears on other classes, would decide"
+        )
+
+
+def _where(candidate: Mapping[str, Any]) -> str:
+    y0, x0, y1, x1 = candidate["box"]
+    return (
+        f"class {candidate['class_index']}, at y {y0:.2f}-{y1:.2f}, x {x0:.2f}-{x1:.2f}, "
+        f"in {len(candidate['sources'])} probes"
+    )

@@ -103,6 +103,7 @@ def run_discovery(
                 result.maps[method],
                 result.predictions.to(probes.images.device),
                 probes.object_mask,
+                labels=probes.labels,
                 seed=options.seed,
                 output=output,
                 **settings,

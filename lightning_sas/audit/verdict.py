@@ -66,11 +66,18 @@ DEFAULT_MIN_ROI_PIXELS = 9
 
 @dataclass(frozen=True)
 class DiscoveryThresholds:
-    """When a candidate found by shortcut discovery is a confirmed shortcut: its pastes onto the
-    other classes' probes flip more than ``min_flip_rate`` of them, its control pastes (a
-    same-shaped window from elsewhere in its sources) at most ``max_control_flip_rate``, it recurs
-    in at least ``min_recurrence`` of its class's probes and, if set, its content contrast
-    (``Candidate.contrast``) exceeds ``min_contrast``.
+    """When a candidate found by shortcut discovery is a confirmed shortcut.
+
+    Always: its pastes onto the other classes' probes flip more than ``min_flip_rate`` of them, it
+    recurs in at least ``min_recurrence`` of its class's probes and, if set, its content contrast
+    (``Candidate.contrast``) exceeds ``min_contrast``. Then one of two tests:
+
+    * **labels** (``max_source_accuracy`` set and the candidate's sources have labels): the probes
+      where it appears are labelled as its class in at most ``max_source_accuracy`` of cases (it
+      goes with the model's errors), and its pastes flip at least ``min_flip_over_control`` more
+      than its control pastes (a non-local cue moves both alike);
+    * **no labels**: its control pastes (a same-shaped window from elsewhere in its sources) flip
+      at most ``max_control_flip_rate``.
 
     Raises:
         ValueError: If a threshold is out of range (the message names it and its value).
@@ -80,21 +87,29 @@ class DiscoveryThresholds:
     max_control_flip_rate: float = 1.0
     min_recurrence: float = 0.0
     min_contrast: float | None = None
+    max_source_accuracy: float | None = None
+    min_flip_over_control: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("min_flip_rate", "max_control_flip_rate", "min_recurrence"):
+        for name in ("min_flip_rate", "max_control_flip_rate", "min_recurrence", "max_source_accuracy"):
             value = getattr(self, name)
+            if name == "max_source_accuracy" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
+        margin = self.min_flip_over_control
+        if isinstance(margin, bool) or not isinstance(margin, int | float) or not -1.0 <= margin <= 1.0:
+            raise ValueError(f"`min_flip_over_control` must be a number in [-1, 1], got {margin!r}.")
         contrast = self.min_contrast
         if contrast is not None and (isinstance(contrast, bool) or not isinstance(contrast, int | float)):
             raise ValueError(f"`min_contrast` must be a number or None, got {contrast!r}.")
 
 
 #: Discovery's rule without object masks, and with them: chosen on the selection half of the discovery
-#: study (SaS maps; one rule form, "flip, control, recurrence", for both levels) and reported on the
-#: other half (README, "Discovery study").
-DEFAULT_DISCOVERY = DiscoveryThresholds(min_flip_rate=0.1, max_control_flip_rate=0.15, min_recurrence=0.1)
+#: study (SaS maps) and reported on the other half (README, "Discovery study").
+DEFAULT_DISCOVERY = DiscoveryThresholds(
+    min_flip_rate=0.1, max_control_flip_rate=0.15, min_recurrence=0.1, max_source_accuracy=0.7
+)
 DEFAULT_DISCOVERY_WITH_OBJECTS = DiscoveryThresholds(min_flip_rate=0.1, min_recurrence=0.2)
 
 Status = Literal["shortcut", "no shortcut", "cannot tell"]

@@ -107,8 +107,9 @@ exit status:
      or --artifact-class, --out holding an audit); an unexpected exception (traceback in
      <out>/{ERROR_LOG}); an incomplete audit (a method, faithfulness or the sanity check
      failed, a method has no finite score); or a verdict that cannot tell (masks or
-     artifacts given but not checkable, a model whose output ignores its input); summary.json
-     and report.html are still written)
+     artifacts given but not checkable, a model whose output ignores its input, a discovered
+     region that moves predictions but sits only on probes labelled as its class, so the
+     probes cannot tell it from the object); summary.json and report.html are still written)
 """
 
 EXPORT_EPILOG = f"""\

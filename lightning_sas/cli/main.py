@@ -19,8 +19,9 @@ nightly jobs: TensorBoard event files with the callback's tags, ``report.html`` 
   sanity check failed, a method has no finite score on any probe with a mask), or a verdict
   that cannot tell (masks or artifacts were given but could not be checked: every ROI too
   small, every voting map flat or flagged by the sanity check, every probe already predicted as
-  the artifact's class, a model whose output does not depend on its input); ``summary.json``
-  and ``report.html`` are still written and say why.
+  the artifact's class, a model whose output does not depend on its input; a discovered region
+  that moves predictions but sits only on probes labelled as its class, which the probes cannot
+  tell from the object); ``summary.json`` and ``report.html`` are still written and say why.
 
 Every error is one line on stderr, ``lightning-sas: error: ...``. For an unexpected exception
 that line names the exception and where it happened, and the full traceback is written to

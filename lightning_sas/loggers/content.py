@@ -119,11 +119,18 @@ def discovery_markdown(result: AuditResult, class_names: Sequence[str] | None = 
     ]
     if not found.candidates:
         return lines[0]
-    lines += ["", "| # | candidate | consistency | contrast | suspicion |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| # | candidate | consistency | contrast | labelled as its class | suspicion |",
+        "|---|---|---|---|---|---|",
+    ]
     for number, candidate in enumerate(found.candidates, start=1):
+        labelled = (
+            f"{candidate.source_accuracy:.0%} of {candidate.labelled_sources}" if candidate.labelled_sources else "–"
+        )
         lines.append(
             f"| {number} | {candidate_label(candidate, class_names)} | {candidate.consistency:.2f} | "
-            f"{candidate.contrast:.2f} | {candidate.suspicion:.2f} |"
+            f"{candidate.contrast:.2f} | {labelled} | {candidate.suspicion:.2f} |"
         )
     return "\n".join(lines)
 

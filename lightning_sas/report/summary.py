@@ -323,13 +323,13 @@ def _intervention_record(
     }
 
 
-def discovery_record(
-    result: AuditResult, rule: AlertRule, class_names: Sequence[str] | None
-) -> dict[str, Any] | None:
+def discovery_record(result: AuditResult, rule: AlertRule, class_names: Sequence[str] | None) -> dict[str, Any] | None:
     """The ``"discovery"`` of ``summary.json``: every candidate with its fields, whether the rule
-    confirms it, and the folder it is exported to (``candidates/<k>``, in the ``--artifacts`` format);
+    confirms it (``finding``: ``"confirmed"``, ``"unresolved"`` or ``None``, see
+    :func:`~lightning_sas.audit.criteria.candidate_finding`), and the folder it is exported to
+    (``candidates/<k>``, in the ``--artifacts`` format);
     ``{"skipped": why}`` when it could not run; ``None`` when it was not asked for."""
-    from lightning_sas.audit.criteria import confirmed_candidate
+    from lightning_sas.audit.criteria import candidate_finding
 
     found = result.discovery
     if found is None:
@@ -339,7 +339,8 @@ def discovery_record(
     object_masks = found.outside_share is not None
     for number, candidate in enumerate(record["candidates"], start=1):
         candidate["class_name"] = class_label(candidate["class_index"], class_names)
-        candidate["confirmed"] = confirmed_candidate(candidate, rule, object_masks)
+        candidate["finding"] = candidate_finding(candidate, rule, object_masks)
+        candidate["confirmed"] = candidate["finding"] == "confirmed"
         candidate["exported"] = f"candidates/{number}" if candidate["confirmed"] else None
     record["method"] = found.settings.get("method")
     record["object_masks"] = object_masks

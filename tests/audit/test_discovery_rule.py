@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lightning_sas.audit.criteria import confirmed_candidate
+from lightning_sas.audit.criteria import candidate_finding, confirmed_candidate
 from lightning_sas.audit.verdict import AlertRule, DiscoveryEvidence, DiscoveryThresholds, Evidence, decide
 
 RULE = AlertRule()
@@ -88,5 +88,53 @@ def test_the_criterion_can_be_switched_off_and_its_thresholds_are_checked() -> N
         DiscoveryThresholds(min_flip_rate=1.5)
     with pytest.raises(ValueError, match="min_contrast"):
         DiscoveryThresholds(min_flip_rate=0.1, min_contrast="high")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_source_accuracy"):
+        DiscoveryThresholds(min_flip_rate=0.1, max_source_accuracy=1.5)
+    with pytest.raises(ValueError, match="min_flip_over_control"):
+        DiscoveryThresholds(min_flip_rate=0.1, min_flip_over_control=2.0)
     with pytest.raises(ValueError, match="discovery_with_objects"):
         AlertRule(discovery_with_objects=0.3)  # type: ignore[arg-type]
+
+
+def labelled(accuracy: float, **fields: object) -> dict:
+    """A candidate whose four sources have labels, ``accuracy`` of them labelled as its class."""
+    return candidate(source_accuracy=accuracy, labelled_sources=4, **fields)
+
+
+@pytest.mark.parametrize(
+    ("fields", "finding", "status"),
+    [
+        # Half its probes are labelled otherwise: it goes with the errors. A control that flips
+        # (a region of a larger thing) is no reason to doubt while the paste flips more.
+        ({"accuracy": 0.5, "control_flip_rate": 0.5}, "confirmed", "shortcut"),
+        # A non-local cue: the control flips as much as the paste.
+        ({"accuracy": 0.5, "control_flip_rate": 0.95}, None, "no shortcut"),
+        # All its probes are labelled as its class: the object, or a shortcut the probes never break.
+        ({"accuracy": 1.0}, "unresolved", "cannot tell"),
+        # ... and its control flips too: what an object's region does.
+        ({"accuracy": 1.0, "control_flip_rate": 0.5}, None, "no shortcut"),
+        ({"accuracy": 0.5, "flip_rate": 0.05}, None, "no shortcut"),
+    ],
+)
+def test_with_labels_a_shortcut_is_a_region_that_goes_with_the_models_errors(
+    fields: dict, finding: str | None, status: str
+) -> None:
+    accuracy = fields.pop("accuracy")
+    found = labelled(accuracy, **fields)
+    assert candidate_finding(found, RULE, object_masks=False) == finding
+    verdict = decide(evidence(found), RULE)
+    assert verdict.status == status
+    if status == "shortcut":
+        assert "only 50% of the 4 labelled probes" in verdict.reasons[0]
+    if status == "cannot tell":
+        assert "may be the object itself" in verdict.not_checkable["discovery"]
+    # Object masks settle it without labels: the default rule there has no label test.
+    assert candidate_finding(found, RULE, object_masks=True) in ("confirmed", None)
+
+
+def test_a_confirmed_candidate_outweighs_an_unresolved_one_and_no_labels_fall_back_to_the_control() -> None:
+    verdict = decide(evidence(labelled(1.0), labelled(0.5, control_flip_rate=0.4)), RULE)
+    assert verdict.status == "shortcut" and not verdict.not_checkable
+    assert decide(evidence(candidate(source_accuracy=None)), RULE).status == "shortcut"
+    no_label_test = AlertRule(discovery=DiscoveryThresholds(min_flip_rate=0.1, max_control_flip_rate=0.15))
+    assert decide(evidence(labelled(1.0)), no_label_test).status == "shortcut"

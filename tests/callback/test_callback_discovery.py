@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import torch
 from lit_models import LitClassifier, corner_dataset, make_trainer, read_events
 from tensorboard.util import tensor_util
 from torch.utils.data import DataLoader, TensorDataset
@@ -13,10 +14,14 @@ from lightning_sas import SASAuditCallback
 from lightning_sas.audit.discovery import DiscoveryOptions
 
 
-def unmasked(count: int, seed: int) -> TensorDataset:
-    """The corner data (class 1 = a bright top-left square) as ``(image, label)``: nobody names the square."""
+def unmasked(count: int, seed: int, second_site: bool = False) -> TensorDataset:
+    """The corner data (class 1 = a bright top-left square) as ``(image, label)``: nobody names the
+    square. ``second_site``: the square is also on every other class-0 image (validation data from
+    a site where it does not go with the label)."""
     data = corner_dataset(count=count, seed=seed)
     images, labels, _ = data.tensors
+    if second_site:
+        images[(labels == 0) & (torch.arange(count) % 4 == 0), :, :8, :8] += 1.5
     return TensorDataset(images, labels)
 
 
@@ -24,7 +29,7 @@ def fit(tmp_path: Path, callback: SASAuditCallback) -> L.Trainer:
     L.seed_everything(0, verbose=False)
     trainer = make_trainer(tmp_path, [callback], max_epochs=2)
     train = DataLoader(unmasked(96, seed=0), batch_size=16, shuffle=True)
-    trainer.fit(LitClassifier(), train, DataLoader(unmasked(48, seed=1), batch_size=16))
+    trainer.fit(LitClassifier(), train, DataLoader(unmasked(48, seed=1, second_site=True), batch_size=16))
     return trainer
 
 
@@ -41,6 +46,7 @@ def test_without_masks_or_artifacts_discovery_finds_the_corner_and_alerts(tmp_pa
     assert "discovery" in last["checked"]
     assert last["alert"], last
     assert callback.alerts and "moves" in callback.alerts[0]["reasons"][0]
+    assert "labelled probes where it appears are labelled as that class" in callback.alerts[0]["reasons"][0]
 
 
 def test_discovery_never_and_with_too_few_probes(tmp_path: Path) -> None:

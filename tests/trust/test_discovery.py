@@ -125,6 +125,23 @@ def test_a_sticker_shortcut_is_found_at_its_place_and_confirmed_by_the_transplan
     assert found.object_area is not None and torch.allclose(found.object_area, torch.full((32,), 36 / 256))
 
 
+def test_the_labels_say_how_often_the_probes_a_region_is_on_are_labelled_as_its_class() -> None:
+    images, _, _ = scenes()
+    images, stickers = with_stickers(images)
+    model = Sticker()
+    maps, predictions = explained(model, images)
+    labels = torch.arange(32) // 2 % 2  # the stickered probes 0, 2, 4, ...: labelled 0, 1, 0, 1, ...
+    labels[0] = -1  # unknown
+    top = discover(model, images, maps, predictions, labels=labels).candidates[0]
+    assert top.class_index == 1 and top.labelled_sources == 15
+    assert top.source_accuracy == pytest.approx(8 / 15)  # the model's accuracy where the sticker is
+    assert top.to_dict()["source_accuracy"] == pytest.approx(8 / 15) and "labelled as its class" in top.summary()
+    unlabelled = discover(model, images, maps, predictions, labels=torch.full((32,), -1)).candidates[0]
+    assert math.isnan(unlabelled.source_accuracy) and unlabelled.labelled_sources == 0
+    assert unlabelled.to_dict()["source_accuracy"] is None
+    assert math.isnan(discover(model, images, maps, predictions).candidates[0].source_accuracy)
+
+
 def test_a_sticker_in_any_corner_is_one_candidate_seen_at_several_places() -> None:
     images, _, _ = scenes()
     images, stickers = with_stickers(images, corners=True)

@@ -51,6 +51,11 @@ computed without knowing what the artifact looks like:
 * ``spread``, ``centre_distance``, ``area``, ``attribution_share``, ``places`` -- where it sits
   and how much of the map it holds: a dominant central object versus a thing at the side.
 * ``outside_object`` -- with masks, the share of the region off the object.
+* ``source_accuracy`` -- with labels, the share of the probes where the region appears that are
+  labelled as its class. A shortcut predicts its class wherever it appears, so where the probes
+  break its link with the label (the artifact on images of another class) the model is wrong on
+  them; the object a clean model reads goes with the label. Of these signals it is the one that
+  separated shortcuts from objects without masks in the discovery study.
 
 Measured on the ruler demo at 32 px (small CNNs, occlusion and Grad-CAM maps, 64 probes; before
 region completion): the ruler and corner-patch shortcuts gave flip rates 0.56-1.0 with controls
@@ -82,6 +87,7 @@ from torch import Tensor, nn
 from lightning_sas.runtime.outputs import OutputSelector
 from lightning_sas.scores.object_evidence import object_enrichment, outside_enrichment, outside_share
 from lightning_sas.trust.discovery.candidate import NAN, Candidate, json_float, suspicion_order
+from lightning_sas.trust.discovery.candidate_measures import source_accuracy
 from lightning_sas.trust.discovery.candidate_regions import propose_candidates
 from lightning_sas.trust.discovery.strategies import Strategies, cluster_strategies
 from lightning_sas.trust.discovery.transplant import transplant
@@ -168,6 +174,7 @@ def discover(
     predictions: Tensor,
     object_masks: Tensor | None = None,
     *,
+    labels: Tensor | None = None,
     seed: int = 0,
     output: OutputSelector = None,
     **settings: object,
@@ -180,6 +187,8 @@ def discover(
         maps: Their attribution maps ``[N, H, W]`` for the predicted classes.
         predictions: ``[N]`` the predicted classes.
         object_masks: Optional ``[N, H, W]`` masks of the legitimate object.
+        labels: Optional ``[N]`` true classes (below 0: unknown), for each candidate's
+            ``source_accuracy``.
         seed: Seed of the transplant's and the clustering's draws.
         output: Where the logits are in the model's output.
         **settings: Any of :func:`propose_candidates`' settings (``top_fraction``, ``max_candidates``,
@@ -213,6 +222,10 @@ def discover(
     proposal, moves, clustering = _split_settings(settings)
     candidates = propose_candidates(maps, predictions, images, object_masks, **proposal)  # type: ignore[arg-type]
     candidates = transplant(model, images, predictions, candidates, seed=seed, output=output, **moves)  # type: ignore[arg-type]
+    for candidate in candidates:
+        candidate.source_accuracy, candidate.labelled_sources = source_accuracy(
+            labels, candidate.sources, candidate.class_index
+        )
     candidates.sort(key=suspicion_order)
     margin = proposal.get("object_margin", _DEFAULTS["object_margin"])
     return Discovery(

@@ -63,6 +63,11 @@ class Candidate:
         recipients: Distinct recipient probes of the pastes.
         places: Where it was seen: per place (sources whose regions overlap), its mean box and
             number of sources, the most frequent first. A ruler along two edges has two places.
+        source_accuracy: Share of the labelled sources whose label is ``class_index``: the
+            model's accuracy where the region appears. A shortcut carries the model's errors
+            wherever the probes break its link with the label; NaN without labels
+            (:func:`~lightning_sas.trust.discovery.candidate_measures.source_accuracy`).
+        labelled_sources: Sources with a known label.
     """
 
     class_index: int
@@ -85,6 +90,8 @@ class Candidate:
     control_probability_change: float = NAN
     recipients: int = 0
     places: list[tuple[tuple[float, float, float, float], int]] = field(default_factory=list)
+    source_accuracy: float = NAN
+    labelled_sources: int = 0
 
     @property
     def distinctness(self) -> float:
@@ -164,6 +171,8 @@ class Candidate:
                 f"flips {self.flip_rate:.0%} of {self.trials} pastes (control {self.control_flip_rate:.0%}, "
                 f"Δp {self.probability_change:+.2f})"
             )
+        if self.labelled_sources:
+            parts.append(f"labelled as its class in {self.source_accuracy:.0%} of {self.labelled_sources}")
         parts.append(f"suspicion {self.suspicion:.2f}")
         return "; ".join(parts)
 

@@ -5,7 +5,8 @@
 places, area, recurrence, centroid spread and distance from the centre, attribution share, the
 content signals (``consistency`` across its sources, ``other_class_similarity`` to what probes of
 the other classes show under the same masks; :mod:`~lightning_sas.trust.discovery.region_content`) and,
-with object masks, its share off the object.
+with object masks, its share off the object. :func:`source_accuracy` adds what the probes' labels say
+about it once they are known.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import Tensor
 from lightning_sas.trust.discovery.candidate import Candidate
 from lightning_sas.trust.discovery.region_content import boxes_of, content_distance, crop_weights, crops, similarity
 
-__all__ = ["OTHER_PROBES", "describe"]
+__all__ = ["OTHER_PROBES", "describe", "source_accuracy"]
 
 #: Most probes of the other classes whose content is compared with a candidate's.
 OTHER_PROBES = 32
@@ -130,3 +131,26 @@ def _outside_object(masks: Tensor, sources: list[int], object_masks: Tensor | No
         return math.nan
     off = (masks & ~object_masks[sources]).flatten(1).sum(dim=1) / masks.flatten(1).sum(dim=1)
     return float(off.float().mean())
+
+
+def source_accuracy(labels: Tensor | None, sources: list[int], class_index: int) -> tuple[float, int]:
+    """``(accuracy, labelled)``: the share of the labelled ``sources`` whose label is
+    ``class_index`` (the model's accuracy on the probes where the region was found), and how many
+    sources have a label. Labels below 0 are unknown; ``(NaN, 0)`` when none is known.
+
+    A shortcut predicts its class wherever it appears, so where the probes break its correlation
+    with the label (the artifact on images of another class) its sources carry the model's
+    errors; the object a clean model reads goes with the label.
+
+    Example:
+        >>> import torch
+        >>> source_accuracy(torch.tensor([1, 0, 1, -1]), [0, 1, 3], class_index=1)
+        (0.5, 2)
+    """
+    if labels is None or not sources:
+        return math.nan, 0
+    known = labels.detach().cpu()[torch.tensor(sources)]
+    known = known[known >= 0]
+    if not len(known):
+        return math.nan, 0
+    return float((known == class_index).float().mean()), len(known)
