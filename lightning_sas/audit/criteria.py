@@ -148,10 +148,16 @@ def candidate_finding(candidate: Mapping[str, Any], rule: AlertRule, object_mask
     control_passes = not (math.isfinite(control) and control > thresholds.max_control_flip_rate)
     if not by_labels(candidate, thresholds):
         return "confirmed" if control_passes else None
-    goes_with_errors = number("source_accuracy") <= thresholds.max_source_accuracy  # type: ignore[operator]
-    if goes_with_errors and flip - (control if math.isfinite(control) else 0.0) >= thresholds.min_flip_over_control:
+    # The shares are measured in float32: compare with a little slack so k/n exactly at a threshold counts.
+    goes_with_errors = number("source_accuracy") <= thresholds.max_source_accuracy + _SLACK  # type: ignore[operator]
+    margin = flip - (control if math.isfinite(control) else 0.0)
+    if goes_with_errors and margin >= thresholds.min_flip_over_control - _SLACK:
         return "confirmed"
     return "unresolved" if control_passes and not goes_with_errors else None
+
+
+#: Slack of the comparisons of shares measured in float32.
+_SLACK = 1e-6
 
 
 def confirmed_candidate(candidate: Mapping[str, Any], rule: AlertRule, object_masks: bool) -> bool:
@@ -160,8 +166,15 @@ def confirmed_candidate(candidate: Mapping[str, Any], rule: AlertRule, object_ma
 
 
 def by_labels(candidate: Mapping[str, Any], thresholds: DiscoveryThresholds) -> bool:
-    """Whether ``thresholds`` judge ``candidate`` by its sources' labels (else by its control)."""
-    return thresholds.max_source_accuracy is not None and candidate.get("source_accuracy") is not None
+    """Whether ``thresholds`` judge ``candidate`` by its sources' labels (else by its control): the
+    label test is on and at least ``min_labelled_sources`` of its sources have a known label."""
+    accuracy = candidate.get("source_accuracy")
+    return (
+        thresholds.max_source_accuracy is not None
+        and accuracy is not None
+        and math.isfinite(float(accuracy))
+        and int(candidate.get("labelled_sources") or 0) >= thresholds.min_labelled_sources
+    )
 
 
 def discovery_thresholds(rule: AlertRule, object_masks: bool) -> DiscoveryThresholds | None:
@@ -202,7 +215,7 @@ def check_discovery(evidence: Evidence, rule: AlertRule, verdict: Verdict) -> No
         verdict.reasons.append(
             f"a region found in {found.method}'s maps {level} ({_where(candidate)}) moves "
             f"{candidate['flip_rate']:.0%} of the other classes' probes to its class when pasted on "
-            f"(control {candidate['control_flip_rate']:.0%}; flip_rate > {thresholds.min_flip_rate:g}){errors}"
+            f"(control {_share(candidate.get('control_flip_rate'))}; flip_rate > {thresholds.min_flip_rate:g}){errors}"
         )
         verdict.crossed.append(("discovery", None))
     elif unresolved:
@@ -210,11 +223,15 @@ def check_discovery(evidence: Evidence, rule: AlertRule, verdict: Verdict) -> No
         verdict.not_checkable["discovery"] = (
             f"a region found in {found.method}'s maps {level} ({_where(candidate)}) moves "
             f"{candidate['flip_rate']:.0%} of the other classes' probes to its class when pasted on (control "
-            f"{candidate['control_flip_rate']:.0%}), but {candidate['source_accuracy']:.0%} of the "
-            f"{candidate['labelled_sources']} labelled probes where it appears are labelled as that class: the probes "
-            "never show it on images of another class, so it may be the object itself. Object masks, or probes "
-            "where it appears on other classes, would decide"
+            f"{_share(candidate.get('control_flip_rate'))}), but {candidate['source_accuracy']:.0%} of the "
+            f"{candidate['labelled_sources']} labelled probes where it appears are labelled as that class (more than "
+            f"{thresholds.max_source_accuracy:g}): the probes seldom show it on images of another class, so it may be "
+            "the object itself. Object masks, or probes where it appears on other classes, would decide"
         )
+
+
+def _share(value: object) -> str:
+    return "–" if value is None or not math.isfinite(float(value)) else f"{float(value):.0%}"  # type: ignore[arg-type]
 
 
 def _where(candidate: Mapping[str, Any]) -> str:

@@ -12,7 +12,8 @@ A verdict is one of three:
 * ``"no shortcut"``: every criterion the inputs allow was checked and none was crossed;
 * ``"cannot tell"``: something the reviewer gave could not be checked — every ROI too small,
   every voting map flat (no evidence) or flagged by the sanity check, every probe already
-  predicted as the artifact's class, or a model whose output does not depend on its input.
+  predicted as the artifact's class, shortcut discovery that could not run or found a region
+  the probes cannot tell from the object, or a model whose output does not depend on its input.
   Never reported as a pass.
 
 The criteria, each off when set to ``None``:
@@ -72,12 +73,18 @@ class DiscoveryThresholds:
     recurs in at least ``min_recurrence`` of its class's probes and, if set, its content contrast
     (``Candidate.contrast``) exceeds ``min_contrast``. Then one of two tests:
 
-    * **labels** (``max_source_accuracy`` set and the candidate's sources have labels): the probes
-      where it appears are labelled as its class in at most ``max_source_accuracy`` of cases (it
-      goes with the model's errors), and its pastes flip at least ``min_flip_over_control`` more
-      than its control pastes (a non-local cue moves both alike);
-    * **no labels**: its control pastes (a same-shaped window from elsewhere in its sources) flip
-      at most ``max_control_flip_rate``.
+    * **labels** (``max_source_accuracy`` set and at least ``min_labelled_sources`` of the
+      candidate's sources have labels): it is confirmed when the probes where it appears are
+      labelled as its class in at most ``max_source_accuracy`` of cases (it goes with the model's
+      errors) and its pastes flip at least ``min_flip_over_control`` more than its control pastes
+      (at the default 0, at least as many: a non-local cue moves both alike). Labelled as its class
+      more often, but passing the control test below, it is *unresolved*: the verdict cannot tell
+      it from the object;
+    * **no labels**: it is confirmed when its control pastes (a same-shaped window from elsewhere
+      in its sources) flip at most ``max_control_flip_rate``.
+
+    With fewer than ``min_labelled_sources`` labelled sources the candidate is judged by the
+    control test: below four, one label moves the share by 25 points or more (a guard, not tuned).
 
     Raises:
         ValueError: If a threshold is out of range (the message names it and its value).
@@ -89,6 +96,7 @@ class DiscoveryThresholds:
     min_contrast: float | None = None
     max_source_accuracy: float | None = None
     min_flip_over_control: float = 0.0
+    min_labelled_sources: int = 4
 
     def __post_init__(self) -> None:
         for name in ("min_flip_rate", "max_control_flip_rate", "min_recurrence", "max_source_accuracy"):
@@ -97,6 +105,9 @@ class DiscoveryThresholds:
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"`{name}` must be a number in [0, 1], got {value!r}.")
+        labelled = self.min_labelled_sources
+        if isinstance(labelled, bool) or not isinstance(labelled, int) or labelled < 1:
+            raise ValueError(f"`min_labelled_sources` must be an int of at least 1, got {labelled!r}.")
         margin = self.min_flip_over_control
         if isinstance(margin, bool) or not isinstance(margin, int | float) or not -1.0 <= margin <= 1.0:
             raise ValueError(f"`min_flip_over_control` must be a number in [-1, 1], got {margin!r}.")

@@ -119,7 +119,10 @@ def run_audit_command(args: argparse.Namespace, command: list[str]) -> int:
     processes = start_job_processes(args, command)
     if len(inputs.checkpoints) == 1 and processes.world_size == 1:
         return _audit_one_checkpoint(args, inputs, command)
-    return audit_many(args, inputs, processes, command)
+    try:
+        return audit_many(args, inputs, processes, command)
+    finally:
+        processes.close()
 
 
 def _audit_one_checkpoint(args: argparse.Namespace, inputs: AuditInputs, command: list[str]) -> int:

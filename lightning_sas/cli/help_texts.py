@@ -108,7 +108,7 @@ exit status:
      <out>/{ERROR_LOG}); an incomplete audit (a method, faithfulness or the sanity check
      failed, a method has no finite score); or a verdict that cannot tell (masks or
      artifacts given but not checkable, a model whose output ignores its input, a discovered
-     region that moves predictions but sits only on probes labelled as its class, so the
+     region that moves predictions but sits mostly on probes labelled as its class, so the
      probes cannot tell it from the object); summary.json and report.html are still written)
 """
 

@@ -20,7 +20,7 @@ nightly jobs: TensorBoard event files with the callback's tags, ``report.html`` 
   that cannot tell (masks or artifacts were given but could not be checked: every ROI too
   small, every voting map flat or flagged by the sanity check, every probe already predicted as
   the artifact's class, a model whose output does not depend on its input; a discovered region
-  that moves predictions but sits only on probes labelled as its class, which the probes cannot
+  that moves predictions but sits mostly on probes labelled as its class, which the probes cannot
   tell from the object); ``summary.json`` and ``report.html`` are still written and say why.
 
 Every error is one line on stderr, ``lightning-sas: error: ...``. For an unexpected exception

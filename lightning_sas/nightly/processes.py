@@ -103,6 +103,14 @@ class Processes:
         if self.fabric is not None:
             self.fabric.barrier()
 
+    def close(self) -> None:
+        """Leave the process group, so that its communication threads do not outlive the
+        interpreter's teardown (which aborts the process, status -6, at random)."""
+        import torch.distributed as dist
+
+        if self.fabric is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
 
 def start_processes(
     accelerator: str, devices: str | int, num_nodes: int, strategy: str | None, *, own_command: bool

@@ -8,6 +8,7 @@ The ``"verdict"`` record (:func:`verdict_record`) holds what
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from lightning_sas.audit.run import AuditResult
@@ -23,8 +24,11 @@ def rule_record(rule: AlertRule) -> dict[str, Any]:
     """The alert rule as it goes into ``summary.json``.
 
     Example:
-        >>> rule_record(AlertRule(min_enrichment=0.3))
-        {'min_enrichment': 0.3, 'min_flip_rate': 0.1, 'max_roi_share': None, 'min_roi_pixels': 9, 'voters': None}
+        >>> record = rule_record(AlertRule(min_enrichment=0.3))
+        >>> {key: record[key] for key in ("min_enrichment", "min_flip_rate", "max_roi_share", "voters")}
+        {'min_enrichment': 0.3, 'min_flip_rate': 0.1, 'max_roi_share': None, 'voters': None}
+        >>> record["discovery"]["max_source_accuracy"], record["discovery_with_objects"]["min_recurrence"]
+        (0.7, 0.2)
     """
     return {
         "min_enrichment": dict(rule.min_enrichment)
@@ -34,6 +38,8 @@ def rule_record(rule: AlertRule) -> dict[str, Any]:
         "max_roi_share": rule.max_roi_share,
         "min_roi_pixels": rule.min_roi_pixels,
         "voters": None if rule.voters is None else list(rule.voters),
+        "discovery": None if rule.discovery is None else asdict(rule.discovery),
+        "discovery_with_objects": None if rule.discovery_with_objects is None else asdict(rule.discovery_with_objects),
     }
 
 

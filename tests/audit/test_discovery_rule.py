@@ -138,3 +138,18 @@ def test_a_confirmed_candidate_outweighs_an_unresolved_one_and_no_labels_fall_ba
     assert decide(evidence(candidate(source_accuracy=None)), RULE).status == "shortcut"
     no_label_test = AlertRule(discovery=DiscoveryThresholds(min_flip_rate=0.1, max_control_flip_rate=0.15))
     assert decide(evidence(labelled(1.0)), no_label_test).status == "shortcut"
+
+
+def test_too_few_labels_fall_back_to_the_control_and_shares_at_a_threshold_count() -> None:
+    # Two labelled sources: one label would move the share by half; the control test decides.
+    few = candidate(source_accuracy=1.0, labelled_sources=2)
+    assert candidate_finding(few, RULE, object_masks=False) == "confirmed"
+    assert candidate_finding(candidate(source_accuracy=float("nan"), labelled_sources=4), RULE, False) == "confirmed"
+    # 4 of 5 measured in float32 is 0.800000011920929: it is at a threshold of 0.8, not above it.
+    at = AlertRule(discovery=DiscoveryThresholds(min_flip_rate=0.1, max_source_accuracy=0.8, min_flip_over_control=0.1))
+    at_threshold = labelled(0.800000011920929, flip_rate=0.3, control_flip_rate=0.2)
+    assert candidate_finding(at_threshold, at, object_masks=False) == "confirmed"
+    # Above it, with no control limit set: unresolved.
+    assert candidate_finding(labelled(0.81, flip_rate=0.3, control_flip_rate=0.2), at, False) == "unresolved"
+    with pytest.raises(ValueError, match="min_labelled_sources"):
+        DiscoveryThresholds(min_flip_rate=0.1, min_labelled_sources=0)

@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -34,7 +34,12 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.util import tensor_util
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_sas.audit.verdict import DEFAULT_MIN_ENRICHMENT, DEFAULT_MIN_FLIP_RATE
+from lightning_sas.audit.verdict import (
+    DEFAULT_DISCOVERY,
+    DEFAULT_DISCOVERY_WITH_OBJECTS,
+    DEFAULT_MIN_ENRICHMENT,
+    DEFAULT_MIN_FLIP_RATE,
+)
 from lightning_sas.cli.main import build_parser, main
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
@@ -347,6 +352,7 @@ def test_nightly_audit_flags_the_ruler_model_and_writes_summary(first_audit: Aud
         "min_enrichment": dict(DEFAULT_MIN_ENRICHMENT), "min_flip_rate": DEFAULT_MIN_FLIP_RATE, "max_roi_share": 1.0,
         "min_roi_pixels": 9,
         "voters": None,
+        "discovery": asdict(DEFAULT_DISCOVERY), "discovery_with_objects": asdict(DEFAULT_DISCOVERY_WITH_OBJECTS),
     }  # fmt: skip
     assert verdict["checked"] == ["roi_enrichment", "roi_share"]  # no artifacts: no flip rate
     assert verdict["not_checkable"] == {} and verdict["input_independent"] is False
