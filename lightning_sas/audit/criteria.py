@@ -124,8 +124,8 @@ def candidate_finding(candidate: Mapping[str, Any], rule: AlertRule, object_mask
     """What ``rule``'s discovery thresholds for its level (with or without object masks) make of a
     discovered candidate (:meth:`~lightning_sas.trust.discovery.Candidate.to_dict`): ``"confirmed"``
     (a shortcut), ``"unresolved"`` (the control test passes but the labels say the region goes with
-    them: the probes never show it on another class, so it may be the object) or ``None``. See
-    :class:`~lightning_sas.audit.verdict.DiscoveryThresholds` for the two tests."""
+    them, or are too few to say: the probes seldom show it on another class, so it may be the
+    object) or ``None``. See :class:`~lightning_sas.audit.verdict.DiscoveryThresholds` for the two tests."""
     thresholds = discovery_thresholds(rule, object_masks)
     if thresholds is None:
         return None
@@ -147,7 +147,9 @@ def candidate_finding(candidate: Mapping[str, Any], rule: AlertRule, object_mask
     # A non-local cue (a colour cast) travels with any window of its source: the control flips too.
     control_passes = not (math.isfinite(control) and control > thresholds.max_control_flip_rate)
     if not by_labels(candidate, thresholds):
-        return "confirmed" if control_passes else None
+        # Without labels (or a label test) the control test decides; a few labels cannot back a confirmation.
+        too_few = thresholds.max_source_accuracy is not None and labelled(candidate) > 0
+        return ("unresolved" if too_few else "confirmed") if control_passes else None
     # The shares are measured in float32: compare with a little slack so k/n exactly at a threshold counts.
     goes_with_errors = number("source_accuracy") <= thresholds.max_source_accuracy + _SLACK  # type: ignore[operator]
     margin = flip - (control if math.isfinite(control) else 0.0)
@@ -165,16 +167,18 @@ def confirmed_candidate(candidate: Mapping[str, Any], rule: AlertRule, object_ma
     return candidate_finding(candidate, rule, object_masks) == "confirmed"
 
 
+def labelled(candidate: Mapping[str, Any]) -> int:
+    """How many of ``candidate``'s sources have a known label (0 when its share is not a number)."""
+    accuracy = candidate.get("source_accuracy")
+    if accuracy is None or not math.isfinite(float(accuracy)):
+        return 0
+    return int(candidate.get("labelled_sources") or 0)
+
+
 def by_labels(candidate: Mapping[str, Any], thresholds: DiscoveryThresholds) -> bool:
     """Whether ``thresholds`` judge ``candidate`` by its sources' labels (else by its control): the
     label test is on and at least ``min_labelled_sources`` of its sources have a known label."""
-    accuracy = candidate.get("source_accuracy")
-    return (
-        thresholds.max_source_accuracy is not None
-        and accuracy is not None
-        and math.isfinite(float(accuracy))
-        and int(candidate.get("labelled_sources") or 0) >= thresholds.min_labelled_sources
-    )
+    return thresholds.max_source_accuracy is not None and labelled(candidate) >= thresholds.min_labelled_sources
 
 
 def discovery_thresholds(rule: AlertRule, object_masks: bool) -> DiscoveryThresholds | None:
@@ -220,13 +224,20 @@ def check_discovery(evidence: Evidence, rule: AlertRule, verdict: Verdict) -> No
         verdict.crossed.append(("discovery", None))
     elif unresolved:
         candidate = unresolved[0]
+        count = labelled(candidate)
+        why = (
+            f"{candidate['source_accuracy']:.0%} of the {count} labelled probes where it appears are labelled as "
+            f"that class (more than {thresholds.max_source_accuracy:g}): the probes seldom show it on images of "
+            "another class"
+            if by_labels(candidate, thresholds)
+            else f"only {count} of the probes where it appears have a label (fewer than "
+            f"{thresholds.min_labelled_sources}): too few to show whether it goes with the model's errors"
+        )
         verdict.not_checkable["discovery"] = (
             f"a region found in {found.method}'s maps {level} ({_where(candidate)}) moves "
             f"{candidate['flip_rate']:.0%} of the other classes' probes to its class when pasted on (control "
-            f"{_share(candidate.get('control_flip_rate'))}), but {candidate['source_accuracy']:.0%} of the "
-            f"{candidate['labelled_sources']} labelled probes where it appears are labelled as that class (more than "
-            f"{thresholds.max_source_accuracy:g}): the probes seldom show it on images of another class, so it may be "
-            "the object itself. Object masks, or probes where it appears on other classes, would decide"
+            f"{_share(candidate.get('control_flip_rate'))}), but {why}, so it may be the object itself. Object "
+            "masks, or probes where it appears on other classes, would decide"
         )
 
 

@@ -83,8 +83,10 @@ class DiscoveryThresholds:
     * **no labels**: it is confirmed when its control pastes (a same-shaped window from elsewhere
       in its sources) flip at most ``max_control_flip_rate``.
 
-    With fewer than ``min_labelled_sources`` labelled sources the candidate is judged by the
-    control test: below four, one label moves the share by 25 points or more (a guard, not tuned).
+    With some labelled sources but fewer than ``min_labelled_sources`` the labels are too few to
+    back a confirmation (below four, one label moves the share by 25 points or more; a guard, not
+    tuned): a candidate that passes the control test is unresolved. With none, the control test
+    decides.
 
     Raises:
         ValueError: If a threshold is out of range (the message names it and its value).

@@ -141,9 +141,12 @@ def test_a_confirmed_candidate_outweighs_an_unresolved_one_and_no_labels_fall_ba
 
 
 def test_too_few_labels_fall_back_to_the_control_and_shares_at_a_threshold_count() -> None:
-    # Two labelled sources: one label would move the share by half; the control test decides.
-    few = candidate(source_accuracy=1.0, labelled_sources=2)
-    assert candidate_finding(few, RULE, object_masks=False) == "confirmed"
+    # Two labelled sources: one label would move the share by half; too few to confirm anything.
+    few = candidate(source_accuracy=0.5, labelled_sources=2)
+    assert candidate_finding(few, RULE, object_masks=False) == "unresolved"
+    verdict = decide(evidence(few), RULE)
+    assert verdict.status == "cannot tell" and "only 2 of the probes" in verdict.not_checkable["discovery"]
+    # No label at all (a NaN share): the control test decides.
     assert candidate_finding(candidate(source_accuracy=float("nan"), labelled_sources=4), RULE, False) == "confirmed"
     # 4 of 5 measured in float32 is 0.800000011920929: it is at a threshold of 0.8, not above it.
     at = AlertRule(discovery=DiscoveryThresholds(min_flip_rate=0.1, max_source_accuracy=0.8, min_flip_over_control=0.1))
