@@ -62,7 +62,7 @@ from alert_study import PROBE_ARTIFACT_RATE, USES_SHORTCUT_DROP, accuracy, norma
 from model import LesionClassifier
 from shortcut_kinds import KINDS, LOCAL_KINDS, draw_style, render
 
-from lightning_sas.audit.run import run_audit
+from lightning_sas.audit.run import AuditResult, run_audit
 from lightning_sas.methods import GradCAM, Occlusion, SaS
 from lightning_sas.probes.probe_set import Probes
 
@@ -112,6 +112,22 @@ def choose_probes(labels: torch.Tensor, has: torch.Tensor, count: int, seed: int
     return sorted(chosen)
 
 
+def probe_record(
+    probes: Probes, chosen: list[int], result: AuditResult, objects: torch.Tensor, artifacts: torch.Tensor
+) -> dict:
+    """The cache's probe fields of one run: the probes, their indices in the split, what the model
+    predicted (``result``: the last ``run_audit``), and their object and artifact masks."""
+    return {
+        "images": probes.images.clone(),
+        "labels": probes.labels.clone(),
+        "indices": chosen,
+        "predictions": result.predictions.clone(),
+        "confidences": result.confidences.clone(),
+        "object_masks": objects[chosen].clone(),
+        "artifact_masks": artifacts[chosen].clone(),
+    }
+
+
 def run_name(kind: str, biased: bool, seed: int) -> str:
     return f"{kind}-{'biased' if biased else 'clean'}-{seed}"
 
@@ -147,13 +163,7 @@ def one_run(kind: str, biased: bool, seed: int, args: argparse.Namespace) -> dic
         "biased": biased,
         "seed": seed,
         "state_dict": {key: value.clone() for key, value in model.state_dict().items()},
-        "images": probes.images.clone(),
-        "labels": probes.labels.clone(),
-        "indices": chosen,
-        "predictions": result.predictions.clone(),
-        "confidences": result.confidences.clone(),
-        "object_masks": probe_objects[chosen].clone(),
-        "artifact_masks": probe_artifacts[chosen].clone(),
+        **probe_record(probes, chosen, result, probe_objects, probe_artifacts),
         "maps": maps,
         "errors": errors,
         "val_acc": val_acc,
@@ -258,13 +268,7 @@ def natural_run(trained: dict, args: argparse.Namespace) -> dict:
                 "settings",
             )
         },
-        "images": probes.images.clone(),
-        "labels": probes.labels.clone(),
-        "indices": chosen,
-        "predictions": result.predictions.clone(),
-        "confidences": result.confidences.clone(),
-        "object_masks": objects[chosen].clone(),
-        "artifact_masks": artifacts[chosen].clone(),
+        **probe_record(probes, chosen, result, objects, artifacts),
         "maps": {key: value.detach().clone() for key, value in result.maps.items()},
         "errors": dict(result.errors),
         "probe_source": "val",
@@ -909,19 +913,18 @@ def display(path: Path) -> str:
 
 def default_outcome(run: dict, level: str, method: str = "sas") -> str | None:
     """The verdict the package's default rule (``AlertRule()``) reaches on the run's ``method`` maps
-    at ``level`` with discovery alone: ``"shortcut"``, ``"cannot tell"`` or ``"no shortcut"`` (as
-    ``check_discovery`` decides); ``None`` when discovery did not run there."""
-    from lightning_sas.audit.criteria import candidate_finding
-    from lightning_sas.audit.verdict import AlertRule
+    at ``level`` with discovery alone (``decide`` itself): ``"shortcut"``, ``"cannot tell"`` or
+    ``"no shortcut"``; ``None`` when discovery did not run there."""
+    from lightning_sas.audit.verdict import AlertRule, DiscoveryEvidence, Evidence, decide
 
     entry = run["discovery"].get(f"{level}/{method}")
     if entry is None or "error" in entry:
         return None
-    tested = [c for c in entry["candidates"] if c.get("trials")]
-    if entry["candidates"] and not tested:
-        return "cannot tell"
-    findings = {candidate_finding(c, AlertRule(), object_masks=level == "object") for c in tested}
-    return "shortcut" if "confirmed" in findings else "cannot tell" if "unresolved" in findings else "no shortcut"
+    # The records keep a count of sources; the verdict's messages count a list.
+    candidates = [{**c, "sources": range(c["sources"])} for c in entry["candidates"]]
+    found = DiscoveryEvidence(candidates=candidates, object_masks=level == "object", method=method)
+    evidence = Evidence(image_pixels=1, roi_pixels=[], roi_share={}, discovery=found)  # no ROI, no artifacts
+    return decide(evidence, AlertRule()).status
 
 
 OUTCOMES = ("shortcut", "cannot tell", "no shortcut")

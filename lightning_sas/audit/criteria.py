@@ -162,11 +162,6 @@ def candidate_finding(candidate: Mapping[str, Any], rule: AlertRule, object_mask
 _SLACK = 1e-6
 
 
-def confirmed_candidate(candidate: Mapping[str, Any], rule: AlertRule, object_masks: bool) -> bool:
-    """Whether :func:`candidate_finding` confirms ``candidate`` as a shortcut."""
-    return candidate_finding(candidate, rule, object_masks) == "confirmed"
-
-
 def labelled(candidate: Mapping[str, Any]) -> int:
     """How many of ``candidate``'s sources have a known label (0 when its share is not a number)."""
     accuracy = candidate.get("source_accuracy")

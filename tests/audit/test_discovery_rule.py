@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lightning_sas.audit.criteria import candidate_finding, confirmed_candidate
+from lightning_sas.audit.criteria import candidate_finding
 from lightning_sas.audit.verdict import AlertRule, DiscoveryEvidence, DiscoveryThresholds, Evidence, decide
 
 RULE = AlertRule()
@@ -28,6 +28,10 @@ def candidate(**fields: object) -> dict:
     }
     record.update(fields)
     return record
+
+
+def confirmed(found: dict, rule: AlertRule, object_masks: bool) -> bool:
+    return candidate_finding(found, rule, object_masks) == "confirmed"
 
 
 def evidence(*candidates: dict, object_masks: bool = False, skipped: str | None = None) -> Evidence:
@@ -60,15 +64,15 @@ def test_each_level_of_side_information_has_its_own_thresholds() -> None:
     # Off the object masks, a control that flips too is no reason to doubt (candidates are off the
     # object already), but the region must recur in more of its class.
     controlled = candidate(control_flip_rate=0.5)
-    assert not confirmed_candidate(controlled, RULE, object_masks=False)
-    assert confirmed_candidate(controlled, RULE, object_masks=True)
+    assert not confirmed(controlled, RULE, object_masks=False)
+    assert confirmed(controlled, RULE, object_masks=True)
     rare = candidate(recurrence=0.15)
-    assert confirmed_candidate(rare, RULE, object_masks=False)
-    assert not confirmed_candidate(rare, RULE, object_masks=True)
+    assert confirmed(rare, RULE, object_masks=False)
+    assert not confirmed(rare, RULE, object_masks=True)
     verdict = decide(evidence(controlled, object_masks=True), RULE)
     assert verdict.status == "shortcut" and "off the object masks" in verdict.reasons[0]
     contrast = AlertRule(discovery=DiscoveryThresholds(min_flip_rate=0.1, min_contrast=0.9))
-    assert not confirmed_candidate(candidate(), contrast, object_masks=False)
+    assert not confirmed(candidate(), contrast, object_masks=False)
 
 
 def test_discovery_that_could_not_run_or_test_says_it_cannot_tell() -> None:
